@@ -1,0 +1,1 @@
+"""Units of work for tacc-orchestrator: Prefect tasks and the plain code they call."""

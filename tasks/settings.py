@@ -1,0 +1,60 @@
+"""Process-wide settings, read from `TACC_ORCH_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class OrchestratorSettings(BaseSettings):
+    """Settings of the orchestrator itself (not of a cluster: those live in blocks).
+
+    Example:
+        ```bash
+        export TACC_ORCH_HOME=/var/lib/tacc-orchestrator
+        export TACC_ORCH_SU_BUDGETS='{"jdoe": 500}'
+        ```
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TACC_ORCH_", extra="ignore")
+
+    home: Path = Field(
+        default=Path.home() / ".tacc-orchestrator",
+        description="Where the embedded default keeps its SQLite job store and local cluster.",
+    )
+    dataset_root: Path = Field(
+        default=REPO_ROOT / "datasets",
+        description="Local directory holding one sub-directory per dataset id.",
+    )
+    database_block: str = Field(
+        default="tacc-jobs-db",
+        description="Name of the SqlAlchemyConnector block for the job store; SQLite when absent.",
+    )
+    usd_per_gpu_hour: float = Field(default=0.35, ge=0)
+    cost_warning_usd: float = Field(
+        default=100.0, ge=0, description="Estimates above this carry a cost warning."
+    )
+    su_budgets: dict[str, float] = Field(
+        default_factory=dict, description="Per-user SU budgets; users not listed have none."
+    )
+    poll_min_seconds: float = Field(default=1.0, gt=0)
+    poll_max_seconds: float = Field(default=300.0, gt=0)
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The embedded job store's database file."""
+        return self.home / "jobs.db"
+
+    @property
+    def local_cluster_dir(self) -> Path:
+        """The embedded cluster's state directory (jobs, scratch)."""
+        return self.home / "local-cluster"
+
+
+def get_settings() -> OrchestratorSettings:
+    """Read the settings from the environment now (tests change it between calls)."""
+    return OrchestratorSettings()

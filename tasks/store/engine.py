@@ -1,0 +1,54 @@
+"""Where the job store lives: the database block when one is saved, else a local SQLite file."""
+
+from __future__ import annotations
+
+from prefect_sqlalchemy import SqlAlchemyConnector
+from sqlalchemy import Engine, create_engine, event
+
+from tasks.settings import get_settings
+from tasks.store.repository import JobStore
+
+_stores: dict[str, JobStore] = {}
+
+
+def sqlite_engine(url: str) -> Engine:
+    """A SQLite engine set up for several processes (WAL, waits on locks instead of failing)."""
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def _migrated(engine: Engine) -> JobStore:
+    key = engine.url.render_as_string(hide_password=True)
+    if key not in _stores:
+        store = JobStore(engine)
+        store.migrate()
+        _stores[key] = store
+    return _stores[key]
+
+
+def open_job_store() -> JobStore:
+    """The job store, migrated: the `SqlAlchemyConnector` block named by `TACC_ORCH_DATABASE_BLOCK`
+    (default `tacc-jobs-db`) when it is saved, else SQLite under `TACC_ORCH_HOME`.
+
+    Example:
+        ```python
+        store = open_job_store()
+        store.history("jdoe").total
+        ```
+    """
+    settings = get_settings()
+    try:
+        connector = SqlAlchemyConnector.load(settings.database_block)
+    except ValueError:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{settings.sqlite_path}"
+        return _stores.get(url) or _migrated(sqlite_engine(url))
+    return _migrated(connector.get_engine())

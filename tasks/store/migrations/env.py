@@ -1,0 +1,10 @@
+"""Alembic environment: migrations run on a connection handed in by `JobStore.migrate()`."""
+
+from alembic import context
+
+from tasks.store.tables import Base
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,74 @@
+"""SQLAlchemy 2 table definitions of the job store (the schema Alembic migrates to)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text, TypeDecorator, UniqueConstraint, Uuid
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps none of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the job store; use timezone-aware UTC")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the job store's tables."""
+
+
+class JobRow(Base):
+    """One job: what was asked, how it was planned, and where it got to."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("system", "scheduler_job_id", name="uq_jobs_system_scheduler_job_id"),
+        Index("ix_jobs_user_id_created_at", "user_id", "created_at"),
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_scheduler_job_id", "scheduler_job_id"),
+        Index("ix_jobs_flow_run_id", "flow_run_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[str] = mapped_column(String(64))
+    agent: Mapped[str] = mapped_column(String(64))
+    dataset_id: Mapped[str] = mapped_column(String(128))
+    system: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(32))
+    scheduler_job_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    notes: Mapped[str | None] = mapped_column(Text)
+    estimated_runtime_minutes: Mapped[float | None] = mapped_column(Float)
+    estimated_su: Mapped[float | None] = mapped_column(Float)
+    charged_su: Mapped[float | None] = mapped_column(Float)
+    gpu_count: Mapped[int] = mapped_column(Integer)
+    nodes: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[str] = mapped_column(String(8), default="normal")
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    work_dir: Mapped[str | None] = mapped_column(Text)
+    flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
