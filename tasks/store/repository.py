@@ -50,6 +50,18 @@ class JobUpdate(BaseModel):
     completed_at: datetime | None = None
 
 
+class Transition(BaseModel):
+    """The outcome of `JobStore.transition`: the record now, and the status it had before."""
+
+    record: JobRecord
+    previous: JobStatus
+
+    @property
+    def moved(self) -> bool:
+        """Whether this call changed the status (only one of several racing callers does)."""
+        return self.previous != self.record.status
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(timezone.utc)
@@ -226,7 +238,7 @@ class JobStore:
             ) or 0.0
         return float(used) + float(running)
 
-    def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None) -> JobRecord:
+    def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None) -> Transition:
         """Move a job to `status` (or update it in place when it is already there).
 
         The change is a conditional UPDATE on the status read, so two trackers racing on the
@@ -241,7 +253,7 @@ class JobStore:
         for _ in range(3):
             current = self.get(job_id)
             if current.status == status and not fields:
-                return current
+                return Transition(record=current, previous=current.status)
             if current.status != status and status not in ALLOWED_TRANSITIONS[current.status]:
                 raise IllegalTransition(f"job {job_id}: {current.status.value} -> {status.value} is not allowed")
             values = {**fields, "status": status.value, "updated_at": utcnow()}
@@ -252,5 +264,5 @@ class JobStore:
                     .values(**values)
                 ).rowcount
             if changed:
-                return self.get(job_id)
+                return Transition(record=self.get(job_id), previous=current.status)
         raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")

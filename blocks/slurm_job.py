@@ -1,0 +1,108 @@
+"""A Slurm batch job as a Prefect `JobBlock`: `trigger()` submits, the `JobRun` follows it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect.blocks.abstract import JobBlock, JobRun
+from pydantic import Field
+
+from tasks.clusters import scheduler_for
+from tasks.models import JobStatus
+from tasks.scheduler import JobSubmission, Scheduler, SchedulerError
+from tasks.tracking import JobObservation, TrackedJob, next_poll_interval, observe, read_result
+
+MAX_POLLS_UNSEEN = 5
+
+
+class SlurmJobFailed(RuntimeError):
+    """The job ended in another state than COMPLETED, so it has no result."""
+
+
+class SlurmJob(JobBlock[dict[str, Any]]):
+    """One batch job for a system's scheduler (Slurm at TACC, or the embedded local cluster).
+
+    Example:
+        ```python
+        run = SlurmJob(system="local", submission=submission, progress_path=p, result_path=r).trigger()
+        run.wait_for_completion()
+        metrics = run.fetch_result()
+        ```
+    """
+
+    _block_type_name = "TACC Slurm Job"
+    _block_type_slug = "tacc-slurm-job"
+
+    system: str = Field(default="local", description="local, ls6, frontera, stampede3 or vista")
+    submission: JobSubmission
+    progress_path: str = Field(description="File the job writes its progress (0-1) to")
+    result_path: str = Field(description="JSON file the job writes its metrics to")
+    time_limit_seconds: float | None = Field(default=None, description="Wall time, to poll faster near the end")
+    poll_min_seconds: float = Field(default=1.0, gt=0)
+    poll_max_seconds: float = Field(default=300.0, gt=0)
+
+    def trigger(self) -> SlurmJobRun:
+        """Submit the job and return its run."""
+        scheduler = scheduler_for(self.system)
+        scheduler_job_id = scheduler.submit(self.submission)
+        self.logger.info("Submitted %s to %s as job %s", self.submission.name, self.system, scheduler_job_id)
+        return SlurmJobRun(self, scheduler, scheduler_job_id)
+
+    def attach(self, scheduler_job_id: str) -> SlurmJobRun:
+        """The run of a job submitted earlier (after a restart, or a resumed flow run)."""
+        return SlurmJobRun(self, scheduler_for(self.system), scheduler_job_id)
+
+
+class SlurmJobRun(JobRun[dict[str, Any]]):
+    """A submitted job: wait for it to end, then fetch the metrics it wrote."""
+
+    def __init__(self, job: SlurmJob, scheduler: Scheduler, scheduler_job_id: str) -> None:
+        self.job, self.scheduler, self.scheduler_job_id = job, scheduler, scheduler_job_id
+        self.tracked = TrackedJob(
+            scheduler_job_id=scheduler_job_id, progress_path=job.progress_path, stdout_path=job.submission.stdout_path
+        )
+        self.last: JobObservation | None = None
+
+    def wait_for_completion(self, on_poll: Callable[[JobObservation], None] | None = None) -> JobObservation:
+        """Poll until the job ends, adaptively; `on_poll` sees every observation.
+
+        Raises:
+            SchedulerError: When the scheduler stops reporting the job for several polls.
+        """
+        interval, unseen, started = self.job.poll_min_seconds, 0, None
+        while True:
+            observation = observe(self.scheduler, [self.tracked])[0]
+            self.tracked.stdout_offset = observation.next_stdout_offset
+            changed = self.last is None or (observation.status, observation.reason) != (self.last.status, self.last.reason)
+            self.last = observation
+            unseen = unseen + 1 if observation.state is None else 0
+            if unseen >= MAX_POLLS_UNSEEN:
+                raise SchedulerError(f"{self.job.system} no longer reports job {self.scheduler_job_id}")
+            if on_poll is not None:
+                on_poll(observation)
+            if observation.ended:
+                return observation
+            if observation.state is not None and observation.state.start is not None:
+                started = observation.state.start
+            seconds_left = None
+            if started is not None and self.job.time_limit_seconds:
+                seconds_left = self.job.time_limit_seconds - (time.time() - started.timestamp())
+            interval = next_poll_interval(
+                interval, changed, observation.status, seconds_left, self.job.poll_min_seconds, self.job.poll_max_seconds
+            )
+            time.sleep(interval)
+
+    def fetch_result(self) -> dict[str, Any]:
+        """The metrics the job wrote (its result JSON).
+
+        Raises:
+            SlurmJobFailed: When the job has not completed successfully.
+        """
+        if self.last is None or not self.last.ended:
+            self.wait_for_completion()
+        assert self.last is not None
+        if self.last.status is not JobStatus.COMPLETED:
+            raise SlurmJobFailed(f"job {self.scheduler_job_id} ended {self.last.status}: {self.last.reason}")
+        return read_result(self.scheduler, self.job.result_path) or {}

@@ -1,0 +1,1 @@
+"""How the flows are run, served and deployed."""

@@ -1,0 +1,99 @@
+"""submit-job: plan -> stage -> submit -> wait -> record -> notify, for one GPU job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import Flow, FlowRun, State
+from prefect.states import Cancelled
+
+from tasks.job_script import JobPaths
+from tasks.job_tasks import (
+    cancel_stored_job,
+    fail_unsubmitted_job,
+    plan_job_request,
+    record_new_job,
+    request_run_name,
+    run_logger,
+    stage_dataset,
+    submit_to_scheduler,
+    wait_for_job,
+)
+from tasks.models import JobRecord, JobRequest, JobStatus, Plan
+from tasks.store import open_job_store
+
+
+class JobFailed(RuntimeError):
+    """The scheduler job ended FAILED (non-zero exit, TIMEOUT, OUT_OF_MEMORY, ...)."""
+
+
+def cancel_scheduler_job(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Flow hook (cancelled or crashed run): cancel the run's scheduler job, found in the job store."""
+    store = open_job_store()
+    record = store.find_by_flow_run(flow_run.id)
+    if record is not None and not record.status.is_terminal:
+        cancel_stored_job(store, record, f"flow run {flow_run.name} {state.name.lower()}")
+        run_logger().info("Cancelled job %s (%s) with its flow run", record.id, record.scheduler_job_id)
+
+
+def summary_markdown(record: JobRecord, plan: Plan) -> str:
+    """The job's outcome as a markdown table for the Prefect UI."""
+    output = JobPaths.for_work_dir(record.work_dir).output_dir if record.work_dir else "-"
+    metrics = "".join(f"| metric `{key}` | {value} |\n" for key, value in (record.result or {}).items())
+    runtime_text = f"{record.runtime.total_seconds():.0f} s" if record.runtime else "-"
+    return (
+        f"## {record.agent} on {record.dataset_id}: {record.status.value}\n\n"
+        "| | |\n|---|---|\n"
+        f"| job id | `{record.id}` |\n| scheduler job | {record.system}/{record.queue} #{record.scheduler_job_id} |\n"
+        f"| nodes x GPUs | {plan.nodes} x {plan.gpus_per_node} ({plan.gpu_model}) |\n"
+        f"| reason | {record.reason or '-'} |\n| runtime | {runtime_text} |\n"
+        f"| SUs charged (estimate) | {record.charged_su if record.charged_su is not None else '-'} ({plan.estimated_su}) |\n"
+        f"| output | `{output}` |\n{metrics}"
+    )
+
+
+@flow(
+    name="submit-job",
+    flow_run_name=request_run_name("submit-job"),
+    on_cancellation=[cancel_scheduler_job],
+    on_crashed=[cancel_scheduler_job],
+)
+def submit_job(request: JobRequest, wait: bool = True) -> JobRecord:
+    """Run one GPU job: plan it, stage its dataset, submit it, follow it to the end, notify.
+
+    Args:
+        request: What to run, where, for whom.
+        wait: Follow the job to its end (default); False returns once it is submitted and
+            leaves tracking to `watch_jobs`.
+
+    Returns:
+        The job record. A job that ends FAILED fails the flow run; one cancelled ends it Cancelled.
+
+    Example:
+        ```python
+        from flows.submit import submit_job
+        record = submit_job({"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4,
+                             "max_runtime": "00:10:00", "user_id": "jdoe", "system": "local"})
+        ```
+    """
+    plan = plan_job_request(request)
+    record = record_new_job(request, plan)
+    try:
+        stage_dataset(record)
+        record = submit_to_scheduler(record, request, plan)
+    except Exception as error:
+        if not open_job_store().get(record.id).status.is_terminal:
+            fail_unsubmitted_job(record, f"not submitted: {error}")
+        raise
+    if not wait:
+        return record
+    record = wait_for_job(record)
+    create_markdown_artifact(markdown=summary_markdown(record, plan), key=f"job-summary-{record.id}",
+                             description=f"{record.agent} on {record.dataset_id}")
+    if record.status is JobStatus.FAILED:
+        raise JobFailed(f"job {record.id} ({record.system} #{record.scheduler_job_id}) FAILED: {record.reason}")
+    if record.status is JobStatus.CANCELLED:
+        return Cancelled(message=f"job {record.id} was cancelled: {record.reason}", data=record)  # type: ignore[return-value]
+    return record

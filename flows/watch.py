@@ -1,0 +1,67 @@
+"""watch-jobs: one sweep over every active job, one scheduler call per system."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel
+
+from tasks.clusters import scheduler_for
+from tasks.job_tasks import announce, is_transient
+from tasks.store import open_job_store
+from tasks.tracking import TrackedJob, observe, record_observation
+
+
+class SystemSweep(BaseModel):
+    """What one sweep saw on one system."""
+
+    system: str
+    active: int
+    changed: int
+    statuses: dict[str, int]
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient)
+def sweep_system(system: str) -> SystemSweep:
+    """Observe all active jobs of `system` in one scheduler call and record what changed.
+
+    Example:
+        ```python
+        sweep_system("local").statuses  # {'RUNNING': 2, 'COMPLETED': 1}
+        ```
+    """
+    logger = get_run_logger()
+    store = open_job_store()
+    scheduler = scheduler_for(system)
+    records = store.active(system)
+    observations = observe(scheduler, [TrackedJob.from_record(record) for record in records])
+    changed, statuses = 0, Counter[str]()
+    for record, observation in zip(records, observations):
+        transition = record_observation(store, record, observation)
+        now = transition.record if transition else record
+        statuses[now.status.value] += 1
+        if transition is not None and transition.moved:
+            changed += 1
+            logger.info("%s job %s (%s): %s -> %s", system, now.scheduler_job_id, now.id, transition.previous.value, now.status.value)
+            announce(store, scheduler, transition)
+    return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses))
+
+
+@flow(name="watch-jobs")
+def watch_jobs(system: str | None = None) -> list[SystemSweep]:
+    """Sweep active jobs: one scheduler call per system, store and progress updated, an event per change.
+
+    Args:
+        system: Only this system; every system with active jobs when None.
+
+    Example:
+        ```python
+        from flows.watch import watch_jobs
+        watch_jobs()  # [SystemSweep(system='local', active=3, changed=1, ...)]
+        ```
+    """
+    systems = [system] if system else sorted({record.system for record in open_job_store().active()})
+    return [sweep_system(name) for name in systems]

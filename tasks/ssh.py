@@ -1,0 +1,102 @@
+"""One multiplexed OpenSSH connection to a cluster login node (TACC requires MFA: log in once).
+
+Commands are argv lists; each argument is quoted with `shlex.quote` for the remote shell.
+The first command opens a ControlMaster; later commands reuse it until `close()`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from tasks.scheduler.base import TransientSchedulerError
+
+SSH_CONNECTION_FAILED = 255
+
+
+class SshConnection:
+    """A cluster login over OpenSSH with ControlMaster/ControlPersist.
+
+    Example:
+        ```python
+        with TaccCredentials.load("ls6").get_client() as connection:
+            connection.run(["squeue", "--me"]).stdout
+        ```
+    """
+
+    def __init__(
+        self,
+        host: str,
+        username: str,
+        port: int = 22,
+        private_key: SecretStr | None = None,
+        private_key_path: Path | None = None,
+        known_hosts: str | None = None,
+        connect_timeout: float = 20.0,
+        command_timeout: float = 120.0,
+        control_persist_seconds: int = 600,
+    ) -> None:
+        self.host, self.username, self.port = host, username, port
+        self.command_timeout = command_timeout
+        self.commands_run = 0
+        self._dir = Path(tempfile.mkdtemp(prefix="tacc-ssh-"))
+        os.chmod(self._dir, 0o700)
+        options = {
+            "BatchMode": "yes",
+            "ConnectTimeout": str(int(connect_timeout)),
+            "ControlMaster": "auto",
+            "ControlPath": str(self._dir / "cm-%C"),
+            "ControlPersist": str(control_persist_seconds),
+            "StrictHostKeyChecking": "yes",
+            "ServerAliveInterval": "30",
+            "LogLevel": "ERROR",
+        }
+        if known_hosts:
+            options["UserKnownHostsFile"] = str(self._write_private("known_hosts", known_hosts + "\n"))
+        identity = self._write_private("id_key", private_key.get_secret_value().strip() + "\n") if private_key else private_key_path
+        if identity:
+            options.update(IdentityFile=str(identity), IdentitiesOnly="yes")
+        self._base = ["ssh", "-p", str(port), *(f"-o{key}={value}" for key, value in options.items()), f"{username}@{host}"]
+
+    def _write_private(self, name: str, text: str) -> Path:
+        path = self._dir / name
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        return path
+
+    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Run one remote command; every argument is quoted for the remote shell.
+
+        Raises:
+            TransientSchedulerError: When SSH itself fails (connection refused, reset, timed out).
+        """
+        command = [*self._base, "--", shlex.join(argv)]
+        self.commands_run += 1
+        try:
+            completed = subprocess.run(
+                command, input=stdin, capture_output=True, text=True, timeout=timeout or self.command_timeout
+            )
+        except subprocess.TimeoutExpired:
+            raise TransientSchedulerError(f"ssh {self.host}: {argv[0]} timed out") from None
+        if completed.returncode == SSH_CONNECTION_FAILED:
+            raise TransientSchedulerError(f"ssh {self.host}: {completed.stderr.strip() or 'connection failed'}")
+        return completed
+
+    def close(self) -> None:
+        """Close the master connection and delete the key material."""
+        subprocess.run([*self._base[:-1], "-O", "exit", self._base[-1]], capture_output=True, timeout=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> SshConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
