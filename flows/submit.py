@@ -69,7 +69,8 @@ def submit_job(request: JobRequest, wait: bool = True) -> JobRecord:
             leaves tracking to `watch_jobs`.
 
     Returns:
-        The job record. A job that ends FAILED fails the flow run; one cancelled ends it Cancelled.
+        The job record. A job that ends FAILED fails the flow run (`JobFailed`); a cancelled
+        job ends it Cancelled (a Python call raises `CancelledRun`; the record is in the store).
 
     Example:
         ```python
@@ -95,5 +96,5 @@ def submit_job(request: JobRequest, wait: bool = True) -> JobRecord:
     if record.status is JobStatus.FAILED:
         raise JobFailed(f"job {record.id} ({record.system} #{record.scheduler_job_id}) FAILED: {record.reason}")
     if record.status is JobStatus.CANCELLED:
-        return Cancelled(message=f"job {record.id} was cancelled: {record.reason}", data=record)  # type: ignore[return-value]
+        return Cancelled(message=f"job {record.id} was cancelled: {record.reason}")  # type: ignore[return-value]
     return record

@@ -252,6 +252,8 @@ class JobStore:
         fields = (update_fields or JobUpdate()).model_dump(exclude_none=True)
         for _ in range(3):
             current = self.get(job_id)
+            if current.status == status and status.is_terminal:
+                fields = {name: value for name, value in fields.items() if getattr(current, name) is None}
             if current.status == status and not fields:
                 return Transition(record=current, previous=current.status)
             if current.status != status and status not in ALLOWED_TRANSITIONS[current.status]:

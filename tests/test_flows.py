@@ -1,0 +1,213 @@
+"""The flows end to end on the embedded default, under a real Prefect server (test harness)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+from prefect.exceptions import CancelledRun, ParameterTypeError
+from prefect.states import Cancelled
+from prefect_sqlalchemy import SqlAlchemyConnector
+from sqlalchemy import create_engine
+
+from flows.cancel import cancel_job
+from flows.plan import plan_job
+from flows.submit import JobFailed, cancel_scheduler_job, submit_job
+from flows.watch import watch_jobs
+from tasks.clusters import scheduler_for
+from tasks.job_tasks import JobAlreadyEnded
+from tasks.models import JobStatus
+from tasks.planner import PlanRefused
+from tasks.store import JobStore, open_job_store
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def request(**fields: Any) -> dict[str, Any]:
+    params = {"rfi_strategy": "high", "step_seconds": 0.2, **fields.pop("params", {})}
+    return {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4, "max_runtime": "00:05:00",
+            "user_id": f"u{uuid.uuid4().hex[:8]}", "system": "local", "params": params, **fields}
+
+
+def scheduler_state(record) -> str:
+    return scheduler_for("local").states([record.scheduler_job_id])[record.scheduler_job_id].state
+
+
+class Webhook:
+    """A real HTTP endpoint on loopback that records what it receives."""
+
+    def __init__(self, status: int) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+
+@pytest.fixture
+def webhook(request: pytest.FixtureRequest) -> Iterator[Webhook]:
+    hook = Webhook(getattr(request, "param", 200))
+    yield hook
+    hook.server.shutdown()
+
+
+def test_submit_job_runs_to_completed_with_real_progress_and_logs() -> None:
+    record = submit_job(request())
+    assert record.status is JobStatus.COMPLETED and record.progress == 1.0
+    assert record.result["samples"] == 12000 and record.result["rfi_strategy"] == "high"
+    assert record.charged_su == 0.25 and record.started_at <= record.completed_at
+    assert scheduler_state(record) == "COMPLETED"
+    assert open_job_store().history(record.user_id).items[0].id == record.id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"job-{record.id}"])))
+        assert artifacts and artifacts[0].type == "progress" and artifacts[0].data == 100.0
+        logs = wait_until(lambda: [log.message for log in client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[record.flow_run_id])))
+            if "alphacal: chunk 8/8" in log.message])
+        assert logs
+
+
+def test_submit_without_waiting_then_watch_jobs_follows_it() -> None:
+    record = submit_job(request(), wait=False)
+    assert record.status is JobStatus.QUEUING and record.scheduler_job_id
+
+    def completed():
+        watch_jobs("local")
+        return open_job_store().get(record.id).status is JobStatus.COMPLETED
+
+    wait_until(completed, timeout=60, interval=0.5)
+    final = open_job_store().get(record.id)
+    assert final.progress == 1.0 and final.result["chunks"] == 8 and final.charged_su == 0.25
+
+
+def test_cancel_while_running_then_a_clear_error_for_ended_jobs() -> None:
+    record = submit_job(request(params={"step_seconds": 3}), wait=False)
+    wait_until(lambda: watch_jobs("local") and open_job_store().get(record.id).status is JobStatus.RUNNING, timeout=30)
+    cancelled = cancel_job(record.id)
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.reason == "cancelled by user"
+    wait_until(lambda: scheduler_state(record).startswith("CANCELLED"), timeout=10)
+    watch_jobs("local")
+    assert open_job_store().get(record.id).status is JobStatus.CANCELLED
+    assert cancel_job(record.id).status is JobStatus.CANCELLED
+
+    finished = submit_job(request())
+    with pytest.raises(JobAlreadyEnded, match=f"job {finished.id} already ended COMPLETED at .* nothing to cancel"):
+        cancel_job(finished.id)
+
+
+def test_cancel_reaches_a_waiting_submit_flow() -> None:
+    user = request(params={"step_seconds": 3})
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["record"] = submit_job(user)
+        except BaseException as error:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    store = open_job_store()
+    running = wait_until(lambda: (page := store.history(user["user_id"])).items and page.items[0].status is JobStatus.RUNNING and page.items[0], 60)
+    cancel_job(running.id)
+    thread.join(60)
+    assert isinstance(outcome.get("error"), CancelledRun)
+    assert scheduler_state(running).startswith("CANCELLED")
+
+
+def test_flow_cancellation_hook_cancels_the_scheduler_job() -> None:
+    record = submit_job(request(params={"step_seconds": 3}), wait=False)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(record.flow_run_id)
+    cancel_scheduler_job(submit_job, flow_run, Cancelled())
+    after = open_job_store().get(record.id)
+    assert after.status is JobStatus.CANCELLED and after.reason.startswith("flow run submit-job/AlphaCal/VLASS2.1.eb123456")
+    wait_until(lambda: scheduler_state(record).startswith("CANCELLED"), timeout=10)
+
+
+def test_job_over_its_wall_time_ends_timeout() -> None:
+    user = request(max_runtime="00:00:03", params={"step_seconds": 1})
+    with pytest.raises(JobFailed, match="FAILED: TIMEOUT"):
+        submit_job(user)
+    record = open_job_store().history(user["user_id"]).items[0]
+    assert (record.status, record.reason) == (JobStatus.FAILED, "TIMEOUT")
+    assert scheduler_state(record) == "TIMEOUT" and 0 < record.progress < 1
+
+
+def test_bad_requests_are_refused_before_anything_is_written() -> None:
+    store = open_job_store()
+    jobs_before = len(list(Path(scheduler_for("local").root, "jobs").iterdir()))
+    bad = request(gpu_count=0)
+    with pytest.raises(ParameterTypeError, match="gpu_count"):
+        submit_job(bad)
+    too_big = request(gpu_count=12)
+    with pytest.raises(PlanRefused, match="gpu_count: no GPU queue of local fits 12 GPUs"):
+        submit_job(too_big)
+    assert store.history(bad["user_id"]).total == 0 and store.history(too_big["user_id"]).total == 0
+    assert len(list(Path(scheduler_for("local").root, "jobs").iterdir())) == jobs_before
+
+
+def test_missing_dataset_fails_the_job_without_submitting() -> None:
+    user = request(dataset_id="VLASS9.9.missing")
+    with pytest.raises(Exception, match="dataset 'VLASS9.9.missing' not found"):
+        submit_job(user)
+    record = open_job_store().history(user["user_id"]).items[0]
+    assert record.status is JobStatus.FAILED and record.scheduler_job_id is None
+    assert record.reason.startswith("not submitted: dataset 'VLASS9.9.missing' not found")
+
+
+def test_webhook_receives_the_outcome(webhook: Webhook) -> None:
+    record = submit_job(request(webhook_url=webhook.url))
+    assert len(webhook.received) == 1
+    payload = webhook.received[0]
+    assert payload["id"] == str(record.id) and payload["status"] == "COMPLETED" and payload["progress"] == 1.0
+    assert payload["metrics"]["samples"] == 12000
+    assert payload["output_location"] == f"{record.work_dir}/output"
+
+
+@pytest.mark.parametrize("webhook", [503], indirect=True)
+def test_failing_webhook_is_retried_and_never_fails_the_job(webhook: Webhook) -> None:
+    record = submit_job(request(webhook_url=webhook.url))
+    assert record.status is JobStatus.COMPLETED
+    assert len(webhook.received) == 4
+
+
+def test_plan_job_submits_nothing() -> None:
+    user = request(system="ls6", gpu_count=4, max_runtime="01:00:00")
+    plan = plan_job(user)
+    assert (plan.queue, plan.nodes, plan.estimated_su) == ("gpu-a100", 2, 8.0)
+    assert any("gpu-a100-dev" in tip for tip in plan.tips)
+    assert open_job_store().history(user["user_id"]).total == 0
+    with get_client(sync_client=True) as client:
+        assert client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["job-plan"])))
+
+
+def test_job_store_on_postgresql_through_the_database_block(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    block_name = f"jobs-pg-{uuid.uuid4().hex[:8]}"
+    SqlAlchemyConnector(connection_info=postgres_url).save(block_name)
+    monkeypatch.setenv("TACC_ORCH_DATABASE_BLOCK", block_name)
+    record = submit_job(request())
+    assert record.status is JobStatus.COMPLETED
+    in_postgres = JobStore(create_engine(postgres_url)).get(record.id)
+    assert in_postgres.status is JobStatus.COMPLETED and in_postgres.result == record.result
+    assert os.environ["TACC_ORCH_DATABASE_BLOCK"] == block_name

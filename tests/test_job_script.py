@@ -1,0 +1,58 @@
+"""Job scripts: layout TACC requires, and hostile values reaching the shell as inert text."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from tasks.agents import AGENTS_DIR
+from tasks.job_script import AgentRuntime, JobPaths, render_job_script
+from tasks.models import parse_request
+from tasks.planner import PlanningContext, plan_request
+from tasks.scheduler import JobSubmission
+from tasks.scheduler.local import LocalScheduler
+from tests.conftest import wait_until
+
+HOSTILE = "$(touch {marker}); `touch {marker}`; ' \" ; touch {marker} #"
+
+
+def render(tmp_path: Path, params: dict[str, object]) -> tuple[str, JobPaths, uuid.UUID]:
+    request = parse_request({"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4,
+                             "max_runtime": "00:05:00", "user_id": "jdoe", "system": "local", "params": params})
+    plan = plan_request(request, PlanningContext())
+    job_id = uuid.uuid4()
+    paths = JobPaths.for_job(str(tmp_path / "scratch"), job_id, request.dataset_id)
+    return render_job_script(job_id, request, plan, paths, AgentRuntime(python=sys.executable, agent_home=str(AGENTS_DIR))), paths, job_id
+
+
+def test_script_layout(tmp_path: Path) -> None:
+    script, paths, job_id = render(tmp_path, {"rfi_strategy": "low"})
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    directives = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
+    commands = [i for i, line in enumerate(lines) if line and not line.startswith("#")]
+    assert directives and max(directives) < min(commands)
+    assert f"#SBATCH -J tacc-{job_id.hex}" in lines
+    assert "#SBATCH -p local-gpu" in lines and "#SBATCH -N 1" in lines and "#SBATCH -t 00:05:00" in lines
+    assert f"#SBATCH -o {paths.stdout}" in lines
+    assert "--gres" not in script and "apptainer exec --nv" in script
+
+
+def test_hostile_params_reach_the_agent_as_text(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    hostile = HOSTILE.format(marker=marker)
+    script, paths, _ = render(tmp_path, {"rfi_strategy": "low", "step_seconds": 0, "label": hostile})
+    dataset = Path(paths.dataset_dir)
+    dataset.mkdir(parents=True)
+    (dataset / "chunk-000.csv").write_text("channel,real,imag\n1,1.0,0.5\n2,0.5,1.0\n")
+    cluster = LocalScheduler(tmp_path / "cluster")
+    job_id = cluster.submit(JobSubmission(name="t", script=script, work_dir=paths.work_dir, stdout_path=paths.stdout,
+                                          stderr_path=paths.stderr, sbatch_args=["-p", "local-gpu", "-t", "00:01:00"]))
+    state = wait_until(lambda: (s := cluster.states([job_id])[job_id]).state in ("COMPLETED", "FAILED") and s)
+    assert state.state == "COMPLETED", Path(paths.stderr).read_text()
+    assert json.loads(Path(paths.params).read_text())["label"] == hostile
+    assert not marker.exists()
+    assert json.loads(Path(paths.result).read_text())["samples"] == 2
+    assert Path(paths.progress).read_text().strip() == "1.0000"

@@ -1,0 +1,135 @@
+"""The embedded cluster: real detached processes with Slurm's semantics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tasks.scheduler import JobSubmission, PermanentSchedulerError
+from tasks.scheduler.local import LocalScheduler
+from tests.conftest import wait_until
+
+ENDED = ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> LocalScheduler:
+    return LocalScheduler(tmp_path / "cluster")
+
+
+def submission(cluster: LocalScheduler, body: str, *, time_limit: str = "00:01:00", nodes: int = 1, name: str = "t") -> JobSubmission:
+    work_dir = Path(cluster.scratch_root) / "jobs" / f"{name}-{len(list(Path(cluster.scratch_root).glob('jobs/*')))}"
+    return JobSubmission(
+        name=name, script=f"#!/bin/bash\n{body}\n", work_dir=str(work_dir),
+        stdout_path=str(work_dir / "stdout.log"), stderr_path=str(work_dir / "stderr.log"),
+        sbatch_args=["-p", "local-gpu", "-N", str(nodes), "--ntasks-per-node", "1", "-t", time_limit],
+    )
+
+
+def final_state(cluster: LocalScheduler, job_id: str, timeout: float = 30):
+    return wait_until(lambda: (s := cluster.states([job_id])[job_id]).state.split()[0] in ENDED and s, timeout)
+
+
+def test_job_completes_with_output_and_times(cluster: LocalScheduler) -> None:
+    job = submission(cluster, 'echo "hello from $SLURM_JOB_ID on $SLURM_JOB_PARTITION"; echo oops >&2')
+    job_id = cluster.submit(job)
+    state = final_state(cluster, job_id)
+    assert (state.state, state.exit_code) == ("COMPLETED", "0:0")
+    assert state.start <= state.end
+    assert Path(job.stdout_path).read_text() == f"hello from {job_id} on local-gpu\n"
+    assert Path(job.stderr_path).read_text() == "oops\n"
+    assert Path(job.work_dir, "job.sbatch").read_text().startswith("#!/bin/bash")
+
+
+def test_failing_job_keeps_its_exit_code(cluster: LocalScheduler) -> None:
+    state = final_state(cluster, cluster.submit(submission(cluster, "exit 3")))
+    assert (state.state, state.exit_code) == ("FAILED", "3:0")
+
+
+def test_wall_time_is_enforced(cluster: LocalScheduler) -> None:
+    job_id = cluster.submit(submission(cluster, "sleep 60", time_limit="00:00:02"))
+    state = final_state(cluster, job_id)
+    assert state.state == "TIMEOUT"
+    assert timedelta(seconds=1.5) < state.end - state.start < timedelta(seconds=10)
+
+
+def test_jobs_wait_for_free_nodes_and_cancel_while_pending(cluster: LocalScheduler) -> None:
+    blocker = cluster.submit(submission(cluster, "sleep 60", nodes=2))
+    wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING")
+    waiting = cluster.submit(submission(cluster, "echo never"))
+    wait_until(lambda: cluster.states([waiting])[waiting].reason == "Resources")
+    assert cluster.states([waiting])[waiting].state == "PENDING"
+    assert [(q.queue, q.nodes_idle, q.gpus_idle) for q in cluster.resources()][0] == ("local-gpu", 0, 0)
+    cluster.cancel(waiting)
+    cluster.cancel(blocker)
+    assert final_state(cluster, waiting).state.startswith("CANCELLED by ")
+    assert final_state(cluster, blocker).state.startswith("CANCELLED by ")
+    assert cluster.states([waiting])[waiting].start is None
+    assert not Path(cluster.load_job(waiting).stdout_path).exists()
+
+
+def test_cancel_while_running_kills_the_process_group(cluster: LocalScheduler, tmp_path: Path) -> None:
+    marker = tmp_path / "survived"
+    job_id = cluster.submit(submission(cluster, f"(sleep 3; touch {marker}) & sleep 60"))
+    wait_until(lambda: cluster.states([job_id])[job_id].state == "RUNNING")
+    cluster.cancel(job_id)
+    state = final_state(cluster, job_id)
+    assert state.state.startswith("CANCELLED") and state.end is not None
+    cluster.cancel(job_id)  # idempotent
+    time.sleep(4)
+    assert not marker.exists(), "a child of the cancelled job kept running"
+
+
+def test_jobs_outlive_the_process_that_submitted_them(cluster: LocalScheduler) -> None:
+    script = (
+        "import sys; from pathlib import Path; from tasks.scheduler.local import LocalScheduler;"
+        "from tests.test_local_scheduler import submission;"
+        "c = LocalScheduler(Path(sys.argv[1])); print(c.submit(submission(c, 'sleep 2; echo done')))"
+    )
+    job_id = subprocess.run([sys.executable, "-c", script, str(cluster.root)], capture_output=True, text=True, check=True).stdout.strip()
+    restarted = LocalScheduler(cluster.root)
+    assert restarted.states([job_id])[job_id].state in ("PENDING", "RUNNING")
+    assert final_state(restarted, job_id).state == "COMPLETED"
+
+
+def test_states_reports_many_jobs_and_skips_unknown_ids(cluster: LocalScheduler) -> None:
+    ids = [cluster.submit(submission(cluster, "true")) for _ in range(3)]
+    for job_id in ids:
+        final_state(cluster, job_id)
+    assert set(cluster.states([*ids, "999", "x; rm -rf /"])) == set(ids)
+
+
+def test_tacc_refusals(cluster: LocalScheduler) -> None:
+    job = submission(cluster, "true")
+    with pytest.raises(PermanentSchedulerError, match="--gres is not supported at TACC"):
+        cluster.submit(job.model_copy(update={"sbatch_args": [*job.sbatch_args, "--gres", "gpu:2"]}))
+    with pytest.raises(PermanentSchedulerError, match="invalid partition specified: gpu-a100"):
+        cluster.submit(job.model_copy(update={"sbatch_args": ["-p", "gpu-a100"]}))
+    with pytest.raises(PermanentSchedulerError, match="violates accounting/QOS policy"):
+        cluster.submit(job.model_copy(update={"sbatch_args": ["-p", "local-gpu-dev", "-N", "2"]}))
+
+
+def test_accounting_window(cluster: LocalScheduler) -> None:
+    before = datetime.now(timezone.utc)
+    job_id = cluster.submit(submission(cluster, "sleep 0.2", nodes=2))
+    final_state(cluster, job_id)
+    rows = cluster.accounting(before, datetime.now(timezone.utc))
+    assert [(r.job_id, r.state, r.nodes, r.partition) for r in rows] == [(job_id, "COMPLETED", 2, "local-gpu")]
+    assert "gres/gpu=8" in rows[0].alloc_tres
+    assert cluster.accounting(before - timedelta(hours=2), before - timedelta(hours=1)) == []
+
+
+def test_read_files_from_offsets(cluster: LocalScheduler, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("one\ntwo\n")
+    first = cluster.read_files({str(log): 0, str(tmp_path / "missing"): 0})
+    assert first[str(log)].data == "one\ntwo\n" and first[str(tmp_path / "missing")].data == ""
+    with log.open("a") as handle:
+        handle.write("three\n")
+    assert cluster.read_files({str(log): first[str(log)].next_offset})[str(log)].data == "three\n"
+    assert cluster.read_files({str(log): 0}, limit=6)[str(log)].data == "three\n"

@@ -1,0 +1,45 @@
+"""Slurm states mapped to the store's status and reason."""
+
+import pytest
+
+from tasks.models import JobStatus
+from tasks.scheduler.states import UnknownSlurmState, map_slurm_state
+
+Q, R, C, F, X = JobStatus.QUEUING, JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("state", "exit_code", "reason", "expected"),
+    [
+        ("PENDING", None, "Priority", (Q, "Priority")),
+        ("PD", None, "QOSMaxJobsPerUserLimit", (Q, "QOSMaxJobsPerUserLimit")),
+        ("PENDING", None, "None", (Q, None)),
+        ("CONFIGURING", None, None, (Q, "CONFIGURING")),
+        ("REQUEUED", None, None, (Q, "REQUEUED")),
+        ("RUNNING", None, None, (R, None)),
+        ("R", None, None, (R, None)),
+        ("COMPLETING", None, None, (R, None)),
+        ("SUSPENDED", None, None, (R, "SUSPENDED")),
+        ("COMPLETED", "0:0", None, (C, None)),
+        ("CD", "0:0", None, (C, None)),
+        ("FAILED", "3:0", None, (F, "exit code 3")),
+        ("FAILED", "0:9", None, (F, "killed by signal 9")),
+        ("CANCELLED by 1000", "0:15", None, (X, "cancelled by uid 1000")),
+        ("CANCELLED+", None, None, (X, "cancelled")),
+        ("TIMEOUT", "0:15", None, (F, "TIMEOUT")),
+        ("NODE_FAIL", None, None, (F, "NODE_FAIL")),
+        ("PREEMPTED", None, None, (F, "PREEMPTED")),
+        ("OUT_OF_MEMORY", "0:125", None, (F, "OUT_OF_MEMORY")),
+        ("OOM", None, None, (F, "OUT_OF_MEMORY")),
+        ("BOOT_FAIL", None, None, (F, "BOOT_FAIL")),
+        ("DEADLINE", None, None, (F, "DEADLINE")),
+    ],
+)
+def test_slurm_states(state: str, exit_code: str | None, reason: str | None, expected: tuple[JobStatus, str | None]) -> None:
+    assert map_slurm_state(state, exit_code, reason) == expected
+
+
+@pytest.mark.parametrize("state", ["", "EXPLODED"])
+def test_unknown_states_are_reported(state: str) -> None:
+    with pytest.raises(UnknownSlurmState):
+        map_slurm_state(state)
