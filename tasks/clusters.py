@@ -2,30 +2,74 @@
 
 from __future__ import annotations
 
+import atexit
+import posixpath
 import sys
 
+from blocks.tacc import TaccCredentials
 from tasks.agents import AGENTS_DIR
 from tasks.job_script import AgentRuntime
 from tasks.scheduler import Scheduler
 from tasks.scheduler.local import LocalScheduler
+from tasks.scheduler.slurm import SlurmScheduler
 from tasks.settings import get_settings
+from tasks.ssh import SshConnection
+
+_connections: dict[str, SshConnection] = {}
+
+
+@atexit.register
+def close_connections() -> None:
+    """Close every cluster connection of this process (and delete its key material)."""
+    while _connections:
+        _connections.popitem()[1].close()
+
+
+def credentials_for(system: str) -> TaccCredentials:
+    """The `TaccCredentials` block saved under the system's name, checked for a scratch root.
+
+    Raises:
+        ValueError: When no block is saved for the system, or it has no scratch_root.
+    """
+    try:
+        credentials = TaccCredentials.load(system)
+    except ValueError:
+        raise ValueError(f"system {system!r}: save a TaccCredentials block named {system!r} (see README)") from None
+    if not credentials.scratch_root:
+        raise ValueError(f"TaccCredentials block {system!r}: scratch_root is required to stage and submit jobs")
+    return credentials
 
 
 def scheduler_for(system: str) -> Scheduler:
-    """The scheduler of `system`: the embedded local cluster for `local`.
+    """The scheduler of `system`: the embedded cluster for `local`, else Slurm over one SSH
+    connection per system and process (TACC's MFA: log in once, multiplex the rest).
 
     Example:
         ```python
-        scheduler_for("local").resources()
+        scheduler_for("ls6").resources()
         ```
     """
     if system == "local":
         return LocalScheduler(get_settings().local_cluster_dir)
-    raise NotImplementedError(f"system {system!r}: the Slurm-over-SSH backend is not built yet")
+    credentials = credentials_for(system)
+    if system not in _connections:
+        _connections[system] = credentials.get_client()
+    return SlurmScheduler(_connections[system], system, credentials.scratch_root or "")
 
 
 def agent_runtime(system: str) -> AgentRuntime:
-    """How agents run on `system`: locally with this interpreter and the shipped agents."""
+    """How agents run on `system`: here with this interpreter; at TACC from `<scratch>/agents`."""
     if system == "local":
         return AgentRuntime(python=sys.executable, agent_home=str(AGENTS_DIR))
-    raise NotImplementedError(f"system {system!r}: the Slurm-over-SSH backend is not built yet")
+    return AgentRuntime(python="python3", agent_home=posixpath.join(credentials_for(system).scratch_root or "", "agents"))
+
+
+def allocation_for(system: str) -> str | None:
+    """The TACC allocation jobs on `system` are charged to (`sbatch -A`), if set."""
+    return None if system == "local" else credentials_for(system).allocation
+
+
+def poll_floor_seconds(system: str) -> float:
+    """The shortest poll interval allowed on `system`."""
+    settings = get_settings()
+    return settings.poll_min_seconds if system == "local" else settings.remote_poll_min_seconds

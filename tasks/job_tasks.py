@@ -20,7 +20,7 @@ from prefect.logging import get_logger
 from prefect.tasks import Task, exponential_backoff
 
 from blocks.slurm_job import SlurmJob
-from tasks.clusters import agent_runtime, scheduler_for
+from tasks.clusters import agent_runtime, allocation_for, poll_floor_seconds, scheduler_for
 from tasks.job_script import JobPaths, render_job_script, scheduler_job_name
 from tasks.models import JobRecord, JobRequest, JobStatus, Plan
 from tasks.planner import PlanningContext, plan_request
@@ -105,6 +105,7 @@ def plan_job_request(request: JobRequest) -> Plan:
         su_budget=settings.su_budgets.get(request.user_id),
         su_committed=store.su_committed(request.user_id),
         past_runtimes_minutes=store.past_runtimes_minutes(request.user_id, request.agent),
+        account=allocation_for(request.system.value),
     )
     return plan_request(request, context)
 
@@ -160,7 +161,7 @@ def slurm_job_for(record: JobRecord, request: JobRequest | None = None, plan: Pl
         progress_path=paths.progress,
         result_path=paths.result,
         time_limit_seconds=plan.wall_time.total_seconds() if plan else None,
-        poll_min_seconds=settings.poll_min_seconds,
+        poll_min_seconds=poll_floor_seconds(record.system),
         poll_max_seconds=settings.poll_max_seconds,
     )
 

@@ -41,7 +41,10 @@ class OrchestratorSettings(BaseSettings):
     su_budgets: dict[str, float] = Field(
         default_factory=dict, description="Per-user SU budgets; users not listed have none."
     )
-    poll_min_seconds: float = Field(default=1.0, gt=0)
+    poll_min_seconds: float = Field(default=1.0, gt=0, description="Poll floor on the embedded cluster")
+    remote_poll_min_seconds: float = Field(
+        default=30.0, gt=0, description="Poll floor on TACC: login nodes are shared, no tight squeue loops"
+    )
     poll_max_seconds: float = Field(default=300.0, gt=0)
 
     @property

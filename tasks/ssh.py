@@ -7,6 +7,7 @@ The first command opens a ControlMaster; later commands reuse it until `close()`
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -16,9 +17,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from tasks.scheduler.base import TransientSchedulerError
+from tasks.scheduler.base import PermanentSchedulerError, TransientSchedulerError
 
 SSH_CONNECTION_FAILED = 255
+_REFUSED_LOGIN = re.compile(r"Host key verification failed|Permission denied|REMOTE HOST IDENTIFICATION HAS CHANGED|No such file or directory")
 
 
 class SshConnection:
@@ -77,6 +79,7 @@ class SshConnection:
 
         Raises:
             TransientSchedulerError: When SSH itself fails (connection refused, reset, timed out).
+            PermanentSchedulerError: When the login is refused (key, host key, user name).
         """
         command = [*self._base, "--", shlex.join(argv)]
         self.commands_run += 1
@@ -87,7 +90,10 @@ class SshConnection:
         except subprocess.TimeoutExpired:
             raise TransientSchedulerError(f"ssh {self.host}: {argv[0]} timed out") from None
         if completed.returncode == SSH_CONNECTION_FAILED:
-            raise TransientSchedulerError(f"ssh {self.host}: {completed.stderr.strip() or 'connection failed'}")
+            message = f"ssh {self.username}@{self.host}:{self.port}: {completed.stderr.strip() or 'connection failed'}"
+            if _REFUSED_LOGIN.search(completed.stderr):
+                raise PermanentSchedulerError(f"{message} (check the block's key, known_hosts and user name)")
+            raise TransientSchedulerError(message)
         return completed
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,8 +11,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import Engine, create_engine
 
+from tasks.scheduler.slurm import SlurmScheduler
+from tasks.ssh import SshConnection
+
+REPO = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get("TACC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -19,7 +25,8 @@ POSTGRES_ADMIN_URL = os.environ.get("TACC_TEST_POSTGRES", "postgresql://postgres
 def orchestrator_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test session gets its own TACC_ORCH_HOME (SQLite store, local cluster)."""
     home = tmp_path_factory.mktemp("tacc-home")
-    settings = {"TACC_ORCH_HOME": str(home), "TACC_ORCH_POLL_MIN_SECONDS": "0.2", "TACC_ORCH_POLL_MAX_SECONDS": "1"}
+    settings = {"TACC_ORCH_HOME": str(home), "TACC_ORCH_POLL_MIN_SECONDS": "0.2", "TACC_ORCH_POLL_MAX_SECONDS": "1",
+                "TACC_ORCH_REMOTE_POLL_MIN_SECONDS": "0.5"}
     previous = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     yield home
@@ -73,3 +80,47 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, interval:
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+class Sandbox(BaseModel):
+    """How to reach the sandbox Slurm cluster (scripts/slurm-sandbox.sh)."""
+
+    host: str
+    port: int
+    user: str
+    key: Path
+    known_hosts: Path
+    account: str
+
+    def connect(self) -> SshConnection:
+        """A new multiplexed connection as the sandbox's test user."""
+        return SshConnection(host=self.host, port=self.port, username=self.user, private_key_path=self.key,
+                             known_hosts=self.known_hosts.read_text().strip())
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Sandbox:
+    """The single-node Slurm cluster with sshd on loopback, brought up (or found up) by the
+    project's script. A cluster that cannot come up fails the tests; it never skips them."""
+    script = REPO / "scripts" / "slurm-sandbox.sh"
+    up = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=900)
+    if up.returncode != 0:
+        pytest.fail(f"the Slurm sandbox did not come up:\n{up.stdout}\n{up.stderr}")
+    values = dict(line.split("=", 1) for line in subprocess.run([str(script), "env"], capture_output=True, text=True, check=True).stdout.split())
+    return Sandbox(host=values["TACC_SANDBOX_HOST"], port=int(values["TACC_SANDBOX_PORT"]), user=values["TACC_SANDBOX_USER"],
+                   key=Path(values["TACC_SANDBOX_KEY"]), known_hosts=Path(values["TACC_SANDBOX_KNOWN_HOSTS"]),
+                   account=values["TACC_SANDBOX_ACCOUNT"])
+
+
+@pytest.fixture(scope="session")
+def sandbox_connection(sandbox: Sandbox) -> Iterator[SshConnection]:
+    """One connection for the session, as a TACC user keeps one MFA login."""
+    connection = sandbox.connect()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def slurm(sandbox: Sandbox, sandbox_connection: SshConnection) -> SlurmScheduler:
+    """The Slurm backend on the sandbox, with a scratch directory of its own."""
+    return SlurmScheduler(sandbox_connection, "ls6", f"/home/{sandbox.user}/scratch/t-{uuid.uuid4().hex[:8]}")

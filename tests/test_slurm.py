@@ -1,0 +1,188 @@
+"""The Slurm backend over SSH, against the real single-node Slurm and sshd of the sandbox."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tasks.models import JobStatus
+from tasks.scheduler import JobSubmission, PermanentSchedulerError, TransientSchedulerError
+from tasks.scheduler.slurm import SlurmScheduler
+from tasks.scheduler.states import map_slurm_state
+from tasks.ssh import SshConnection
+from tests.conftest import Sandbox, wait_until
+
+HOSTILE = "$(touch {marker}); `touch {marker}`; touch {marker} #'\""
+
+
+def job(slurm: SlurmScheduler, body: str, *args: str, name: str | None = None, time_limit: str = "00:02:00") -> JobSubmission:
+    name = name or f"tacc-{uuid.uuid4().hex}"
+    work_dir = f"{slurm.scratch_root}/{name}"
+    return JobSubmission(
+        name=name, script=f"#!/bin/bash\n{body}\n", work_dir=work_dir, stdout_path=f"{work_dir}/stdout.log",
+        stderr_path=f"{work_dir}/stderr.log", sbatch_args=["-p", "gpu-a100", "-N", "1", "--ntasks-per-node", "1", "-t", time_limit, *args],
+    )
+
+
+def ended(slurm: SlurmScheduler, job_id: str, timeout: float = 60):
+    def check():
+        state = slurm.states([job_id]).get(job_id)
+        return state if state and map_slurm_state(state.state, state.exit_code)[0].is_terminal else None
+
+    return wait_until(check, timeout=timeout, interval=0.5)
+
+
+def names_in_queue(sandbox: Sandbox, name: str) -> list[str]:
+    output = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"], capture_output=True, text=True, check=True)
+    accounted = subprocess.run(["sacct", "--noheader", "-X", "--parsable2", "--allusers", f"--name={name}", "--format=JobID"], capture_output=True, text=True, check=True)
+    return sorted(set(output.stdout.split()) | set(accounted.stdout.split()))
+
+
+def test_submit_over_ssh_and_poll_to_completed(slurm: SlurmScheduler) -> None:
+    submission = job(slurm, 'echo "job $SLURM_JOB_ID in $SLURM_JOB_PARTITION"; sleep 1')
+    job_id = slurm.submit(submission)
+    state = ended(slurm, job_id)
+    assert map_slurm_state(state.state, state.exit_code) == (JobStatus.COMPLETED, None)
+    assert state.start is not None and state.end >= state.start and state.start.tzinfo is not None
+    assert abs(state.end - datetime.now(timezone.utc)) < timedelta(minutes=2)
+    log = slurm.read_files({submission.stdout_path: 0})[submission.stdout_path]
+    assert log.data == f"job {job_id} in gpu-a100\n"
+
+
+def test_failing_job_keeps_its_exit_code(slurm: SlurmScheduler) -> None:
+    state = ended(slurm, slurm.submit(job(slurm, "exit 3")))
+    assert (state.state, state.exit_code) == ("FAILED", "3:0")
+    assert map_slurm_state(state.state, state.exit_code) == (JobStatus.FAILED, "exit code 3")
+
+
+def test_job_over_its_wall_time_times_out(slurm: SlurmScheduler) -> None:
+    state = ended(slurm, slurm.submit(job(slurm, "sleep 300", time_limit="00:01:00")), timeout=150)
+    assert map_slurm_state(state.state, state.exit_code) == (JobStatus.FAILED, "TIMEOUT")
+
+
+def test_cancel_while_pending_and_while_running(slurm: SlurmScheduler) -> None:
+    held = slurm.submit(job(slurm, "echo never", "--hold"))
+    running = slurm.submit(job(slurm, "sleep 120"))
+    pending = wait_until(lambda: slurm.states([held]).get(held))
+    assert map_slurm_state(pending.state, reason=pending.reason) == (JobStatus.QUEUING, "JobHeldUser")
+    wait_until(lambda: slurm.states([running])[running].state == "RUNNING", timeout=30)
+    slurm.cancel(held)
+    slurm.cancel(running)
+    for job_id in (held, running):
+        state = ended(slurm, job_id)
+        status, reason = map_slurm_state(state.state, state.exit_code)
+        assert status is JobStatus.CANCELLED and reason.startswith("cancelled"), state
+    slurm.cancel(running)  # an ended job: nothing to do, no error
+
+
+class DropAfterSubmit:
+    """A transport whose connection drops right after the submission ran on the cluster."""
+
+    def __init__(self, inner: SshConnection) -> None:
+        self.inner, self.dropped = inner, False
+        self.commands_run = 0
+
+    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        self.commands_run += 1
+        completed = self.inner.run(argv, stdin=stdin, timeout=timeout)
+        if "sbatch" in " ".join(argv) and not self.dropped:
+            self.dropped = True
+            self.inner.close()  # the master connection really goes away; the answer is lost
+            raise TransientSchedulerError("ssh: Connection reset by peer")
+        return completed
+
+
+def test_dropped_connection_after_sbatch_gives_exactly_one_job(sandbox: Sandbox) -> None:
+    connection = sandbox.connect()
+    transport = DropAfterSubmit(connection)
+    slurm = SlurmScheduler(transport, "ls6", f"/home/{sandbox.user}/scratch/drop-{uuid.uuid4().hex[:6]}")
+    submission = job(slurm, "sleep 2")
+    with pytest.raises(TransientSchedulerError):
+        slurm.submit(submission)
+    transport.inner = sandbox.connect()  # the retry logs in again
+    adopted = slurm.submit(submission)
+    assert names_in_queue(sandbox, submission.name) == [adopted]
+    assert slurm.submit(submission) == adopted
+    ended(slurm, adopted)
+    transport.inner.close()
+
+
+def test_one_scheduler_command_per_poll_cycle(slurm: SlurmScheduler, sandbox_connection: SshConnection) -> None:
+    counts = {}
+    for active in (1, 20, 200):
+        ids = [slurm.submit(job(slurm, "sleep 30", "--hold")) for _ in range(active)]
+        before = sandbox_connection.commands_run
+        states = slurm.states(ids)
+        counts[active] = sandbox_connection.commands_run - before
+        assert len(states) == active and all(s.state == "PENDING" for s in states.values())
+        for job_id in ids:
+            slurm.cancel(job_id)
+    assert counts == {1: 1, 20: 1, 200: 1}
+    # jobs that have left the queue: one squeue, then one sacct for all of them
+    def accounted() -> bool:
+        in_queue = set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
+        states = slurm.states(ids)
+        return not set(ids) & in_queue and {s.state.split()[0] for s in states.values()} == {"CANCELLED"}
+
+    wait_until(accounted, timeout=90, interval=1)
+    before = sandbox_connection.commands_run
+    assert len(slurm.states(ids)) == 200
+    assert sandbox_connection.commands_run - before == 2
+
+
+def test_shell_injection_reaches_slurm_as_inert_text(slurm: SlurmScheduler, tmp_path: Path, sandbox: Sandbox) -> None:
+    marker = f"/home/{sandbox.user}/scratch/pwned-{uuid.uuid4().hex[:6]}"
+    hostile = HOSTILE.format(marker=marker)
+    submission = job(slurm, f"printf '%s' {subprocess.list2cmdline([hostile])!s} >/dev/null; exit 0")
+    work_dir = f"{slurm.scratch_root}/dir with $(touch {marker}) and ;"
+    submission = submission.model_copy(update={"work_dir": work_dir, "stdout_path": f"{work_dir}/out `touch {marker}`.log"})
+    state = ended(slurm, slurm.submit(submission))
+    assert state.state in ("COMPLETED", "FAILED")
+    assert slurm.read_files({submission.stdout_path: 0, f"{marker}; touch {marker}": 0})
+    for field in ("name",):
+        with pytest.raises(PermanentSchedulerError, match="not a safe Slurm job name"):
+            slurm.submit(submission.model_copy(update={field: f"x; touch {marker}"}))
+    with pytest.raises(PermanentSchedulerError, match="not a Slurm job id"):
+        slurm.cancel(f"1; touch {marker}")
+    assert slurm.states([f"1; touch {marker}"]) == {}
+    assert not Path(marker).exists()
+    assert Path(work_dir).is_dir()
+
+
+def test_permanent_errors_say_what_to_fix(slurm: SlurmScheduler) -> None:
+    with pytest.raises(PermanentSchedulerError, match=r"(?s)Invalid account.*\(check the allocation"):
+        slurm.submit(job(slurm, "true", "-A", "nosuchproject"))
+    with pytest.raises(PermanentSchedulerError, match=r"(?s)invalid partition.*\(the queue does not exist"):
+        slurm.submit(job(slurm, "true").model_copy(update={"sbatch_args": ["-p", "nosuchqueue", "-t", "00:01:00"]}))
+    with pytest.raises(PermanentSchedulerError, match="time limit"):
+        slurm.submit(job(slurm, "true").model_copy(update={"sbatch_args": ["-p", "gpu-a100-dev", "-t", "03:00:00"]}))
+
+
+def test_refused_login_is_permanent_and_unreachable_host_transient(sandbox: Sandbox, tmp_path: Path) -> None:
+    wrong_host_key = "[127.0.0.1]:%d ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIx1ZqcIgIqbqh0SWPyEzf2mgUC7cNvjzPBtQ4VKq1E3" % sandbox.port
+    with SshConnection(host=sandbox.host, port=sandbox.port, username=sandbox.user, private_key_path=sandbox.key, known_hosts=wrong_host_key) as bad:
+        with pytest.raises(PermanentSchedulerError, match="Host key verification failed"):
+            bad.run(["true"])
+    with SshConnection(host="127.0.0.1", port=1, username=sandbox.user, private_key_path=sandbox.key, known_hosts="") as down:
+        with pytest.raises(TransientSchedulerError, match="Connection refused"):
+            down.run(["true"])
+
+
+def test_resources_and_accounting(slurm: SlurmScheduler) -> None:
+    queues = {q.queue: q for q in slurm.resources()}
+    assert {"gpu-a100", "gpu-a100-dev", "gpu-h100"} <= set(queues) and "rtx" not in queues
+    assert queues["gpu-a100"].nodes_total == 1
+    assert queues["gpu-a100"].gpus_idle == queues["gpu-a100"].nodes_idle * 3
+    start = datetime.now(timezone.utc) - timedelta(seconds=5)
+    submission = job(slurm, "sleep 1")
+    job_id = slurm.submit(submission)
+    ended(slurm, job_id)
+    # slurmdbd records a job's eligible time a moment after it ends; windowed sacct catches up
+    row = wait_until(lambda: next((r for r in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1)) if r.job_id == job_id), None), timeout=30, interval=1)
+    assert (row.job_name, row.partition, row.state, row.nodes) == (submission.name, "gpu-a100", "COMPLETED", 1)
+    assert row.elapsed_seconds >= 1 and row.account == "sandbox" and "node=1" in row.alloc_tres
