@@ -36,7 +36,7 @@ class TaccCredentials(CredentialsBlock):
 
     username: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="TACC user name")
     host: str = Field(pattern=r"^[A-Za-z0-9.-]+$", description="Login host, e.g. ls6.tacc.utexas.edu")
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port of the login host")
     private_key: SecretStr | None = Field(default=None, description="Private key (OpenSSH format)")
     private_key_path: Path | None = Field(default=None, description="Path to a private key on the worker")
     allocation: str | None = Field(
@@ -44,6 +44,11 @@ class TaccCredentials(CredentialsBlock):
     )
     known_hosts: str | None = Field(default=None, description="known_hosts lines for the login host")
     scratch_root: str | None = Field(default=None, description="Directory on the cluster for datasets and jobs")
+    control_path: str | None = Field(
+        default=None,
+        description="ControlPath of an SSH master opened after an MFA login (e.g. ~/.ssh/cm-%C); "
+        "commands reuse it instead of logging in",
+    )
 
     @field_validator("scratch_root")
     @classmethod
@@ -61,4 +66,5 @@ class TaccCredentials(CredentialsBlock):
             private_key=self.private_key,
             private_key_path=self.private_key_path.expanduser() if self.private_key_path else None,
             known_hosts=self.known_hosts,
+            control_path=self.control_path,
         )

@@ -1,7 +1,8 @@
 """One multiplexed OpenSSH connection to a cluster login node (TACC requires MFA: log in once).
 
 Commands are argv lists; each argument is quoted with `shlex.quote` for the remote shell.
-The first command opens a ControlMaster; later commands reuse it until `close()`.
+The first command opens a ControlMaster; later commands reuse it until `close()`. With
+`control_path`, commands reuse a master an operator opened interactively (answering MFA).
 """
 
 from __future__ import annotations
@@ -44,17 +45,19 @@ class SshConnection:
         connect_timeout: float = 20.0,
         command_timeout: float = 120.0,
         control_persist_seconds: int = 600,
+        control_path: str | None = None,
     ) -> None:
         self.host, self.username, self.port = host, username, port
         self.command_timeout = command_timeout
         self.commands_run = 0
         self._dir = Path(tempfile.mkdtemp(prefix="tacc-ssh-"))
         os.chmod(self._dir, 0o700)
+        self._owns_master = control_path is None
         options = {
             "BatchMode": "yes",
             "ConnectTimeout": str(int(connect_timeout)),
             "ControlMaster": "auto",
-            "ControlPath": str(self._dir / "cm-%C"),
+            "ControlPath": os.path.expanduser(control_path) if control_path else str(self._dir / "cm-%C"),
             "ControlPersist": str(control_persist_seconds),
             "StrictHostKeyChecking": "yes",
             "ServerAliveInterval": "30",
@@ -97,8 +100,12 @@ class SshConnection:
         return completed
 
     def close(self) -> None:
-        """Close the master connection and delete the key material."""
-        subprocess.run([*self._base[:-1], "-O", "exit", self._base[-1]], capture_output=True, timeout=10)
+        """Close the master connection this object opened, and delete the key material.
+
+        A master opened by an operator (`control_path`, after an MFA login) is left open.
+        """
+        if self._owns_master:
+            subprocess.run([*self._base[:-1], "-O", "exit", self._base[-1]], capture_output=True, timeout=10)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> SshConnection:

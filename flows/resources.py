@@ -1,0 +1,43 @@
+"""cluster-resources: how busy each GPU queue of a system is right now."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from tasks.clusters import scheduler_for
+from tasks.job_tasks import is_transient
+from tasks.scheduler import QueueResources
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient)
+def query_resources(system: str) -> list[QueueResources]:
+    """One `sinfo` (or the embedded cluster's view): nodes allocated/idle/total, idle GPUs.
+
+    Example:
+        ```python
+        query_resources("ls6")  # [QueueResources(queue='gpu-a100', nodes_idle=12, gpus_idle=36, ...), ...]
+        ```
+    """
+    return scheduler_for(system).resources()
+
+
+@flow(name="cluster-resources", flow_run_name="cluster-resources/{system}")
+def cluster_resources(system: str = "local") -> list[QueueResources]:
+    """Idle nodes and GPUs per queue of a system, also as a table artifact in the UI.
+
+    Example:
+        ```python
+        from flows.resources import cluster_resources
+        cluster_resources("ls6")
+        ```
+    """
+    resources = query_resources(system)
+    create_table_artifact(
+        table=[queue.model_dump() for queue in resources],
+        key=f"cluster-resources-{system}",
+        description=f"GPU queues of {system}: nodes and idle GPUs",
+    )
+    return resources
