@@ -12,7 +12,13 @@ from pydantic import Field
 from tasks.clusters import scheduler_for
 from tasks.models import JobStatus
 from tasks.scheduler import JobSubmission, Scheduler, SchedulerError
-from tasks.tracking import JobObservation, TrackedJob, next_poll_interval, observe, read_result
+from tasks.tracking import (
+    JobObservation,
+    TrackedJob,
+    next_poll_interval,
+    observe,
+    read_result,
+)
 
 MAX_POLLS_UNSEEN = 5
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from tasks.clusters import scheduler_for
-from tasks.job_tasks import is_transient
+from tasks.retries import cluster_task
 from tasks.scheduler import QueueResources
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient)
+@cluster_task
 def query_resources(system: str) -> list[QueueResources]:
     """One `sinfo` (or the embedded cluster's view): nodes allocated/idle/total, idle GPUs.
 

@@ -17,11 +17,11 @@ from tasks.job_tasks import (
     record_new_job,
     request_run_name,
     run_logger,
-    stage_dataset,
     submit_to_scheduler,
     wait_for_job,
 )
 from tasks.models import JobRecord, JobRequest, JobStatus, Plan
+from tasks.staging_tasks import stage_dataset_to_scratch
 from tasks.store import open_job_store
 
 
@@ -82,7 +82,7 @@ def submit_job(request: JobRequest, wait: bool = True) -> JobRecord:
     plan = plan_job_request(request)
     record = record_new_job(request, plan)
     try:
-        stage_dataset(record)
+        stage_dataset_to_scratch(record.dataset_id, record.system, record.priority)
         record = submit_to_scheduler(record, request, plan)
     except Exception as error:
         if not open_job_store().get(record.id).status.is_terminal:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
+from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from tasks.clusters import scheduler_for
-from tasks.job_tasks import announce, is_transient
+from tasks.job_tasks import announce
+from tasks.retries import cluster_task
 from tasks.store import open_job_store
 from tasks.tracking import TrackedJob, observe, record_observation
 
@@ -24,7 +23,7 @@ class SystemSweep(BaseModel):
     statuses: dict[str, int]
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient)
+@cluster_task
 def sweep_system(system: str) -> SystemSweep:
     """Observe all active jobs of `system` in one scheduler call and record what changed.
 

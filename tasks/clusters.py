@@ -14,6 +14,7 @@ from tasks.scheduler.local import LocalScheduler
 from tasks.scheduler.slurm import SlurmScheduler
 from tasks.settings import get_settings
 from tasks.ssh import SshConnection
+from tasks.transfer import LocalCopy, RsyncOverSsh, Transfer
 
 _connections: dict[str, SshConnection] = {}
 
@@ -55,6 +56,19 @@ def scheduler_for(system: str) -> Scheduler:
     if system not in _connections:
         _connections[system] = credentials.get_client()
     return SlurmScheduler(_connections[system], system, credentials.scratch_root or "")
+
+
+def transfer_for(system: str) -> Transfer:
+    """How datasets reach `system`'s scratch: a local copy, or rsync over the system's connection."""
+    if system == "local":
+        return LocalCopy()
+    scheduler_for(system)
+    return RsyncOverSsh(_connections[system])
+
+
+def transfer_host(system: str) -> str:
+    """The host transfers to `system` go to (bandwidth is measured per host)."""
+    return LocalCopy.host if system == "local" else credentials_for(system).host
 
 
 def agent_runtime(system: str) -> AgentRuntime:

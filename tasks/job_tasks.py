@@ -4,31 +4,50 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime, timezone
 
 import httpx
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
-from prefect.tasks import Task, exponential_backoff
+from prefect.tasks import exponential_backoff
 
 from blocks.slurm_job import SlurmJob
-from tasks.clusters import agent_runtime, allocation_for, poll_floor_seconds, scheduler_for
+from tasks.agents import AGENTS_DIR
+from tasks.clusters import (
+    agent_runtime,
+    allocation_for,
+    poll_floor_seconds,
+    scheduler_for,
+    transfer_for,
+    transfer_host,
+)
 from tasks.job_script import JobPaths, render_job_script, scheduler_job_name
 from tasks.models import JobRecord, JobRequest, JobStatus, Plan
-from tasks.planner import PlanningContext, plan_request
-from tasks.scheduler import JobSubmission, Scheduler, TransientSchedulerError
+from tasks.planner import PlanningContext, PlanRefused, plan_request
+from tasks.retries import cluster_task
+from tasks.scheduler import JobSubmission, Scheduler
 from tasks.settings import get_settings
-from tasks.staging import StagedDataset, stage_local
-from tasks.store import IllegalTransition, JobStore, JobUpdate, Transition, open_job_store
-from tasks.tracking import JobObservation, job_event_payload, job_resource, read_result, record_observation
+from tasks.staging import StagingError, layout_advice, survey_dataset
+from tasks.store import (
+    IllegalTransition,
+    JobStore,
+    JobUpdate,
+    Transition,
+    open_job_store,
+    open_staging_store,
+)
+from tasks.tracking import (
+    JobObservation,
+    job_event_payload,
+    job_resource,
+    read_result,
+    record_observation,
+)
 
 LOG_LINES_PER_POLL = 50
 
@@ -55,14 +74,6 @@ def request_run_name(flow_name: str) -> Callable[[], str]:
 
 class JobAlreadyEnded(ValueError):
     """The job has already ended, so there is nothing to cancel."""
-
-
-def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry only what may succeed next time: dropped connections, timeouts, 5xx answers."""
-    error = state.data if isinstance(state.data, BaseException) else None
-    if isinstance(error, httpx.HTTPStatusError):
-        return error.response.status_code >= 500 or error.response.status_code == 429
-    return isinstance(error, (TransientSchedulerError, httpx.TransportError, TimeoutError, ConnectionError))
 
 
 def announce(store: JobStore, scheduler: Scheduler, transition: Transition) -> JobRecord:
@@ -99,6 +110,11 @@ def plan_job_request(request: JobRequest) -> Plan:
     """
     settings = get_settings()
     store = open_job_store()
+    try:
+        dataset = survey_dataset(settings.dataset_root, request.dataset_id)
+    except StagingError as error:
+        raise PlanRefused("dataset_id", str(error)) from None
+    measured = open_staging_store().bandwidth(transfer_host(request.system.value))
     context = PlanningContext(
         usd_per_gpu_hour=settings.usd_per_gpu_hour,
         cost_warning_usd=settings.cost_warning_usd,
@@ -106,6 +122,10 @@ def plan_job_request(request: JobRequest) -> Plan:
         su_committed=store.su_committed(request.user_id),
         past_runtimes_minutes=store.past_runtimes_minutes(request.user_id, request.agent),
         account=allocation_for(request.system.value),
+        dataset_bytes=dataset.bytes,
+        bandwidth_bytes_per_second=measured or settings.default_bandwidth_mb_per_s * 1e6,
+        bandwidth_measured=measured is not None,
+        layout_advice=layout_advice(dataset),
     )
     return plan_request(request, context)
 
@@ -121,25 +141,6 @@ def record_new_job(request: JobRequest, plan: Plan) -> JobRecord:
     """
     flow_run_id = runtime.flow_run.id
     return open_job_store().create(request, plan, flow_run_id=uuid.UUID(flow_run_id) if flow_run_id else None)
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient)
-def stage_dataset(record: JobRecord) -> StagedDataset:
-    """Copy the job's dataset into its system's scratch, verified by checksum (skipped when staged).
-
-    Example:
-        ```python
-        staged = stage_dataset(record)
-        ```
-    """
-    scheduler = scheduler_for(record.system)
-    destination = Path(scheduler.scratch_root) / "datasets" / record.dataset_id
-    staged = stage_local(get_settings().dataset_root, record.dataset_id, destination)
-    get_run_logger().info(
-        "Dataset %s %s: %d files, %d bytes, sha256 %s",
-        record.dataset_id, "staged" if staged.copied else "already staged", staged.files, staged.bytes, staged.digest[:12],
-    )
-    return staged
 
 
 def slurm_job_for(record: JobRecord, request: JobRequest | None = None, plan: Plan | None = None) -> SlurmJob:
@@ -166,9 +167,11 @@ def slurm_job_for(record: JobRecord, request: JobRequest | None = None, plan: Pl
     )
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient)
+@cluster_task
 def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> JobRecord:
     """Render the job script, submit it (`SlurmJob.trigger()`), record the job QUEUING.
+
+    At TACC the agents' programs are synced to `<scratch>/agents` first (rsync: a no-op when unchanged).
 
     If the job was cancelled while it was being submitted, the new scheduler job is cancelled too.
 
@@ -179,6 +182,8 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
         ```
     """
     job = slurm_job_for(record, request, plan)
+    if record.system != "local":
+        transfer_for(record.system).push(AGENTS_DIR, agent_runtime(record.system).agent_home)
     run = job.trigger()
     store = open_job_store()
     try:
@@ -191,7 +196,7 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
         raise
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient)
+@cluster_task
 def wait_for_job(record: JobRecord) -> JobRecord:
     """Follow a submitted job to its end: store, progress artifact, log tail, events.
 
@@ -217,7 +222,7 @@ def wait_for_job(record: JobRecord) -> JobRecord:
         transition = record_observation(store, record, observation)
         if transition is None:
             return
-        if transition.moved:
+        if transition.moved or transition.record.reason != record.reason:
             reason = f" ({transition.record.reason})" if transition.record.reason else ""
             logger.info("Job %s: %s -> %s%s", record.scheduler_job_id, transition.previous.value, transition.record.status.value, reason)
         if transition.record.progress != record.progress:
@@ -228,7 +233,7 @@ def wait_for_job(record: JobRecord) -> JobRecord:
     return store.get(record.id)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=is_transient)
+@cluster_task(retry_delay_seconds=exponential_backoff(backoff_factor=1))
 def send_job_webhook(record: JobRecord) -> int:
     """POST the job's outcome (id, status, progress, metrics, output location) to its webhook.
 
@@ -272,7 +277,7 @@ def fail_unsubmitted_job(record: JobRecord, reason: str) -> JobRecord:
     return announce(store, scheduler_for(record.system), transition)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient)
+@cluster_task
 def cancel_job_run(job_id: uuid.UUID, reason: str = "cancelled by user") -> JobRecord:
     """Cancel one job by its id.
 

@@ -199,6 +199,7 @@ class Plan(BaseModel):
     expected_runtime_minutes: float | None = Field(
         default=None, description="Median runtime of this user's earlier runs of the agent"
     )
+    staging_estimate_seconds: float | None = Field(default=None, description="Expected dataset transfer time")
     tips: list[str] = Field(default_factory=list)
 
     @property

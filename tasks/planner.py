@@ -40,6 +40,10 @@ class PlanningContext(BaseModel):
         default=(), description="Runtimes of this user's completed runs of the same agent"
     )
     account: str | None = None
+    dataset_bytes: int | None = Field(default=None, description="Size of the dataset to stage")
+    bandwidth_bytes_per_second: float | None = Field(default=None, description="Transfer rate to the system")
+    bandwidth_measured: bool = Field(default=False, description="Whether the rate was measured on past transfers")
+    layout_advice: Sequence[str] = ()
 
 
 def charge_su(spec: QueueSpec, nodes: int, used: timedelta) -> float:
@@ -138,7 +142,22 @@ def _tips(spec: QueueSpec, request: JobRequest, nodes: int, cost: float, context
     if cost > context.cost_warning_usd:
         tips.append(f"Cost warning: up to ${cost:,.2f} if the job runs its full wall time.")
     tips.append(f"{spec.queue} allows {spec.max_jobs_per_user} job(s) per user; more only wait in the queue.")
+    staging = staging_seconds(context)
+    if staging is not None and context.dataset_bytes is not None and context.bandwidth_bytes_per_second:
+        source = "measured on recent transfers" if context.bandwidth_measured else "default estimate"
+        tips.append(
+            f"Staging {context.dataset_bytes / 1e6:,.1f} MB takes about {staging:,.0f} s at "
+            f"{context.bandwidth_bytes_per_second / 1e6:,.1f} MB/s ({source})."
+        )
+    tips.extend(context.layout_advice)
     return tips
+
+
+def staging_seconds(context: PlanningContext) -> float | None:
+    """Expected transfer time of the dataset, when its size and a bandwidth are known."""
+    if context.dataset_bytes is None or not context.bandwidth_bytes_per_second:
+        return None
+    return context.dataset_bytes / context.bandwidth_bytes_per_second
 
 
 def plan_request(request: JobRequest, context: PlanningContext) -> Plan:
@@ -185,5 +204,6 @@ def plan_request(request: JobRequest, context: PlanningContext) -> Plan:
         estimated_su=estimated_su,
         estimated_cost_usd=cost,
         expected_runtime_minutes=statistics.median(past) if past else None,
+        staging_estimate_seconds=staging_seconds(context),
         tips=_tips(spec, request, nodes, cost, context),
     )

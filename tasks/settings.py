@@ -47,6 +47,11 @@ class OrchestratorSettings(BaseSettings):
     )
     poll_max_seconds: float = Field(default=300.0, gt=0)
 
+    default_bandwidth_mb_per_s: float = Field(
+        default=50.0, gt=0, description="Transfer estimate for a host with no measured transfers (MB/s)"
+    )
+    staging_slots_per_system: int = Field(default=2, ge=1, description="Concurrent stagings per system")
+
     @property
     def sqlite_path(self) -> Path:
         """The embedded job store's database file."""

@@ -70,6 +70,16 @@ class SshConnection:
             options.update(IdentityFile=str(identity), IdentitiesOnly="yes")
         self._base = ["ssh", "-p", str(port), *(f"-o{key}={value}" for key, value in options.items()), f"{username}@{host}"]
 
+    @property
+    def ssh_argv(self) -> list[str]:
+        """The ssh command with every option (multiplexing, keys), without the target."""
+        return self._base[:-1]
+
+    @property
+    def target(self) -> str:
+        """`user@host` of the login node."""
+        return self._base[-1]
+
     def _write_private(self, name: str, text: str) -> Path:
         path = self._dir / name
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -105,7 +115,7 @@ class SshConnection:
         A master opened by an operator (`control_path`, after an MFA login) is left open.
         """
         if self._owns_master:
-            subprocess.run([*self._base[:-1], "-O", "exit", self._base[-1]], capture_output=True, timeout=10)
+            subprocess.run([*self.ssh_argv, "-O", "exit", self.target], capture_output=True, timeout=10)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> SshConnection:

@@ -66,7 +66,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     else:
         engine = create_engine(request.getfixturevalue("postgres_url"))
         with engine.begin() as connection:
-            connection.exec_driver_sql("DROP TABLE IF EXISTS jobs; DROP TABLE IF EXISTS alembic_version")
+            connection.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     yield engine
     engine.dispose()
 

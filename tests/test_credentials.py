@@ -11,8 +11,8 @@ from pydantic import SecretStr, ValidationError
 
 from blocks.tacc import TaccCredentials
 from flows.resources import cluster_resources
-from tasks.scheduler.slurm import scheduler_error
 from tasks.scheduler import PermanentSchedulerError, TransientSchedulerError
+from tasks.scheduler.slurm import scheduler_error
 from tests.conftest import Sandbox
 
 

@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.exceptions import CancelledRun, ParameterTypeError
 from prefect.states import Cancelled
 from prefect_sqlalchemy import SqlAlchemyConnector
@@ -167,13 +172,11 @@ def test_bad_requests_are_refused_before_anything_is_written() -> None:
     assert len(list(Path(scheduler_for("local").root, "jobs").iterdir())) == jobs_before
 
 
-def test_missing_dataset_fails_the_job_without_submitting() -> None:
+def test_missing_dataset_is_refused_at_planning() -> None:
     user = request(dataset_id="VLASS9.9.missing")
-    with pytest.raises(Exception, match="dataset 'VLASS9.9.missing' not found"):
+    with pytest.raises(PlanRefused, match="dataset_id: dataset 'VLASS9.9.missing' not found"):
         submit_job(user)
-    record = open_job_store().history(user["user_id"]).items[0]
-    assert record.status is JobStatus.FAILED and record.scheduler_job_id is None
-    assert record.reason.startswith("not submitted: dataset 'VLASS9.9.missing' not found")
+    assert open_job_store().history(user["user_id"]).total == 0
 
 
 def test_webhook_receives_the_outcome(webhook: Webhook) -> None:

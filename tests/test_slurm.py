@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from tasks.models import JobStatus
-from tasks.scheduler import JobSubmission, PermanentSchedulerError, TransientSchedulerError
+from tasks.scheduler import (
+    JobSubmission,
+    PermanentSchedulerError,
+    TransientSchedulerError,
+)
 from tasks.scheduler.slurm import SlurmScheduler
 from tasks.scheduler.states import map_slurm_state
 from tasks.ssh import SshConnection

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tasks.models import JobRequest, JobStatus, parse_request
 from tasks.planner import PlanningContext, plan_request
-from tasks.store import IllegalTransition, JobNotFound, JobStore, JobUpdate
+from tasks.store import IllegalTransition, JobNotFound, JobStore, JobUpdate, migrate
 
 
 def request(**fields: object) -> JobRequest:
@@ -21,9 +21,8 @@ def request(**fields: object) -> JobRequest:
 
 @pytest.fixture
 def store(engine: Engine) -> JobStore:
-    store = JobStore(engine)
-    store.migrate()
-    return store
+    migrate(engine)
+    return JobStore(engine)
 
 
 def create(store: JobStore, **fields: object):
@@ -32,7 +31,7 @@ def create(store: JobStore, **fields: object):
 
 
 def test_migration_creates_the_seed_schema_and_is_idempotent(store: JobStore) -> None:
-    store.migrate()
+    migrate(store.engine)
     inspector = inspect(store.engine)
     columns = {column["name"] for column in inspector.get_columns("jobs")}
     assert {"id", "user_id", "agent", "dataset_id", "system", "queue", "scheduler_job_id", "status", "reason",

@@ -1,4 +1,4 @@
-"""Where the job store lives: the database block when one is saved, else a local SQLite file."""
+"""Where the project's database lives: the database block when one is saved, else SQLite."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from prefect_sqlalchemy import SqlAlchemyConnector
 from sqlalchemy import Engine, create_engine, event
 
 from tasks.settings import get_settings
-from tasks.store.repository import JobStore
+from tasks.store.schema import migrate
 
-_stores: dict[str, JobStore] = {}
+_engines: dict[str, Engine] = {}
 
 
 def sqlite_engine(url: str) -> Engine:
@@ -25,23 +25,21 @@ def sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def _migrated(engine: Engine) -> JobStore:
+def _migrated(engine: Engine) -> Engine:
     key = engine.url.render_as_string(hide_password=True)
-    if key not in _stores:
-        store = JobStore(engine)
-        store.migrate()
-        _stores[key] = store
-    return _stores[key]
+    if key not in _engines:
+        migrate(engine)
+        _engines[key] = engine
+    return _engines[key]
 
 
-def open_job_store() -> JobStore:
-    """The job store, migrated: the `SqlAlchemyConnector` block named by `TACC_ORCH_DATABASE_BLOCK`
+def open_engine() -> Engine:
+    """The database, migrated: the `SqlAlchemyConnector` block named by `TACC_ORCH_DATABASE_BLOCK`
     (default `tacc-jobs-db`) when it is saved, else SQLite under `TACC_ORCH_HOME`.
 
     Example:
         ```python
-        store = open_job_store()
-        store.history("jdoe").total
+        JobStore(open_engine()).history("jdoe").total
         ```
     """
     settings = get_settings()
@@ -50,5 +48,5 @@ def open_job_store() -> JobStore:
     except ValueError:
         settings.home.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{settings.sqlite_path}"
-        return _stores.get(url) or _migrated(sqlite_engine(url))
+        return _engines.get(url) or _migrated(sqlite_engine(url))
     return _migrated(connector.get_engine())

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from pydantic import BaseModel
 from sqlalchemy import Engine, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from tasks.models import ACTIVE_STATUSES, JobRecord, JobRequest, JobStatus, Page, Plan
 from tasks.store.tables import JobRow
-
-MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.QUEUING, JobStatus.FAILED, JobStatus.CANCELLED}),
@@ -72,8 +67,9 @@ class JobStore:
 
     Example:
         ```python
-        store = JobStore(create_engine("sqlite:///jobs.db"))
-        store.migrate()
+        engine = create_engine("sqlite:///jobs.db")
+        migrate(engine)
+        store = JobStore(engine)
         record = store.create(request, plan)
         store.transition(record.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="123"))
         store.history("jdoe").items
@@ -82,14 +78,6 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
 
     def create(self, request: JobRequest, plan: Plan, flow_run_id: uuid.UUID | None = None) -> JobRecord:
         """Record a new job, QUEUED, from its request and plan."""

@@ -1,4 +1,4 @@
-"""Alembic environment: migrations run on a connection handed in by `JobStore.migrate()`."""
+"""Alembic environment: migrations run on a connection handed in by `tasks.store.schema.migrate()`."""
 
 from alembic import context
 

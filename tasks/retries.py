@@ -1,0 +1,36 @@
+"""Which failures Prefect tasks retry: transient ones only."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import httpx
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.tasks import Task, exponential_backoff
+
+from tasks.scheduler import TransientSchedulerError
+
+
+def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only what may succeed next time: dropped connections, timeouts, 5xx answers.
+
+    Example:
+        ```python
+        @task(retries=3, retry_condition_fn=is_transient)
+        def poll(): ...
+        ```
+    """
+    error = state.data if isinstance(state.data, BaseException) else None
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code >= 500 or error.response.status_code == 429
+    return isinstance(error, (TransientSchedulerError, httpx.TransportError, TimeoutError, ConnectionError))
+
+
+cluster_task = partial(
+    task, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient
+)
+"""`@cluster_task`: a task that talks to a cluster or a remote service. It never caches (remote
+state changes under it) and retries transient failures three times with exponential backoff."""
