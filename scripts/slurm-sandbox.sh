@@ -47,7 +47,7 @@ install_packages() {
 write_configs() {
   mkdir -p "$SANDBOX"/{slurmctld,slurmd,ssh} "$LOGS" /etc/slurm
   local before
-  before=$(cat /etc/slurm/slurm.conf 2>/dev/null | sha256sum)
+  before=$(sha256sum </etc/slurm/slurm.conf 2>/dev/null || true)
   local partitions
   # name max_nodes max_time: one line per TACC GPU queue (tasks/tacc_queues.csv)
   partitions=$(cat <<PARTS
