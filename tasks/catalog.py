@@ -23,6 +23,7 @@ class QueueSpec(BaseModel):
     host: str
     queue: str
     gpu_model: str
+    gpu_type: str = Field(description="Short lower-case GPU type used in accounting, e.g. a100")
     gpus_per_node: int = Field(ge=1)
     max_nodes: int = Field(ge=1)
     max_wall_hours: float = Field(gt=0)

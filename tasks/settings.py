@@ -52,6 +52,16 @@ class OrchestratorSettings(BaseSettings):
     )
     staging_slots_per_system: int = Field(default=2, ge=1, description="Concurrent stagings per system")
 
+    usd_per_gpu_hour_by_type: dict[str, float] = Field(
+        default_factory=dict, description="Dollar rates per GPU type (e.g. {\"h100\": 0.65}); others use usd_per_gpu_hour"
+    )
+    teams_file: Path = Field(
+        default=REPO_ROOT / "tasks" / "accounting" / "sample" / "teams.json",
+        description="JSON list of teams (name, description, budget_usd) to create with their budgets",
+    )
+    ingest_overlap_hours: float = Field(default=24.0, ge=0, description="A nightly run re-reads this much before its watermark")
+    ingest_chunk_rows: int = Field(default=100_000, ge=1, description="Rows per chunk (memory stays flat)")
+
     @property
     def sqlite_path(self) -> Path:
         """The embedded job store's database file."""

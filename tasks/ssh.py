@@ -13,7 +13,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -108,6 +108,28 @@ class SshConnection:
                 raise PermanentSchedulerError(f"{message} (check the block's key, known_hosts and user name)")
             raise TransientSchedulerError(message)
         return completed
+
+    def stream(self, argv: Sequence[str]) -> Iterator[str]:
+        """Run one remote command and yield its output lines as they arrive (memory stays flat).
+
+        Raises:
+            TransientSchedulerError: When SSH itself fails.
+            subprocess.CalledProcessError: When the command exits non-zero (with its stderr).
+        """
+        self.commands_run += 1
+        process = subprocess.Popen([*self._base, "--", shlex.join(argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout is not None and process.stderr is not None
+        try:
+            for line in process.stdout:
+                yield line.rstrip("\n")
+        finally:
+            process.stdout.close()
+            stderr = process.stderr.read()
+            returncode = process.wait(timeout=self.command_timeout)
+        if returncode == SSH_CONNECTION_FAILED:
+            raise TransientSchedulerError(f"ssh {self.username}@{self.host}:{self.port}: {stderr.strip() or 'connection failed'}")
+        if returncode != 0:
+            raise subprocess.CalledProcessError(returncode, list(argv), stderr=stderr)
 
     def close(self) -> None:
         """Close the master connection this object opened, and delete the key material.

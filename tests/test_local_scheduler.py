@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.scheduler import JobSubmission, PermanentSchedulerError
+from tasks.scheduler import SACCT_FIELDS, JobSubmission, PermanentSchedulerError
 from tasks.scheduler.local import LocalScheduler
 from tests.conftest import wait_until
 
@@ -116,12 +116,13 @@ def test_tacc_refusals(cluster: LocalScheduler) -> None:
 
 def test_accounting_window(cluster: LocalScheduler) -> None:
     before = datetime.now(timezone.utc)
-    job_id = cluster.submit(submission(cluster, "sleep 0.2", nodes=2))
+    job_id = cluster.submit(submission(cluster, "sleep 1.2", nodes=2))
     final_state(cluster, job_id)
-    rows = cluster.accounting(before, datetime.now(timezone.utc))
-    assert [(r.job_id, r.state, r.nodes, r.partition) for r in rows] == [(job_id, "COMPLETED", 2, "local-gpu")]
-    assert "gres/gpu=8" in rows[0].alloc_tres
-    assert cluster.accounting(before - timedelta(hours=2), before - timedelta(hours=1)) == []
+    rows = [dict(zip(SACCT_FIELDS, row)) for row in cluster.accounting(before, datetime.now(timezone.utc))]
+    assert [(r["JobID"], r["State"], r["NNodes"], r["Partition"], r["ExitCode"]) for r in rows] == [(job_id, "COMPLETED", "2", "local-gpu", "0:0")]
+    assert "gres/gpu=8" in rows[0]["AllocTRES"] and rows[0]["Elapsed"] in ("00:00:01", "00:00:02")
+    assert rows[0]["Start"] >= before.strftime("%Y-%m-%dT%H:%M:%S")
+    assert list(cluster.accounting(before - timedelta(hours=2), before - timedelta(hours=1))) == []
 
 
 def test_read_files_from_offsets(cluster: LocalScheduler, tmp_path: Path) -> None:

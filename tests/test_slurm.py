@@ -12,6 +12,7 @@ import pytest
 
 from tasks.models import JobStatus
 from tasks.scheduler import (
+    SACCT_FIELDS,
     JobSubmission,
     PermanentSchedulerError,
     TransientSchedulerError,
@@ -187,6 +188,13 @@ def test_resources_and_accounting(slurm: SlurmScheduler) -> None:
     job_id = slurm.submit(submission)
     ended(slurm, job_id)
     # slurmdbd records a job's eligible time a moment after it ends; windowed sacct catches up
-    row = wait_until(lambda: next((r for r in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1)) if r.job_id == job_id), None), timeout=30, interval=1)
-    assert (row.job_name, row.partition, row.state, row.nodes) == (submission.name, "gpu-a100", "COMPLETED", 1)
-    assert row.elapsed_seconds >= 1 and row.account == "sandbox" and "node=1" in row.alloc_tres
+    def accounted() -> list[dict[str, str]]:
+        rows = [dict(zip(SACCT_FIELDS, row)) for row in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1))]
+        return [row for row in rows if row["JobID"].split(".")[0] == job_id]
+
+    rows = wait_until(accounted, timeout=30, interval=1)
+    job_row = next(row for row in rows if row["JobID"] == job_id)
+    assert (job_row["JobName"], job_row["Partition"], job_row["State"], job_row["NNodes"], job_row["Account"]) == (
+        submission.name, "gpu-a100", "COMPLETED", "1", "sandbox")
+    assert job_row["Elapsed"] >= "00:00:01" and "node=1" in job_row["AllocTRES"]
+    assert {row["JobID"] for row in rows} >= {job_id, f"{job_id}.batch"}, "steps come as rows of their own"

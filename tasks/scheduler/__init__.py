@@ -1,9 +1,9 @@
 """The scheduler interface and its implementations (the embedded local cluster; Slurm over SSH)."""
 
 from tasks.scheduler.base import (
-    AccountingRow,
     FileTail,
     JobSubmission,
+    SACCT_FIELDS,
     PermanentSchedulerError,
     QueueResources,
     Scheduler,
@@ -13,9 +13,9 @@ from tasks.scheduler.base import (
 )
 
 __all__ = [
-    "AccountingRow",
     "FileTail",
     "JobSubmission",
+    "SACCT_FIELDS",
     "PermanentSchedulerError",
     "QueueResources",
     "Scheduler",

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from pydantic import BaseModel, Field
+
+
+SACCT_FIELDS = ("JobID", "JobName", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Start", "End",
+                "Elapsed", "NNodes", "AllocTRES")
+"""The accounting fields every backend reports, in this order (`sacct --format`)."""
 
 
 class SchedulerError(RuntimeError):
@@ -43,24 +48,6 @@ class SchedulerJobState(BaseModel):
     end: datetime | None = None
 
 
-class AccountingRow(BaseModel):
-    """One job of an accounting window, with sacct's fields."""
-
-    job_id: str
-    job_name: str
-    user: str
-    account: str | None = None
-    partition: str
-    state: str
-    exit_code: str | None = None
-    submit: datetime
-    start: datetime | None = None
-    end: datetime | None = None
-    elapsed_seconds: int = 0
-    nodes: int
-    alloc_tres: str = ""
-
-
 class QueueResources(BaseModel):
     """How busy one queue is right now."""
 
@@ -95,8 +82,9 @@ class Scheduler(Protocol):
     def cancel(self, job_id: str) -> None:
         """Cancel a job; cancelling an ended job does nothing."""
 
-    def accounting(self, start: datetime, end: datetime) -> list[AccountingRow]:
-        """Jobs submitted or ended in `[start, end)`."""
+    def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
+        """Accounting rows of the jobs in `[start, end)`, streamed: the `SACCT_FIELDS` as
+        `sacct --parsable2` prints them (times in UTC, job steps as rows of their own)."""
 
     def resources(self) -> list[QueueResources]:
         """Allocated and idle nodes and idle GPUs per queue."""

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,13 @@ from pydantic import BaseModel
 
 from tasks.catalog import system_queues
 from tasks.scheduler.base import (
-    AccountingRow,
     FileTail,
     JobSubmission,
     PermanentSchedulerError,
     QueueResources,
     SchedulerJobState,
 )
-from tasks.walltime import parse_walltime
+from tasks.walltime import format_walltime, parse_walltime
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 _SUPPORTED_OPTIONS = {"-p", "-N", "-t", "-A", "-J", "--ntasks-per-node", "-n"}
@@ -222,26 +221,20 @@ class LocalScheduler:
             except ProcessLookupError:
                 pass
 
-    def accounting(self, start: datetime, end: datetime) -> list[AccountingRow]:
-        """Jobs submitted, or ended, inside `[start, end)`."""
-        rows = []
+    def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
+        """Jobs submitted, or ended, inside `[start, end)`, as sacct prints them."""
         for job_id in self._job_ids():
             job, state = self.load_job(job_id), self.read_state(job_id)
-            started = _parse_time(state.get("start"))
-            ended = _parse_time(state.get("end"))
+            started, ended = _parse_time(state.get("start")), _parse_time(state.get("end"))
             if not (start <= job.submit < end or (ended and start <= ended < end)):
                 continue
-            elapsed = ((ended or utcnow()) - started).total_seconds() if started else 0
-            spec = self.queues[job.partition]
-            rows.append(
-                AccountingRow(
-                    job_id=job_id, job_name=job.name, user=job.user, account=job.account,
-                    partition=job.partition, state=state["state"], exit_code=state.get("exit_code"),
-                    submit=job.submit, start=started, end=ended, elapsed_seconds=int(elapsed),
-                    nodes=job.nodes, alloc_tres=f"billing={job.nodes},node={job.nodes},gres/gpu={job.nodes * spec.gpus_per_node}",
-                )
-            )
-        return rows
+            elapsed = int(((ended or utcnow()) - started).total_seconds()) if started else 0
+            gpus = job.nodes * self.queues[job.partition].gpus_per_node
+            yield [
+                job_id, job.name, job.user, job.account or "", job.partition, state["state"], state.get("exit_code") or "0:0",
+                _sacct_time(job.submit), _sacct_time(started), _sacct_time(ended), format_walltime(timedelta(seconds=elapsed)),
+                str(job.nodes), f"billing={job.nodes},node={job.nodes},gres/gpu={gpus}",
+            ]
 
     def allocated_nodes(self) -> int:
         """Nodes held by running jobs (hold `locked()` for a consistent answer)."""
@@ -294,3 +287,7 @@ def _alive(pid: int | None) -> bool:
 
 def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _sacct_time(value: datetime | None) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") if value else "Unknown"

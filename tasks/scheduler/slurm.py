@@ -10,13 +10,13 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Protocol
 
 from tasks.catalog import system_queues
 from tasks.scheduler.base import (
-    AccountingRow,
+    SACCT_FIELDS,
     FileTail,
     JobSubmission,
     PermanentSchedulerError,
@@ -31,7 +31,6 @@ JOB_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SLURM_UNAVAILABLE = 75
 IN_QUEUE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
                    "REQUEUE_FED", "RESV_DEL_HOLD", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
-SACCT_FIELDS = "JobID,JobName,User,Account,Partition,State,ExitCode,Submit,Start,End,Elapsed,NNodes,AllocTRES"
 
 # Exactly once: look the job name (the idempotency key) up in squeue, then sacct; submit only
 # when neither knows it. A controller that cannot answer stops the submission (exit 75).
@@ -81,6 +80,9 @@ class Transport(Protocol):
     def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """Run one command on the cluster."""
 
+    def stream(self, argv: Sequence[str]) -> Iterator[str]:
+        """Run one command on the cluster, yielding its output line by line."""
+
 
 def scheduler_error(command: str, completed: subprocess.CompletedProcess[str]) -> SchedulerError:
     """A transient error to retry, or a permanent one that says what to fix."""
@@ -95,21 +97,6 @@ def _slurm_time(text: str) -> datetime | None:
     if text in ("", "N/A", "Unknown", "None"):
         return None
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
-
-
-def elapsed_seconds(text: str) -> int:
-    """Slurm's `[D-]HH:MM:SS` (or `MM:SS`) elapsed time in seconds.
-
-    Example:
-        >>> elapsed_seconds("1-02:03:04"), elapsed_seconds("05:06")
-        (93784, 306)
-    """
-    if not text:
-        return 0
-    days, _, clock = text.rpartition("-")
-    parts = [int(part) for part in clock.split(":")]
-    hours, minutes, seconds = [0] * (3 - len(parts)) + parts
-    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
 
 
 class SlurmScheduler:
@@ -176,19 +163,16 @@ class SlurmScheduler:
         if completed.returncode != 0 and not re.search(r"already completing or completed|Invalid job id", message):
             raise scheduler_error("scancel", completed)
 
-    def accounting(self, start: datetime, end: datetime) -> list[AccountingRow]:
-        """Jobs (allocations, not steps) of the window, from one `sacct` call."""
-        window = [f"--starttime={start.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}", f"--endtime={end.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}"]
-        output = self._run(["sacct", "--noheader", "-X", "--parsable2", *window, f"--format={SACCT_FIELDS}"])
-        rows = []
-        for line in output.splitlines():
-            (job_id, name, user, account, partition, state, exit_code, submit, started, ended, elapsed, nodes, tres) = (line.split("|") + [""] * 12)[:13]
-            rows.append(AccountingRow(
-                job_id=job_id, job_name=name, user=user, account=account or None, partition=partition, state=state,
-                exit_code=exit_code or None, submit=_slurm_time(submit), start=_slurm_time(started),
-                end=_slurm_time(ended), elapsed_seconds=elapsed_seconds(elapsed), nodes=int(nodes or 0), alloc_tres=tres,
-            ))
-        return rows
+    def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
+        """`sacct --parsable2` for the window (jobs and their steps), streamed line by line."""
+        window = [f"--starttime={start.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}",
+                  f"--endtime={end.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}"]
+        argv = ["env", "TZ=UTC", "sacct", "--noheader", "--parsable2", *window, f"--format={','.join(SACCT_FIELDS)}"]
+        try:
+            for line in self.transport.stream(argv):
+                yield line.split("|")
+        except subprocess.CalledProcessError as error:
+            raise scheduler_error("sacct", subprocess.CompletedProcess(argv, error.returncode, "", error.stderr)) from None
 
     def resources(self) -> list[QueueResources]:
         """Per GPU queue of this system: nodes allocated/idle/total and idle GPUs (one `sinfo`)."""

@@ -197,6 +197,11 @@ class JobStore:
         with Session(self.engine) as session:
             return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
 
+    def agents(self, system: str) -> dict[uuid.UUID, str]:
+        """Job id -> agent of every job on a system (accounting names models after agents)."""
+        with Session(self.engine) as session:
+            return dict(session.execute(select(JobRow.id, JobRow.agent).where(JobRow.system == system)).all())
+
     def past_runtimes_minutes(self, user_id: str, agent: str, limit: int = 20) -> list[float]:
         """Runtimes of the user's most recent completed runs of `agent`."""
         query = (

@@ -123,3 +123,88 @@ class TransferRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     seconds: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class TeamRow(Base):
+    """A team that GPU usage is accounted to, with its budget."""
+
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    budget_usd: Mapped[float | None] = mapped_column(Float)
+
+
+class JobUsageRow(Base):
+    """One accounted job (from sacct, a file or an HTTP feed), with its cost."""
+
+    __tablename__ = "job_usage"
+    __table_args__ = (
+        UniqueConstraint("system", "job_id", name="uq_job_usage_system_job_id"),
+        Index("ix_job_usage_start_time", "start_time"),
+        Index("ix_job_usage_team_name_start_time", "team_name", "start_time"),
+        Index("ix_job_usage_model_name_start_time", "model_name", "start_time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    system: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str] = mapped_column(String(64))
+    job_name: Mapped[str | None] = mapped_column(Text)
+    user_name: Mapped[str | None] = mapped_column(String(64))
+    account: Mapped[str | None] = mapped_column(String(64))
+    team_name: Mapped[str | None] = mapped_column(String(128))
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    gpu_type: Mapped[str | None] = mapped_column(String(32))
+    partition: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    exit_code: Mapped[str | None] = mapped_column(String(16))
+    submit_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    start_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    end_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    elapsed_seconds: Mapped[int] = mapped_column(BigInteger)
+    nodes: Mapped[int] = mapped_column(Integer)
+    gpu_count: Mapped[int] = mapped_column(Integer)
+    gpu_hours: Mapped[float] = mapped_column(Float)
+    su_charged: Mapped[float | None] = mapped_column(Float)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    ingested_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class QuarantineRow(Base):
+    """An input row that could not be ingested, kept with the reason."""
+
+    __tablename__ = "usage_quarantine"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    source: Mapped[str] = mapped_column(String(16))
+    raw: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class IngestRunRow(Base):
+    """One ingestion run: its window (the watermark), counts and outcome."""
+
+    __tablename__ = "ingest_runs"
+    __table_args__ = (Index("ix_ingest_runs_source_system_finished_at", "source", "system", "finished_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    source: Mapped[str] = mapped_column(String(16))
+    system: Mapped[str] = mapped_column(String(32))
+    window_start: Mapped[datetime] = mapped_column(UtcDateTime)
+    window_end: Mapped[datetime] = mapped_column(UtcDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    rows_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    inserted: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated: Mapped[int] = mapped_column(BigInteger, default=0)
+    unchanged: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    steps_folded: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,1 @@
+"""Job-accounting ingestion (sacct, files, HTTP) and usage-and-cost analytics."""
