@@ -11,8 +11,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from sqlalchemy import Engine, create_engine
+
+from blocks.tacc import TaccCredentials
 
 from tasks.scheduler.slurm import SlurmScheduler
 from tasks.ssh import SshConnection
@@ -124,3 +126,27 @@ def sandbox_connection(sandbox: Sandbox) -> Iterator[SshConnection]:
 def slurm(sandbox: Sandbox, sandbox_connection: SshConnection) -> SlurmScheduler:
     """The Slurm backend on the sandbox, with a scratch directory of its own."""
     return SlurmScheduler(sandbox_connection, "ls6", f"/home/{sandbox.user}/scratch/t-{uuid.uuid4().hex[:8]}")
+
+
+SCRATCH = "/home/{user}/scratch/orchestrator"
+
+
+@pytest.fixture
+def ls6_block(sandbox: Sandbox, prefect_server: None) -> TaccCredentials:
+    """The sandbox saved as the `ls6` TaccCredentials block, as an operator would save TACC's."""
+    block = TaccCredentials(username=sandbox.user, host=sandbox.host, port=sandbox.port,
+                            private_key=SecretStr(sandbox.key.read_text()), known_hosts=sandbox.known_hosts.read_text().strip(),
+                            allocation=sandbox.account, scratch_root=SCRATCH.format(user=sandbox.user))
+    block.save("ls6", overwrite=True)
+    return block
+
+
+@pytest.fixture
+def postgres_block(postgres_url: str, prefect_server: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The project's database on PostgreSQL through a saved SqlAlchemyConnector block."""
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
+    name = f"db-{uuid.uuid4().hex[:8]}"
+    SqlAlchemyConnector(connection_info=postgres_url).save(name)
+    monkeypatch.setenv("TACC_ORCH_DATABASE_BLOCK", name)
+    return postgres_url

@@ -10,27 +10,15 @@ import pytest
 from prefect import get_client
 from prefect.exceptions import ParameterTypeError
 from prefect.states import Cancelled
-from pydantic import SecretStr
 
-from blocks.tacc import TaccCredentials
 from flows.stage import stage_dataset, staging_status
 from flows.submit import cancel_scheduler_job, submit_job
 from flows.watch import watch_jobs
 from tasks.models import JobStatus
 from tasks.store import StagingStatus, open_job_store
-from tests.conftest import Sandbox, wait_until
+from tests.conftest import SCRATCH, Sandbox, wait_until
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
-SCRATCH = "/home/{user}/scratch/orchestrator"
-
-
-@pytest.fixture(autouse=True)
-def ls6_block(sandbox: Sandbox) -> TaccCredentials:
-    block = TaccCredentials(username=sandbox.user, host=sandbox.host, port=sandbox.port,
-                            private_key=SecretStr(sandbox.key.read_text()), known_hosts=sandbox.known_hosts.read_text().strip(),
-                            allocation=sandbox.account, scratch_root=SCRATCH.format(user=sandbox.user))
-    block.save("ls6", overwrite=True)
-    return block
+pytestmark = pytest.mark.usefixtures("prefect_server", "ls6_block")
 
 
 def request(**fields: Any) -> dict[str, Any]:

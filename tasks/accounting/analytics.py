@@ -12,7 +12,7 @@ from sqlalchemy.sql import ColumnElement
 from tasks.store.tables import JobUsageRow, TeamRow
 
 usage = JobUsageRow.__table__
-when = func.coalesce(usage.c.start_time, usage.c.submit_time)
+when = usage.c.start_time  # usage counts jobs that ran; one that never started cost nothing
 
 
 class UsagePage(BaseModel):
@@ -103,7 +103,7 @@ def list_usage(
     with engine.connect() as connection:
         total = connection.scalar(select(func.count()).select_from(usage).where(*filters)) or 0
         rows = connection.execute(
-            select(usage).where(*filters).order_by(when.desc(), usage.c.id).offset(offset).limit(limit)
+            select(usage).where(*filters).order_by(when.desc(), usage.c.system, usage.c.job_id).offset(offset).limit(limit)
         )
         items = [dict(row._mapping) for row in rows]
     return UsagePage(items=items, total=total, has_more=offset + len(items) < total)

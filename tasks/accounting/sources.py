@@ -22,7 +22,7 @@ def sacct_frames(rows: Iterable[list[str]], chunk_size: int) -> Iterator[tuple[p
     while chunk := list(islice(iterator, chunk_size)):
         good = [row for row in chunk if len(row) == len(SACCT_FIELDS)]
         malformed = ["|".join(row) for row in chunk if len(row) != len(SACCT_FIELDS)]
-        yield pd.DataFrame(good, columns=list(SACCT_FIELDS), dtype="string").fillna(""), malformed
+        yield pd.DataFrame(good, columns=list(SACCT_FIELDS), dtype="string[pyarrow]").fillna(""), malformed
 
 
 def file_frames(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import uuid
 from datetime import datetime, timezone
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from pydantic import BaseModel
-from sqlalchemy import Column, Connection, Engine, MetaData, Table, and_, func, or_, select, true, update
+from sqlalchemy import Column, Connection, Engine, Float, MetaData, Table, and_, func, literal_column, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tasks.accounting.normalize import USAGE_COLUMNS
@@ -31,9 +32,27 @@ class UpsertCounts(BaseModel):
                             unchanged=self.unchanged + other.unchanged)
 
 
-def _staging_table() -> Table:
+TIMES = ("submit_time", "start_time", "end_time", "ingested_at")
+EPOCH = pd.Timestamp(0, tz="UTC")
+
+
+def _staging_table(postgres: bool) -> Table:
+    """A temporary table shaped like `job_usage`; on PostgreSQL its times are epoch seconds,
+    which COPY loads far faster than formatted timestamps (`to_timestamp` converts them)."""
     usage = JobUsageRow.__table__
-    return Table("usage_staging", MetaData(), *(Column(name, usage.c[name].type) for name in STAGED), prefixes=["TEMPORARY"])
+    columns = (Column(name, Float() if postgres and name in TIMES else usage.c[name].type) for name in STAGED)
+    return Table("usage_staging", MetaData(), *columns, prefixes=["TEMPORARY"])
+
+
+def copy_into(connection: Connection, table: str, frame: pd.DataFrame) -> None:
+    """COPY a frame into a PostgreSQL table (its times as epoch seconds), serialized by Arrow."""
+    frame = frame.assign(**{name: (frame[name] - EPOCH).dt.total_seconds() for name in TIMES if name in frame})
+    buffer = pa.BufferOutputStream()
+    pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer,
+                     pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
+        copy.write(buffer.getvalue().to_pybytes())
 
 
 class Warehouse:
@@ -48,7 +67,8 @@ class Warehouse:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self.postgres = engine.dialect.name == "postgresql"
+        self.insert = postgresql.insert if self.postgres else sqlite.insert
 
     def ensure_teams(self, names: set[str], budgets: dict[str, float] | None = None, descriptions: dict[str, str] | None = None) -> None:
         """Create teams that do not exist yet; set budgets and descriptions when given."""
@@ -63,12 +83,8 @@ class Warehouse:
             connection.execute(statement.on_conflict_do_update(index_elements=["name"], set_=given))
 
     def _load_staging(self, connection: Connection, staging: Table, frame: pd.DataFrame) -> None:
-        if self.engine.dialect.name == "postgresql":
-            buffer = io.StringIO()
-            frame.to_csv(buffer, header=False, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")
-            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            with cursor.copy(f"COPY usage_staging ({', '.join(STAGED)}) FROM STDIN WITH (FORMAT csv)") as copy:
-                copy.write(buffer.getvalue())
+        if self.postgres:
+            copy_into(connection, staging.name, frame)
         else:
             records = frame.astype(object).where(frame.notna(), None).to_dict("records")
             connection.execute(staging.insert(), records)
@@ -81,25 +97,33 @@ class Warehouse:
         frame = usage.drop_duplicates(list(KEYS), keep="last").copy()
         if frame.empty:
             return UpsertCounts()
-        frame["run_id"] = str(run_id) if self.engine.dialect.name == "postgresql" else run_id
-        frame["ingested_at"] = datetime.now(timezone.utc)
-        target, staging = JobUsageRow.__table__, _staging_table()
+        frame["run_id"] = str(run_id) if self.postgres else run_id
+        frame["ingested_at"] = pd.Timestamp.now(tz="UTC")
+        target, staging = JobUsageRow.__table__, _staging_table(self.postgres)
         joined = staging.join(target, and_(*(target.c[key] == staging.c[key] for key in KEYS)))
         differs = or_(*(target.c[column].is_distinct_from(staging.c[column]) for column in COMPARED))
         with self.engine.begin() as connection:
             staging.create(connection)
             self._load_staging(connection, staging, frame[STAGED])
-            existing = connection.scalar(select(func.count()).select_from(joined)) or 0
-            changed = connection.scalar(select(func.count()).select_from(joined).where(differs)) or 0
-            statement = self.insert(target).from_select(STAGED, select(*(staging.c[name] for name in STAGED)).where(true()))
+            values = [func.to_timestamp(staging.c[name]) if self.postgres and name in TIMES else staging.c[name] for name in STAGED]
+            statement = self.insert(target).from_select(STAGED, select(*values).where(true()))
             statement = statement.on_conflict_do_update(
                 index_elements=list(KEYS),
                 set_={name: statement.excluded[name] for name in STAGED if name not in KEYS},
                 where=or_(*(target.c[column].is_distinct_from(statement.excluded[column]) for column in COMPARED)),
             )
-            connection.execute(statement)
+            if self.postgres:
+                # one statement: the upsert reports which rows it inserted (xmax = 0) and updated
+                written = statement.returning(literal_column("xmax = 0").label("inserted")).cte("written")
+                inserted, updated = connection.execute(select(
+                    func.count().filter(written.c.inserted), func.count().filter(~written.c.inserted))).one()
+            else:
+                existing = connection.scalar(select(func.count()).select_from(joined)) or 0
+                updated = connection.scalar(select(func.count()).select_from(joined).where(differs)) or 0
+                connection.execute(statement)
+                inserted = len(frame) - existing
             staging.drop(connection)
-        return UpsertCounts(inserted=len(frame) - existing, updated=changed, unchanged=existing - changed)
+        return UpsertCounts(inserted=inserted, updated=updated, unchanged=len(frame) - inserted - updated)
 
     def quarantine(self, rows: pd.DataFrame, source: str, run_id: uuid.UUID) -> int:
         """Keep bad input rows with their reasons; returns how many."""

@@ -141,15 +141,11 @@ class JobUsageRow(Base):
 
     __tablename__ = "job_usage"
     __table_args__ = (
-        UniqueConstraint("system", "job_id", name="uq_job_usage_system_job_id"),
         Index("ix_job_usage_start_time", "start_time"),
-        Index("ix_job_usage_team_name_start_time", "team_name", "start_time"),
-        Index("ix_job_usage_model_name_start_time", "model_name", "start_time"),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    system: Mapped[str] = mapped_column(String(32))
-    job_id: Mapped[str] = mapped_column(String(64))
+    system: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     job_name: Mapped[str | None] = mapped_column(Text)
     user_name: Mapped[str | None] = mapped_column(String(64))
     account: Mapped[str | None] = mapped_column(String(64))

@@ -27,9 +27,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "job_usage",
-        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
-        sa.Column("system", sa.String(32), nullable=False),
-        sa.Column("job_id", sa.String(64), nullable=False),
+        sa.Column("system", sa.String(32), primary_key=True),
+        sa.Column("job_id", sa.String(64), primary_key=True),
         sa.Column("job_name", sa.Text()),
         sa.Column("user_name", sa.String(64)),
         sa.Column("account", sa.String(64)),
@@ -52,11 +51,8 @@ def upgrade() -> None:
         sa.Column("source", sa.String(16), nullable=False),
         sa.Column("run_id", sa.Uuid()),
         sa.Column("ingested_at", UtcDateTime(), nullable=False),
-        sa.UniqueConstraint("system", "job_id", name="uq_job_usage_system_job_id"),
     )
     op.create_index("ix_job_usage_start_time", "job_usage", ["start_time"])
-    op.create_index("ix_job_usage_team_name_start_time", "job_usage", ["team_name", "start_time"])
-    op.create_index("ix_job_usage_model_name_start_time", "job_usage", ["model_name", "start_time"])
     op.create_table(
         "usage_quarantine",
         sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
