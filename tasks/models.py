@@ -146,6 +146,9 @@ class JobRequest(BaseModel):
     queue: QueueName | None = None
     webhook_url: HttpUrl | None = None
     priority: Priority = Priority.NORMAL
+    retention_days: int | None = Field(
+        default=None, ge=1, le=3650, description="Keep the record and results this long after the job ends (default 30)"
+    )
 
 
 class InvalidJobRequest(ValueError):
@@ -236,6 +239,7 @@ class JobRecord(BaseModel):
     webhook_url: str | None = None
     work_dir: str | None = None
     flow_run_id: uuid.UUID | None = None
+    retention_days: int | None = None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

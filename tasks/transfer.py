@@ -58,6 +58,9 @@ class Transfer(Protocol):
     def write_manifest(self, destination: str, manifest: dict[str, str]) -> None:
         """Mark `destination` complete: the manifest is written last."""
 
+    def remove(self, destination: str) -> None:
+        """Delete `destination` and everything under it."""
+
 
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file, read in 1 MiB blocks."""
@@ -105,6 +108,9 @@ class LocalCopy:
     def read_manifest(self, destination: str) -> dict[str, str] | None:
         path = Path(destination) / MANIFEST_NAME
         return json.loads(path.read_text()) if path.exists() else None
+
+    def remove(self, destination: str) -> None:
+        shutil.rmtree(destination, ignore_errors=True)
 
     def write_manifest(self, destination: str, manifest: dict[str, str]) -> None:
         partial = Path(destination) / f"{MANIFEST_NAME}.partial"
@@ -162,6 +168,11 @@ class RsyncOverSsh:
             checksum, _, name = line.partition("  ")
             sums[posixpath.normpath(name)] = checksum
         return sums
+
+    def remove(self, destination: str) -> None:
+        completed = self.connection.run(["rm", "-rf", "--", destination])
+        if completed.returncode != 0:
+            raise PermanentSchedulerError(f"rm -rf {destination} on {self.host}: {completed.stderr.strip()}")
 
     def read_manifest(self, destination: str) -> dict[str, str] | None:
         completed = self.connection.run(["cat", "--", posixpath.join(destination, MANIFEST_NAME)])

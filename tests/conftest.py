@@ -15,7 +15,6 @@ from pydantic import BaseModel, SecretStr
 from sqlalchemy import Engine, create_engine
 
 from blocks.tacc import TaccCredentials
-
 from tasks.scheduler.slurm import SlurmScheduler
 from tasks.ssh import SshConnection
 

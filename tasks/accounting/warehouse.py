@@ -9,7 +9,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from pydantic import BaseModel
-from sqlalchemy import Column, Connection, Engine, Float, MetaData, Table, and_, func, literal_column, or_, select, true, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    MetaData,
+    Table,
+    and_,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tasks.accounting.normalize import USAGE_COLUMNS

@@ -1,9 +1,9 @@
 """The scheduler interface and its implementations (the embedded local cluster; Slurm over SSH)."""
 
 from tasks.scheduler.base import (
+    SACCT_FIELDS,
     FileTail,
     JobSubmission,
-    SACCT_FIELDS,
     PermanentSchedulerError,
     QueueResources,
     Scheduler,

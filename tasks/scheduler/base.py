@@ -8,7 +8,6 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-
 SACCT_FIELDS = ("JobID", "JobName", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Start", "End",
                 "Elapsed", "NNodes", "AllocTRES")
 """The accounting fields every backend reports, in this order (`sacct --format`)."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import Engine, Select, func, select, update
+from sqlalchemy import delete as sa_delete
 from sqlalchemy.orm import Session
 
 from tasks.models import ACTIVE_STATUSES, JobRecord, JobRequest, JobStatus, Page, Plan
@@ -99,6 +100,7 @@ class JobStore:
             priority=request.priority.value,
             webhook_url=str(request.webhook_url) if request.webhook_url else None,
             flow_run_id=flow_run_id,
+            retention_days=request.retention_days,
             created_at=now,
             updated_at=now,
         )
@@ -197,6 +199,13 @@ class JobStore:
         with Session(self.engine) as session:
             return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
 
+    def active_count(self, user_id: str, system: str, queue: str) -> int:
+        """How many of the user's jobs are in a queue now (submitted, not ended)."""
+        with Session(self.engine) as session:
+            return session.scalar(select(func.count()).select_from(JobRow).where(
+                JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
+                JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))) or 0
+
     def agents(self, system: str) -> dict[uuid.UUID, str]:
         """Job id -> agent of every job on a system (accounting names models after agents)."""
         with Session(self.engine) as session:
@@ -230,6 +239,24 @@ class JobStore:
                 select(estimated).where(JobRow.user_id == user_id, JobRow.status.in_(active))
             ) or 0.0
         return float(used) + float(running)
+
+    def expired(self, default_days: int, now: datetime | None = None) -> list[JobRecord]:
+        """Ended jobs whose retention (their own, else `default_days`; at least a day) has run out."""
+        now = now or utcnow()
+        ended = [status.value for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)]
+        with Session(self.engine) as session:
+            ended_at = func.coalesce(JobRow.completed_at, JobRow.updated_at)
+            rows = session.scalars(select(JobRow).where(JobRow.status.in_(ended), ended_at <= now - timedelta(days=1)))
+            records = [JobRecord.model_validate(row) for row in rows]
+        return [
+            record for record in records
+            if (record.completed_at or record.updated_at) + timedelta(days=record.retention_days or default_days) <= now
+        ]
+
+    def delete(self, job_ids: list[uuid.UUID]) -> int:
+        """Remove job records; returns how many were removed."""
+        with self.engine.begin() as connection:
+            return connection.execute(sa_delete(JobRow).where(JobRow.id.in_(job_ids))).rowcount
 
     def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None) -> Transition:
         """Move a job to `status` (or update it in place when it is already there).

@@ -80,6 +80,7 @@ class JobRow(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     work_dir: Mapped[str | None] = mapped_column(Text)
     flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    retention_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
