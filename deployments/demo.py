@@ -1,9 +1,10 @@
-"""The demo: one AlphaCal job on the sample dataset, on the embedded default, end to end.
+"""The demo: one AlphaCal job on the sample dataset, on the embedded default, through the
+`submit-job` deployment of the local stack (so its run, logs and artifacts are in the UI).
 
 Example:
     ```bash
-    python -m deployments.demo            # plan, stage, submit, follow to COMPLETED, summary
-    python -m deployments.demo --gpus 8   # two whole simulated nodes
+    scripts/stack.sh up && python -m deployments.demo        # what `make demo` does
+    python -m deployments.demo --gpus 8 --rfi-strategy low    # two whole simulated nodes
     ```
 """
 
@@ -13,8 +14,11 @@ import argparse
 import json
 import time
 
-from flows.submit import submit_job
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_UI_URL
+
 from tasks.models import JobRequest
+from tasks.store import open_job_store
 
 SAMPLE_REQUEST = {
     "agent": "AlphaCal",
@@ -36,16 +40,23 @@ def main() -> None:
         {**SAMPLE_REQUEST, "gpu_count": args.gpus, "params": {**SAMPLE_REQUEST["params"], "rfi_strategy": args.rfi_strategy}}
     )
     started = time.monotonic()
-    record = submit_job(request)
+    flow_run = run_deployment("submit-job/submit-job", parameters={"request": request.model_dump(mode="json")}, timeout=None)
     elapsed = time.monotonic() - started
+    record = open_job_store().find_by_flow_run(flow_run.id)
     print("\n=== tacc-orchestrator demo: job summary ===")
+    print(f"flow run       {flow_run.name}: {flow_run.state_name}  {PREFECT_UI_URL.value()}/runs/flow-run/{flow_run.id}")
+    if record is None:
+        raise SystemExit("the flow run recorded no job; see its logs in the UI")
     print(f"job            {record.id}")
     print(f"status         {record.status.value}  (progress {record.progress:.0%})")
     print(f"where          {record.system}/{record.queue}, scheduler job {record.scheduler_job_id}, {record.nodes} node(s), {record.gpu_count} GPUs")
-    print(f"runtime        {record.runtime.total_seconds():.1f} s on the cluster; {elapsed:.1f} s end to end" if record.runtime else "")
+    if record.runtime:
+        print(f"runtime        {record.runtime.total_seconds():.1f} s on the cluster; {elapsed:.1f} s end to end")
     print(f"SUs            charged {record.charged_su} (estimated {record.estimated_su} at full wall time)")
     print(f"output         {record.work_dir}/output")
     print(f"metrics        {json.dumps(record.result)}")
+    if record.status.value != "COMPLETED":
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
