@@ -9,6 +9,7 @@
 # stack/), PREFECT_HOME (~/.prefect). To run the server on PostgreSQL, export
 # PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://USER@HOST:5432/DB before `up`.
 set -euo pipefail
+trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
 cd "$(dirname "$0")/.."
 
 PORT=${TACC_STACK_PORT:-4200}
@@ -47,9 +48,16 @@ up() {
 }
 
 down() {
-  if alive worker; then kill -INT "$(cat "$STATE/worker.pid")"; fi
-  if alive server; then kill -INT "$(cat "$STATE/server.pid")"; fi
-  rm -f "$STATE/worker.pid" "$STATE/server.pid"
+  # each daemon leads its own session (setsid): signal its whole process group. A worker stops
+  # on SIGINT (not SIGTERM); one that hangs in its shutdown is terminated, then killed.
+  for daemon in worker server; do
+    for signal in INT TERM KILL; do
+      alive "$daemon" || break
+      kill "-$signal" -- "-$(cat "$STATE/$daemon.pid")" 2>/dev/null || true
+      for _ in $(seq 40); do alive "$daemon" || break; sleep 0.25; done
+    done
+    rm -f "$STATE/$daemon.pid"
+  done
   log "stopped"
 }
 

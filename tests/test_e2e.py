@@ -1,0 +1,96 @@
+"""End to end: the local stack (real Prefect server and worker) and `prefect deployment run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tasks.models import JobStatus
+from tasks.store import JobStore
+from tasks.store.engine import sqlite_engine
+from tests.conftest import REPO
+
+PORT = 4317
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """`scripts/stack.sh up` on its own port, homes and database; `down` afterwards."""
+    home = tmp_path_factory.mktemp("stack")
+    env = {**os.environ, "TACC_STACK_PORT": str(PORT), "TACC_ORCH_HOME": str(home / "orch"), "PREFECT_HOME": str(home / "prefect"),
+           "PREFECT_API_URL": f"http://127.0.0.1:{PORT}/api", "TACC_ORCH_POLL_MIN_SECONDS": "0.5"}
+    up = subprocess.run([str(REPO / "scripts" / "stack.sh"), "up"], env=env, capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
+    yield env
+    subprocess.run([str(REPO / "scripts" / "stack.sh"), "down"], env=env, capture_output=True, timeout=60)
+
+
+def api(env: dict[str, str], path: str, body: dict[str, object] | None = None) -> object:
+    response = httpx.post(f"{env['PREFECT_API_URL']}{path}", json=body or {}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_every_deployment_is_there_and_scheduled(stack: dict[str, str]) -> None:
+    deployments = {d["name"]: d for d in api(stack, "/deployments/filter")}  # type: ignore[union-attr]
+    assert set(deployments) >= {"submit-job", "submit-batch", "plan-job", "watch-jobs", "cancel-job", "stage-dataset",
+                                "cluster-resources", "ingest-job-metadata", "usage-report", "cleanup"}
+    crons = {name: [s["schedule"].get("cron") for s in d["schedules"]] for name, d in deployments.items()}
+    assert crons["watch-jobs"] == ["* * * * *"] and crons["ingest-job-metadata"] == ["0 2 * * *"]
+    assert crons["usage-report"] == ["0 6 * * 1"] and crons["cleanup"] == ["30 3 * * *"]
+    assert deployments["ingest-job-metadata"]["schedules"][0]["schedule"]["timezone"] == "America/Chicago"
+
+
+def test_prefect_deployment_run_follows_a_job_to_completed(stack: dict[str, str]) -> None:
+    user = f"e2e{uuid.uuid4().hex[:6]}"
+    request = {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4, "max_runtime": "00:10:00",
+               "user_id": user, "system": "local", "params": {"rfi_strategy": "high", "step_seconds": 0.3}}
+    run = subprocess.run([str(REPO / ".venv" / "bin" / "prefect"), "deployment", "run", "submit-job/submit-job",
+                          "--param", f"request={json.dumps(request)}", "--watch"],
+                         env=stack, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Flow run finished successfully in 'Completed'" in run.stdout
+    store = JobStore(sqlite_engine(f"sqlite:///{Path(stack['TACC_ORCH_HOME']) / 'jobs.db'}"))
+    record = store.history(user).items[0]
+    assert record.status is JobStatus.COMPLETED and record.result["samples"] == 12000
+    artifacts = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": [f"job-{record.id}", f"job-summary-{record.id}"]}}})
+    assert {a["key"] for a in artifacts} == {f"job-{record.id}", f"job-summary-{record.id}"}  # type: ignore[union-attr]
+    flow_run = api(stack, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [str(record.flow_run_id)]}}})[0]  # type: ignore[index]
+    assert flow_run["name"] == "submit-job/AlphaCal/VLASS2.1.eb123456" and flow_run["state_type"] == "COMPLETED"
+
+
+def chromium(url: str, *action: str, profile: Path) -> subprocess.CompletedProcess[str]:
+    """Debian's headless Chromium with the flags this closed network needs."""
+    return subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+         "--window-size=1440,900", "--virtual-time-budget=30000", *action, url],
+        capture_output=True, text=True, timeout=180,
+    )
+
+
+def test_the_ui_shows_the_run_and_its_artifacts(stack: dict[str, str], tmp_path: Path) -> None:
+    installed = subprocess.run([str(REPO / "scripts" / "install-browser.sh")], capture_output=True, text=True, timeout=900)
+    assert installed.returncode == 0, installed.stderr
+    artifacts = api(stack, "/artifacts/filter", {"artifacts": {"key": {"like_": "job-summary-"}}, "limit": 1})
+    assert artifacts, "the deployment test runs first and leaves its summary artifact"
+    base = f"http://127.0.0.1:{PORT}"
+
+    def rendered(url: str, text: str) -> bool:  # the UI fetches after load: give it a few tries
+        return any(text in chromium(url, "--dump-dom", profile=tmp_path / f"p{attempt}").stdout for attempt in range(3))
+
+    assert rendered(f"{base}/runs", "submit-job/AlphaCal/VLASS2.1.eb123456")
+    artifact_page = f"{base}/artifacts/artifact/{artifacts[0]['id']}"  # type: ignore[index]
+    assert rendered(artifact_page, "AlphaCal on VLASS2.1.eb123456: COMPLETED")
+    shots = REPO / "tests" / "artifacts"
+    shots.mkdir(exist_ok=True)
+    for name, url in (("ui-runs.png", f"{base}/runs"), ("ui-job-summary.png", artifact_page)):
+        shot = chromium(url, f"--screenshot={shots / name}", profile=tmp_path / name)
+        assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot.stderr[-2000:]
