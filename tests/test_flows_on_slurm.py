@@ -39,7 +39,7 @@ def test_submit_job_on_slurm_stages_then_submits_and_completes(sandbox: Sandbox)
     assert record.charged_su == 1 * 0.25 * 4
     staged = staging_status("VLASS2.1.eb123456", "ls6")
     assert staged.status is StagingStatus.STAGED and staged.path == f"{SCRATCH.format(user=sandbox.user)}/datasets/VLASS2.1.eb123456"
-    assert staged.started_at <= record.started_at, "staged before it was submitted"
+    assert staged.finished_at.replace(microsecond=0) <= record.started_at, "staged before it started (Slurm keeps whole seconds)"
     accounted = subprocess.run(["sacct", "-n", "-X", "-P", "--allusers", "-j", record.scheduler_job_id, "-o", "JobName,Account,Partition"],
                                capture_output=True, text=True).stdout.strip()
     assert accounted == f"tacc-{record.id.hex}|sandbox|gpu-a100"
