@@ -11,7 +11,12 @@ from pydantic import Field
 
 from tasks.clusters import scheduler_for
 from tasks.models import JobStatus
-from tasks.scheduler import JobSubmission, Scheduler, SchedulerError
+from tasks.scheduler import (
+    JobSubmission,
+    Scheduler,
+    SchedulerError,
+    TransientSchedulerError,
+)
 from tasks.tracking import (
     JobObservation,
     TrackedJob,
@@ -21,6 +26,7 @@ from tasks.tracking import (
 )
 
 MAX_POLLS_UNSEEN = 5
+MAX_TRANSIENT_FAILURES = 20
 
 
 class SlurmJobFailed(RuntimeError):
@@ -74,12 +80,25 @@ class SlurmJobRun(JobRun[dict[str, Any]]):
     def wait_for_completion(self, on_poll: Callable[[JobObservation], None] | None = None) -> JobObservation:
         """Poll until the job ends, adaptively; `on_poll` sees every observation.
 
+        Transient failures (a dropped connection, an unreachable controller) are retried with a
+        growing interval, up to `MAX_TRANSIENT_FAILURES` in a row.
+
         Raises:
             SchedulerError: When the scheduler stops reporting the job for several polls.
         """
-        interval, unseen, started = self.job.poll_min_seconds, 0, None
+        interval, unseen, failures, started = self.job.poll_min_seconds, 0, 0, None
         while True:
-            observation = observe(self.scheduler, [self.tracked])[0]
+            try:
+                observation = observe(self.scheduler, [self.tracked])[0]
+            except TransientSchedulerError as error:  # a login-node hiccup must not end a two-day wait
+                failures += 1
+                if failures >= MAX_TRANSIENT_FAILURES:
+                    raise
+                interval = min(interval * 2, self.job.poll_max_seconds)
+                self.logger.warning("Polling job %s failed (%s); retrying in %.0f s", self.scheduler_job_id, error, interval)
+                time.sleep(interval)
+                continue
+            failures = 0
             self.tracked.stdout_offset = observation.next_stdout_offset
             changed = self.last is None or (observation.status, observation.reason) != (self.last.status, self.last.reason)
             self.last = observation

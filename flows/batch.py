@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 from prefect import flow, get_run_logger, runtime
 from prefect.futures import PrefectFuture
+from pydantic import Field
 
 from flows.watch import sweep_system
 from tasks.catalog import find_queue
@@ -35,7 +37,7 @@ def has_slot(store: JobStore, record: JobRecord, launching: list[JobRecord]) -> 
 
 
 @flow(name="submit-batch", flow_run_name=batch_run_name)
-def submit_batch(requests: list[JobRequest], parallel_limit: int = 2, wait: bool = True) -> list[JobRecord]:
+def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Field(ge=1, le=64)] = 2, wait: bool = True) -> list[JobRecord]:
     """Submit many jobs: all planned first (a refusal stops the batch before anything is written),
     recorded QUEUED, then staged and submitted `parallel_limit` at a time, high priority first.
     A user never has more jobs in a queue than TACC allows: the excess waits in QUEUED. The

@@ -6,6 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from tasks.clusters import scheduler_for
+from tasks.models import System
 from tasks.retries import cluster_task
 from tasks.scheduler import QueueResources
 
@@ -23,7 +24,7 @@ def query_resources(system: str) -> list[QueueResources]:
 
 
 @flow(name="cluster-resources", flow_run_name="cluster-resources/{system}")
-def cluster_resources(system: str = "local") -> list[QueueResources]:
+def cluster_resources(system: System = System.LOCAL) -> list[QueueResources]:
     """Idle nodes and GPUs per queue of a system, also as a table artifact in the UI.
 
     Example:
@@ -32,10 +33,10 @@ def cluster_resources(system: str = "local") -> list[QueueResources]:
         cluster_resources("ls6")
         ```
     """
-    resources = query_resources(system)
+    resources = query_resources(system.value)
     create_table_artifact(
         table=[queue.model_dump() for queue in resources],
-        key=f"cluster-resources-{system}",
-        description=f"GPU queues of {system}: nodes and idle GPUs",
+        key=f"cluster-resources-{system.value}",
+        description=f"GPU queues of {system.value}: nodes and idle GPUs",
     )
     return resources

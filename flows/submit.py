@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import Flow, FlowRun, State
 from prefect.states import Cancelled
 
@@ -21,7 +22,7 @@ from tasks.job_tasks import (
     wait_for_job,
 )
 from tasks.models import JobRecord, JobRequest, JobStatus, Plan
-from tasks.staging_tasks import stage_dataset_to_scratch
+from tasks.staging_tasks import artifact_key, stage_dataset_to_scratch
 from tasks.store import open_job_store
 
 
@@ -36,6 +37,19 @@ def cancel_scheduler_job(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
     if record is not None and not record.status.is_terminal:
         cancel_stored_job(store, record, f"flow run {flow_run.name} {state.name.lower()}")
         run_logger().info("Cancelled job %s (%s) with its flow run", record.id, record.scheduler_job_id)
+
+
+HISTORY_ROWS = 20
+
+
+def history_table(user_id: str) -> list[dict[str, object]]:
+    """The user's latest jobs as rows of a table artifact."""
+    return [
+        {"job": str(job.id), "agent": job.agent, "dataset": job.dataset_id, "where": f"{job.system}/{job.queue}",
+         "status": job.status.value, "reason": job.reason or "", "progress": f"{job.progress:.0%}",
+         "SUs": job.charged_su, "created (UTC)": f"{job.created_at:%Y-%m-%d %H:%M}"}
+        for job in open_job_store().history(user_id, limit=HISTORY_ROWS).items
+    ]
 
 
 def summary_markdown(record: JobRecord, plan: Plan) -> str:
@@ -93,6 +107,8 @@ def submit_job(request: JobRequest, wait: bool = True) -> JobRecord:
     record = wait_for_job(record)
     create_markdown_artifact(markdown=summary_markdown(record, plan), key=f"job-summary-{record.id}",
                              description=f"{record.agent} on {record.dataset_id}")
+    create_table_artifact(table=history_table(record.user_id), key=artifact_key("job-history", record.user_id, hashlib.sha256(record.user_id.encode()).hexdigest()[:8]),
+                          description=f"The last {HISTORY_ROWS} jobs of {record.user_id}")
     if record.status is JobStatus.FAILED:
         raise JobFailed(f"job {record.id} ({record.system} #{record.scheduler_job_id}) FAILED: {record.reason}")
     if record.status is JobStatus.CANCELLED:

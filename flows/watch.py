@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from tasks.clusters import scheduler_for
 from tasks.job_tasks import announce
+from tasks.models import System
 from tasks.retries import cluster_task
 from tasks.store import open_job_store
 from tasks.tracking import TrackedJob, observe, record_observation
@@ -50,7 +51,7 @@ def sweep_system(system: str) -> SystemSweep:
 
 
 @flow(name="watch-jobs")
-def watch_jobs(system: str | None = None) -> list[SystemSweep]:
+def watch_jobs(system: System | None = None) -> list[SystemSweep]:
     """Sweep active jobs: one scheduler call per system, store and progress updated, an event per change.
 
     Args:
@@ -62,5 +63,5 @@ def watch_jobs(system: str | None = None) -> list[SystemSweep]:
         watch_jobs()  # [SystemSweep(system='local', active=3, changed=1, ...)]
         ```
     """
-    systems = [system] if system else sorted({record.system for record in open_job_store().active()})
+    systems = [system.value] if system else sorted({record.system for record in open_job_store().active()})
     return [sweep_system(name) for name in systems]

@@ -17,7 +17,7 @@ TEST_USER=tacctest
 ACCOUNT=sandbox
 HOST=$(hostname -s)
 CONFIG_CHANGED=
-PACKAGES=(slurmctld slurmd slurmdbd slurm-client munge openssh-server rsync)
+PACKAGES=(slurmctld slurmd slurmdbd slurm-client munge openssh-server rsync mariadb-server)
 
 log() { printf '[slurm-sandbox] %s\n' "$*" >&2; }
 

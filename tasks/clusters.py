@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import posixpath
 import sys
+import threading
 
 from blocks.tacc import TaccCredentials
 from tasks.agents import AGENTS_DIR
@@ -14,9 +15,11 @@ from tasks.scheduler.local import LocalScheduler
 from tasks.scheduler.slurm import SlurmScheduler
 from tasks.settings import get_settings
 from tasks.ssh import SshConnection
+from tasks.store.engine import is_missing_block
 from tasks.transfer import LocalCopy, RsyncOverSsh, Transfer
 
 _connections: dict[str, SshConnection] = {}
+_connections_lock = threading.Lock()
 
 
 @atexit.register
@@ -34,7 +37,9 @@ def credentials_for(system: str) -> TaccCredentials:
     """
     try:
         credentials = TaccCredentials.load(system)
-    except ValueError:
+    except ValueError as error:
+        if not is_missing_block(error):
+            raise
         raise ValueError(f"system {system!r}: save a TaccCredentials block named {system!r} (see README)") from None
     if not credentials.scratch_root:
         raise ValueError(f"TaccCredentials block {system!r}: scratch_root is required to stage and submit jobs")
@@ -53,17 +58,20 @@ def scheduler_for(system: str) -> Scheduler:
     if system == "local":
         return LocalScheduler(get_settings().local_cluster_dir)
     credentials = credentials_for(system)
-    if system not in _connections:
-        _connections[system] = credentials.get_client()
-    return SlurmScheduler(_connections[system], system, credentials.scratch_root or "")
+    with _connections_lock:  # tasks run in threads: one connection (and key file) per system
+        if system not in _connections:
+            _connections[system] = credentials.get_client()
+        connection = _connections[system]
+    return SlurmScheduler(connection, system, credentials.scratch_root or "")
 
 
 def transfer_for(system: str) -> Transfer:
     """How datasets reach `system`'s scratch: a local copy, or rsync over the system's connection."""
     if system == "local":
         return LocalCopy()
-    scheduler_for(system)
-    return RsyncOverSsh(_connections[system])
+    scheduler = scheduler_for(system)
+    assert isinstance(scheduler, SlurmScheduler)
+    return RsyncOverSsh(scheduler.transport)  # type: ignore[arg-type]
 
 
 def transfer_host(system: str) -> str:

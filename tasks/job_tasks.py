@@ -34,7 +34,6 @@ from tasks.scheduler import JobSubmission, Scheduler
 from tasks.settings import get_settings
 from tasks.staging import StagingError, layout_advice, survey_dataset
 from tasks.store import (
-    IllegalTransition,
     JobStore,
     JobUpdate,
     Transition,
@@ -48,6 +47,7 @@ from tasks.tracking import (
     read_result,
     record_observation,
 )
+from tasks.webhooks import private_webhook_reason
 
 LOG_LINES_PER_POLL = 50
 
@@ -110,6 +110,9 @@ def plan_job_request(request: JobRequest) -> Plan:
     """
     settings = get_settings()
     store = open_job_store()
+    if request.webhook_url and not settings.allow_private_webhooks:
+        if reason := private_webhook_reason(str(request.webhook_url)):
+            raise PlanRefused("webhook_url", reason.removeprefix("webhook_url: "))
     try:
         dataset = survey_dataset(settings.dataset_root, request.dataset_id)
     except StagingError as error:
@@ -173,7 +176,8 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
 
     At TACC the agents' programs are synced to `<scratch>/agents` first (rsync: a no-op when unchanged).
 
-    If the job was cancelled while it was being submitted, the new scheduler job is cancelled too.
+    If the job cannot be recorded (it was cancelled meanwhile, or the database failed), the new
+    scheduler job is cancelled: no job runs untracked.
 
     Example:
         ```python
@@ -191,7 +195,7 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
             record.id, JobStatus.QUEUING,
             JobUpdate(scheduler_job_id=run.scheduler_job_id, work_dir=job.submission.work_dir),
         ).record
-    except IllegalTransition:
+    except Exception:  # cancelled meanwhile, or not recorded: an untracked job must not run and cost SUs
         run.scheduler.cancel(run.scheduler_job_id)
         raise
 
@@ -244,6 +248,8 @@ def send_job_webhook(record: JobRecord) -> int:
     """
     if not record.webhook_url:
         raise ValueError(f"job {record.id} has no webhook_url")
+    if not get_settings().allow_private_webhooks and (reason := private_webhook_reason(record.webhook_url)):
+        raise ValueError(reason)
     response = httpx.post(record.webhook_url, json=job_event_payload(record), timeout=10.0)
     response.raise_for_status()
     return response.status_code
@@ -273,6 +279,8 @@ def cancel_stored_job(store: JobStore, record: JobRecord, reason: str) -> JobRec
 def fail_unsubmitted_job(record: JobRecord, reason: str) -> JobRecord:
     """Record a job that never reached the scheduler (staging or submission failed) as FAILED."""
     store = open_job_store()
+    if store.get(record.id).status.is_terminal:  # cancelled meanwhile: keep that
+        return store.get(record.id)
     transition = store.transition(record.id, JobStatus.FAILED, JobUpdate(reason=reason, completed_at=datetime.now(timezone.utc)))
     return announce(store, scheduler_for(record.system), transition)
 

@@ -52,9 +52,16 @@ UserId = Annotated[
 QueueName = Annotated[
     str, _identifier(r"[a-z0-9][a-z0-9-]{0,31}", "lower-case letters, digits and '-', e.g. 'gpu-a100'")
 ]
+def _positive(duration: timedelta) -> timedelta:
+    if duration <= timedelta(0):
+        raise ValueError("a wall time must be longer than zero")
+    return duration
+
+
 WallTime = Annotated[
     timedelta,
     BeforeValidator(lambda value: parse_walltime(value) if isinstance(value, str) else value),
+    AfterValidator(_positive),
     PlainSerializer(format_walltime, return_type=str),
 ]
 _PARAM_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -247,7 +254,7 @@ class JobRecord(BaseModel):
 
     @property
     def runtime(self) -> timedelta | None:
-        """Wall-clock time used, once the job has started."""
+        """Wall-clock time used so far (until now's last update while it runs), once it has started."""
         if self.started_at is None:
             return None
         end = self.completed_at or self.updated_at

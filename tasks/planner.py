@@ -18,7 +18,6 @@ from tasks.models import JobRequest, Plan
 from tasks.walltime import format_walltime
 
 MINIMUM_CHARGE = timedelta(minutes=15)
-DEV_QUEUE_LIMIT = timedelta(hours=2)
 
 
 class PlanRefused(ValueError):
@@ -127,9 +126,10 @@ def _tips(spec: QueueSpec, request: JobRequest, nodes: int, cost: float, context
             f"{idle} idle GPU(s); {nodes * spec.gpus_per_node} GPUs cost the same."
         )
     dev = find_queue(spec.system, spec.dev_queue) if spec.dev_queue else None
-    if dev and request.max_runtime <= DEV_QUEUE_LIMIT and nodes <= dev.max_nodes:
+    if dev and request.max_runtime <= timedelta(hours=dev.max_wall_hours) and nodes <= dev.max_nodes:
         tips.append(
-            f"Under 2 h: the {dev.queue} queue usually starts sooner (1 job per user, {dev.max_nodes} nodes max)."
+            f"Under {dev.max_wall_hours:g} h: the {dev.queue} queue usually starts sooner "
+            f"({dev.max_jobs_per_user} job(s) per user, {dev.max_nodes} nodes max)."
         )
     if context.past_runtimes_minutes:
         median = statistics.median(context.past_runtimes_minutes)

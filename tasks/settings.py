@@ -41,6 +41,9 @@ class OrchestratorSettings(BaseSettings):
     su_budgets: dict[str, float] = Field(
         default_factory=dict, description="Per-user SU budgets; users not listed have none."
     )
+    allow_private_webhooks: bool = Field(
+        default=False, description="Let webhook_url point at loopback, private or link-local addresses"
+    )
     poll_min_seconds: float = Field(default=1.0, gt=0, description="Poll floor on the embedded cluster")
     remote_poll_min_seconds: float = Field(
         default=30.0, gt=0, description="Poll floor on TACC: login nodes are shared, no tight squeue loops"

@@ -66,8 +66,13 @@ def stage_dataset_to_scratch(dataset_id: str, system: str, priority: str = "norm
         logger.warning("Layout advice for %s: %s", dataset_id, advice)
     waiting_logged = False
     while not store.try_start(system, dataset_id, settings.staging_slots_per_system):
+        current = store.get(system, dataset_id)
+        if current is not None and current.status in (StagingStatus.STAGED, StagingStatus.FAILED):
+            store.request(system, dataset_id, priority)  # another stager finished it: ours only verifies
+            continue
         if not waiting_logged:
-            logger.info("Waiting for a staging slot on %s (%d request(s) ahead)", system, store.waiting_ahead(system, dataset_id))
+            logger.info("Waiting for a staging slot on %s (%d request(s) ahead, or the dataset is being staged)",
+                        system, store.waiting_ahead(system, dataset_id))
             waiting_logged = True
         time.sleep(SLOT_POLL_SECONDS)
     artifact_id = create_progress_artifact(progress=0.0, key=artifact_key("staging", system, dataset_id),

@@ -15,7 +15,7 @@ from tasks.models import JobRecord, JobStatus
 from tasks.planner import charge_su
 from tasks.scheduler import Scheduler, SchedulerJobState
 from tasks.scheduler.states import map_slurm_state
-from tasks.store import JobStore, JobUpdate, Transition
+from tasks.store import IllegalTransition, JobStore, JobUpdate, Transition
 
 
 class TrackedJob(BaseModel):
@@ -102,7 +102,13 @@ def record_observation(store: JobStore, record: JobRecord, observation: JobObser
     if status.is_terminal:
         update.completed_at = state.end
         update.charged_su = charged_su(record, state.start, state.end)
-    return store.transition(record.id, status, update)
+    try:
+        return store.transition(record.id, status, update)
+    except IllegalTransition:
+        current = store.get(record.id)
+        if current.status.is_terminal:  # ended in the store first (a cancel): a late RUNNING/COMPLETING changes nothing
+            return Transition(record=current, previous=current.status)
+        raise
 
 
 def read_result(scheduler: Scheduler, result_path: str) -> dict[str, object] | None:

@@ -141,17 +141,23 @@ class RsyncOverSsh:
             argv.append(f"--bwlimit={self.bandwidth_limit_kbps}")
         argv += [f"{source}/", f"{self.connection.target}:{destination.rstrip('/')}/"]
         started = time.monotonic()
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # one pipe: no deadlock
         assert process.stdout is not None
         output = b""
-        while chunk := process.stdout.read1(65536):
-            output += chunk
-            if on_progress and (percents := _PERCENT.findall(chunk)):
-                on_progress(int(percents[-1]) / 100)
-        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-        if process.wait() != 0:
+        try:
+            while chunk := process.stdout.read1(65536):
+                output += chunk
+                if on_progress and (percents := _PERCENT.findall(chunk)):
+                    on_progress(int(percents[-1]) / 100)
+        except BaseException:
+            process.kill()
+            raise
+        finally:
+            process.wait()
+        if process.returncode != 0:
             error = TransientSchedulerError if process.returncode in RSYNC_TRANSIENT_EXIT_CODES else PermanentSchedulerError
-            raise error(f"rsync to {self.host} exited {process.returncode}: {stderr.strip()}")
+            tail = output.decode(errors="replace").strip().splitlines()[-3:]
+            raise error(f"rsync to {self.host} exited {process.returncode}: {' / '.join(tail)}")
         stats = {name: int(value.replace(",", "")) for name, value in _STAT.findall(output.decode(errors="replace"))}
         return TransferStats(
             files_transferred=stats.get("Number of regular files transferred", 0),

@@ -27,7 +27,7 @@ def orchestrator_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     """Every test session gets its own TACC_ORCH_HOME (SQLite store, local cluster)."""
     home = tmp_path_factory.mktemp("tacc-home")
     settings = {"TACC_ORCH_HOME": str(home), "TACC_ORCH_POLL_MIN_SECONDS": "0.2", "TACC_ORCH_POLL_MAX_SECONDS": "1",
-                "TACC_ORCH_REMOTE_POLL_MIN_SECONDS": "0.5"}
+                "TACC_ORCH_REMOTE_POLL_MIN_SECONDS": "0.5", "TACC_ORCH_ALLOW_PRIVATE_WEBHOOKS": "true"}
     previous = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     yield home

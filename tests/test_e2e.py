@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from tasks.models import JobStatus
-from tasks.store import JobStore
+from tasks.scheduler.local import LocalScheduler
+from tasks.store import JobStore, migrate
 from tasks.store.engine import sqlite_engine
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 
 PORT = 4317
 
@@ -30,6 +31,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
     yield env
     subprocess.run([str(REPO / "scripts" / "stack.sh"), "down"], env=env, capture_output=True, timeout=60)
+
+
+def stack_store(env: dict[str, str]) -> JobStore:
+    """The stack's job store (its worker's SQLite), migrated if no flow has opened it yet."""
+    engine = sqlite_engine(f"sqlite:///{Path(env['TACC_ORCH_HOME']) / 'jobs.db'}")
+    migrate(engine)
+    return JobStore(engine)
 
 
 def api(env: dict[str, str], path: str, body: dict[str, object] | None = None) -> object:
@@ -57,13 +65,39 @@ def test_prefect_deployment_run_follows_a_job_to_completed(stack: dict[str, str]
                          env=stack, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Flow run finished successfully in 'Completed'" in run.stdout
-    store = JobStore(sqlite_engine(f"sqlite:///{Path(stack['TACC_ORCH_HOME']) / 'jobs.db'}"))
+    store = stack_store(stack)
     record = store.history(user).items[0]
     assert record.status is JobStatus.COMPLETED and record.result["samples"] == 12000
     artifacts = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": [f"job-{record.id}", f"job-summary-{record.id}"]}}})
     assert {a["key"] for a in artifacts} == {f"job-{record.id}", f"job-summary-{record.id}"}  # type: ignore[union-attr]
     flow_run = api(stack, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [str(record.flow_run_id)]}}})[0]  # type: ignore[index]
     assert flow_run["name"] == "submit-job/AlphaCal/VLASS2.1.eb123456" and flow_run["state_type"] == "COMPLETED"
+
+
+def test_cancelling_a_deployment_run_cancels_its_scheduler_job(stack: dict[str, str]) -> None:
+    user = f"e2e{uuid.uuid4().hex[:6]}"
+    request = {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4, "max_runtime": "00:10:00",
+               "user_id": user, "system": "local", "params": {"rfi_strategy": "low", "step_seconds": 5}}
+    prefect = str(REPO / ".venv" / "bin" / "prefect")
+    started = subprocess.run([prefect, "deployment", "run", "submit-job/submit-job", "--param", f"request={json.dumps(request)}"],
+                             env=stack, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    store = stack_store(stack)
+
+    def running():
+        page = store.history(user)
+        return page.items[0] if page.items and page.items[0].status is JobStatus.RUNNING else None
+
+    record = wait_until(running, timeout=120, interval=1)
+    cancel = subprocess.run([prefect, "flow-run", "cancel", str(record.flow_run_id)], env=stack, capture_output=True, text=True, timeout=60)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    cluster = LocalScheduler(Path(stack["TACC_ORCH_HOME"]) / "local-cluster")
+    wait_until(lambda: cluster.states([record.scheduler_job_id])[record.scheduler_job_id].state.startswith("CANCELLED"), timeout=90, interval=1)
+    assert wait_until(lambda: store.get(record.id).status is JobStatus.CANCELLED, timeout=30, interval=1)
+    def flow_run_state() -> str:
+        return api(stack, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [str(record.flow_run_id)]}}})[0]["state_type"]  # type: ignore[index]
+
+    wait_until(lambda: flow_run_state() == "CANCELLED", timeout=90, interval=1)
 
 
 def chromium(url: str, *action: str, profile: Path) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -86,6 +87,9 @@ def test_submit_job_runs_to_completed_with_real_progress_and_logs() -> None:
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"job-{record.id}"])))
         assert artifacts and artifacts[0].type == "progress" and artifacts[0].data == 100.0
+        key = f"job-history-{record.user_id}-{hashlib.sha256(record.user_id.encode()).hexdigest()[:8]}"
+        history = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        assert history and history[0].type == "table" and str(record.id) in history[0].data
         logs = wait_until(lambda: [log.message for log in client.read_logs(
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[record.flow_run_id])))
             if "alphacal: chunk 8/8" in log.message])
@@ -214,3 +218,11 @@ def test_job_store_on_postgresql_through_the_database_block(postgres_url: str, m
     in_postgres = JobStore(create_engine(postgres_url)).get(record.id)
     assert in_postgres.status is JobStatus.COMPLETED and in_postgres.result == record.result
     assert os.environ["TACC_ORCH_DATABASE_BLOCK"] == block_name
+
+
+def test_webhooks_to_private_addresses_are_refused_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TACC_ORCH_ALLOW_PRIVATE_WEBHOOKS", "false")
+    user = request(webhook_url="http://169.254.169.254/latest/meta-data")
+    with pytest.raises(PlanRefused, match="webhook_url: 169.254.169.254 is a link-local address"):
+        submit_job(user)
+    assert open_job_store().history(user["user_id"]).total == 0

@@ -7,6 +7,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tasks.agents import AGENTS_DIR
 from tasks.job_script import AgentRuntime, JobPaths, render_job_script
 from tasks.models import parse_request
@@ -56,3 +58,29 @@ def test_hostile_params_reach_the_agent_as_text(tmp_path: Path) -> None:
     assert not marker.exists()
     assert json.loads(Path(paths.result).read_text())["samples"] == 2
     assert Path(paths.progress).read_text().strip() == "1.0000"
+
+
+def test_slurm_job_block_triggers_waits_and_fetches_the_result(tmp_path: Path) -> None:
+    from blocks.slurm_job import SlurmJob, SlurmJobFailed
+    from tasks.clusters import scheduler_for
+
+    scratch = scheduler_for("local").scratch_root
+    script, paths, _ = render(Path(scratch), {"rfi_strategy": "high", "step_seconds": 0})
+    dataset = Path(paths.dataset_dir)
+    dataset.mkdir(parents=True, exist_ok=True)
+    (dataset / "chunk-000.csv").write_text("channel,real,imag\n1,1.0,0.5\n2,0.5,1.0\n3,9.0,9.0\n")
+
+    def block(body: str) -> SlurmJob:
+        return SlurmJob(system="local", progress_path=paths.progress, result_path=paths.result, poll_min_seconds=0.2,
+                        submission=JobSubmission(name="t", script=body, work_dir=paths.work_dir, stdout_path=paths.stdout,
+                                                 stderr_path=paths.stderr, sbatch_args=["-p", "local-gpu", "-t", "00:01:00"]))
+
+    run = block(script).trigger()
+    seen: list[float | None] = []
+    final = run.wait_for_completion(on_poll=lambda observation: seen.append(observation.progress))
+    assert final.status.value == "COMPLETED" and seen[-1] == 1.0
+    assert run.fetch_result()["samples"] == 3
+    failing = block("#!/bin/bash\nexit 3\n").trigger()
+    failing.wait_for_completion()
+    with pytest.raises(SlurmJobFailed, match="exit code 3"):
+        failing.fetch_result()

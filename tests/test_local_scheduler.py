@@ -80,7 +80,9 @@ def test_cancel_while_running_kills_the_process_group(cluster: LocalScheduler, t
     cluster.cancel(job_id)
     state = final_state(cluster, job_id)
     assert state.state.startswith("CANCELLED") and state.end is not None
-    cluster.cancel(job_id)  # idempotent
+    ended = cluster.states([job_id])[job_id]
+    cluster.cancel(job_id)  # idempotent: nothing rewritten, nothing signalled
+    assert cluster.states([job_id])[job_id] == ended
     time.sleep(4)
     assert not marker.exists(), "a child of the cancelled job kept running"
 

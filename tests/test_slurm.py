@@ -148,10 +148,10 @@ def test_shell_injection_reaches_slurm_as_inert_text(slurm: SlurmScheduler, tmp_
     submission = submission.model_copy(update={"work_dir": work_dir, "stdout_path": f"{work_dir}/out `touch {marker}`.log"})
     state = ended(slurm, slurm.submit(submission))
     assert state.state in ("COMPLETED", "FAILED")
-    assert slurm.read_files({submission.stdout_path: 0, f"{marker}; touch {marker}": 0})
-    for field in ("name",):
-        with pytest.raises(PermanentSchedulerError, match="not a safe Slurm job name"):
-            slurm.submit(submission.model_copy(update={field: f"x; touch {marker}"}))
+    files = slurm.read_files({submission.stdout_path: 0, f"{marker}; touch {marker}": 0})
+    assert files[f"{marker}; touch {marker}"].data == "", "the hostile path was read as a name, not run"
+    with pytest.raises(PermanentSchedulerError, match="not a safe Slurm job name"):
+        slurm.submit(submission.model_copy(update={"name": f"x; touch {marker}"}))
     with pytest.raises(PermanentSchedulerError, match="not a Slurm job id"):
         slurm.cancel(f"1; touch {marker}")
     assert slurm.states([f"1; touch {marker}"]) == {}

@@ -44,3 +44,22 @@ def test_bandwidth_from_recent_transfers(store: StagingStore) -> None:
     store.record_transfer("ls6.tacc.utexas.edu", 10, 5.0)  # too small to measure anything
     store.record_transfer("frontera.tacc.utexas.edu", 100_000_000, 10.0)
     assert store.bandwidth("ls6.tacc.utexas.edu") == pytest.approx(100_000_000)
+
+
+def test_a_second_request_for_a_dataset_being_staged_waits_then_runs(store: StagingStore) -> None:
+    store.request("ls6", "d", "normal")
+    assert store.try_start("ls6", "d", max_parallel=2)
+    assert store.request("ls6", "d", "normal").status is StagingStatus.STAGING, "the first stager keeps it"
+    assert not store.try_start("ls6", "d", max_parallel=2)
+    store.update("ls6", "d", status=StagingStatus.STAGED)
+    assert store.request("ls6", "d", "normal").status is StagingStatus.QUEUED
+    assert store.try_start("ls6", "d", max_parallel=2), "the second stager runs (and only verifies)"
+
+
+def test_a_dead_stager_does_not_block_the_dataset(store: StagingStore) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    store.request("ls6", "d", "normal")
+    store.try_start("ls6", "d", max_parallel=1)
+    store.update("ls6", "d", updated_at=datetime.now(timezone.utc) - timedelta(hours=2))
+    assert store.request("ls6", "d", "normal").status is StagingStatus.QUEUED

@@ -172,14 +172,15 @@ class LocalScheduler:
             )
             _write_json(self.job_dir(job_id) / "job.json", record.model_dump(mode="json"))
             self.write_state(job_id, {"state": "PENDING", "reason": "None"})
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "tasks.scheduler.local_supervisor", str(self.root), job_id],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.job_dir(job_id) / "supervisor.log").open("w"),
-            start_new_session=True,
-            close_fds=True,
-        )
+        with (self.job_dir(job_id) / "supervisor.log").open("w") as supervisor_log:
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "tasks.scheduler.local_supervisor", str(self.root), job_id],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=supervisor_log,
+                start_new_session=True,
+                close_fds=True,
+            )
         with self.locked():
             state = self.read_state(job_id)
             state["supervisor_pid"] = supervisor.pid
@@ -194,7 +195,9 @@ class LocalScheduler:
                 continue
             state = self.read_state(job_id)
             if state["state"] == "RUNNING" and not _alive(state.get("supervisor_pid")):
-                state = {**state, "state": "NODE_FAIL", "reason": "supervisor lost"}
+                state = self.read_state(job_id)  # it may have recorded the end just before exiting
+                if state["state"] == "RUNNING":
+                    state = {**state, "state": "NODE_FAIL", "reason": "supervisor lost"}
             found[job_id] = SchedulerJobState(
                 job_id=job_id,
                 state=state["state"],
@@ -206,10 +209,11 @@ class LocalScheduler:
         return found
 
     def cancel(self, job_id: str) -> None:
-        """Cancel a pending or running job (SIGTERM to its process group); ended jobs are left alone."""
+        """Cancel a pending or running job (SIGTERM to its process group); ended or already
+        cancelled jobs are left alone."""
         with self.locked():
             state = self.read_state(job_id)
-            if state["state"] in TERMINAL_STATES:
+            if state["state"] in TERMINAL_STATES or state["state"].startswith("CANCELLED"):
                 return
             pgid = state.get("pgid")
             state.update(state=f"CANCELLED by {os.getuid()}", end=utcnow().isoformat(), reason="None")

@@ -25,12 +25,12 @@ from tasks.scheduler.base import (
     SchedulerJobState,
     TransientSchedulerError,
 )
+from tasks.scheduler.states import RUNNING_STATES, WAITING_STATES
 
 JOB_ID = re.compile(r"\d+(?:_\d+)?")
 JOB_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SLURM_UNAVAILABLE = 75
-IN_QUEUE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-                   "REQUEUE_FED", "RESV_DEL_HOLD", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
+IN_QUEUE_STATES = WAITING_STATES | RUNNING_STATES
 
 # Exactly once: look the job name (the idempotency key) up in squeue, then sacct; submit only
 # when neither knows it. A controller that cannot answer stops the submission (exit 75).
@@ -142,7 +142,8 @@ class SlurmScheduler:
         for line in squeue.splitlines():
             job_id, state, reason, start = (line.split("|") + ["", "", ""])[:4]
             if job_id in wanted and state in IN_QUEUE_STATES:
-                found[job_id] = SchedulerJobState(job_id=job_id, state=state, reason=reason, start=_slurm_time(start))
+                started = _slurm_time(start) if state not in WAITING_STATES else None  # %S of a pending job is a forecast
+                found[job_id] = SchedulerJobState(job_id=job_id, state=state, reason=reason, start=started)
         left = [job_id for job_id in wanted if job_id not in found]
         if left:
             sacct = self._run(["sacct", "--noheader", "-X", "--parsable2", f"--jobs={','.join(left)}",

@@ -11,8 +11,8 @@ SHORT_CODES = {
     "RH": "REQUEUE_HOLD", "RF": "REQUEUE_FED", "S": "SUSPENDED", "SO": "STAGE_OUT", "SI": "SIGNALING",
     "RS": "RESIZING", "RV": "REVOKED", "SE": "SPECIAL_EXIT", "ST": "STOPPED", "RD": "RESV_DEL_HOLD",
 }
-_WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
-_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "SUSPENDED", "STOPPED"}
+WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "SUSPENDED", "STOPPED"})
 _FAILED_WITH_OWN_REASON = {
     "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT",
 }
@@ -37,10 +37,10 @@ def map_slurm_state(state: str, exit_code: str | None = None, reason: str | None
     if not words:
         raise UnknownSlurmState("empty Slurm state")
     name = SHORT_CODES.get(words[0], words[0].rstrip("+"))
-    if name in _WAITING:
+    if name in WAITING_STATES:
         pending_reason = reason if reason and reason not in {"None", "(null)"} else None
         return JobStatus.QUEUING, pending_reason if name == "PENDING" else name
-    if name in _RUNNING:
+    if name in RUNNING_STATES:
         return JobStatus.RUNNING, "SUSPENDED" if name in {"SUSPENDED", "STOPPED"} else None
     if name == "COMPLETED":
         return JobStatus.COMPLETED, None

@@ -33,6 +33,11 @@ def _migrated(engine: Engine) -> Engine:
     return _engines[key]
 
 
+def is_missing_block(error: ValueError) -> bool:
+    """Whether `Block.load` failed because no block of that name is saved (not a broken one)."""
+    return "Unable to find block document" in str(error)
+
+
 def open_engine() -> Engine:
     """The database, migrated: the `SqlAlchemyConnector` block named by `TACC_ORCH_DATABASE_BLOCK`
     (default `tacc-jobs-db`) when it is saved, else SQLite under `TACC_ORCH_HOME`.
@@ -45,7 +50,9 @@ def open_engine() -> Engine:
     settings = get_settings()
     try:
         connector = SqlAlchemyConnector.load(settings.database_block)
-    except ValueError:
+    except ValueError as error:
+        if not is_missing_block(error):
+            raise
         settings.home.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{settings.sqlite_path}"
         return _engines.get(url) or _migrated(sqlite_engine(url))

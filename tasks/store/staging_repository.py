@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict
@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from tasks.store.tables import DatasetStagingRow, TransferRow
 
 PRIORITY_RANK = {"high": 0, "normal": 1}
+STALE_STAGING = timedelta(hours=1)
+"""A STAGING record this long without an update belongs to a stager that died."""
 
 
 class StagingStatus(str, Enum):
@@ -71,7 +73,8 @@ class StagingStore:
             return DatasetStaging.model_validate(row) if row else None
 
     def request(self, system: str, dataset_id: str, priority: str) -> DatasetStaging:
-        """Queue the dataset for staging (a record that is STAGING is left to its stager)."""
+        """Queue the dataset for staging (a record that is STAGING is left to its stager, unless
+        that stager has given no sign of life for `STALE_STAGING`)."""
         now = _now()
         with Session(self.engine) as session, session.begin():
             row = session.scalars(
@@ -80,7 +83,7 @@ class StagingStore:
             if row is None:
                 row = DatasetStagingRow(id=uuid.uuid4(), system=system, dataset_id=dataset_id, progress=0.0)
                 session.add(row)
-            if row.status != StagingStatus.STAGING.value:
+            if row.status != StagingStatus.STAGING.value or row.updated_at < now - STALE_STAGING:
                 row.status, row.reason, row.progress = StagingStatus.QUEUED.value, None, 0.0
                 row.priority, row.requested_at = priority, now
             row.updated_at = now
@@ -131,7 +134,7 @@ class StagingStore:
             connection.execute(
                 update(DatasetStagingRow)
                 .where(DatasetStagingRow.system == system, DatasetStagingRow.dataset_id == dataset_id)
-                .values(**values, updated_at=_now())
+                .values(**{"updated_at": _now(), **values})
             )
 
     def record_transfer(self, host: str, bytes_sent: int, seconds: float) -> None:
