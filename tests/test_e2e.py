@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tasks.models import JobStatus
 from tasks.scheduler.local import LocalScheduler
 from tasks.store import JobStore, migrate
 from tasks.store.engine import sqlite_engine
-from tests.conftest import REPO, wait_until
+from tests.conftest import POSTGRES_ADMIN_URL, REPO, wait_until
 
 PORT = 4317
 
@@ -128,3 +129,32 @@ def test_the_ui_shows_the_run_and_its_artifacts(stack: dict[str, str], tmp_path:
     for name, url in (("ui-runs.png", f"{base}/runs"), ("ui-job-summary.png", artifact_page)):
         shot = chromium(url, f"--screenshot={shots / name}", profile=tmp_path / name)
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot.stderr[-2000:]
+
+
+def test_the_stack_runs_on_a_postgresql_server_database(tmp_path: Path, postgres_url: str) -> None:
+    """For teams that outgrow SQLite: the Prefect server's own database on PostgreSQL."""
+    server_db = f"prefect_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{server_db}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    port = PORT + 5
+    env = {**os.environ, "TACC_STACK_PORT": str(port), "TACC_ORCH_HOME": str(tmp_path / "orch"),
+           "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"{base}/{server_db}"}
+    stack_script = str(REPO / "scripts" / "stack.sh")
+    try:
+        up = subprocess.run([stack_script, "up"], env=env, capture_output=True, text=True, timeout=600)
+        assert up.returncode == 0, up.stdout + up.stderr
+        request = {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4, "max_runtime": "1h",
+                   "user_id": "jdoe", "system": "local"}
+        run = subprocess.run([str(REPO / ".venv" / "bin" / "prefect"), "deployment", "run", "plan-job/plan-job",
+                              "--param", f"request={json.dumps(request)}", "--watch"], env=env, capture_output=True, text=True, timeout=300)
+        assert "Flow run finished successfully in 'Completed'" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+        with psycopg.connect(f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{server_db}") as connection:
+            deployments = connection.execute("SELECT count(*) FROM deployment").fetchone()[0]
+            runs = connection.execute("SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'").fetchone()[0]
+        assert deployments == 10 and runs >= 1, "the server keeps its state in PostgreSQL"
+    finally:
+        subprocess.run([stack_script, "down"], env=env, capture_output=True, timeout=120)
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{server_db}" WITH (FORCE)')
