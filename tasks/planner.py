@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from tasks.agents import known_agents
 from tasks.catalog import QueueSpec, find_queue, system_queues
 from tasks.models import JobRequest, Plan
+from tasks.staging import transfer_seconds
 from tasks.walltime import format_walltime
 
 MINIMUM_CHARGE = timedelta(minutes=15)
@@ -53,8 +54,12 @@ def charge_su(spec: QueueSpec, nodes: int, used: timedelta) -> float:
         >>> charge_su(find_queue("ls6", "gpu-a100"), 4, timedelta(minutes=5))
         4.0
     """
-    hours = max(used, MINIMUM_CHARGE).total_seconds() / 3600
-    return round(nodes * hours * spec.su_per_node_hour, 4)
+    return round(nodes * billed_hours(used) * spec.su_per_node_hour, 4)
+
+
+def billed_hours(duration: timedelta) -> float:
+    """Hours TACC bills for a duration: every job at least 15 minutes."""
+    return max(duration, MINIMUM_CHARGE).total_seconds() / 3600
 
 
 def nodes_needed(spec: QueueSpec, gpu_count: int) -> int:
@@ -157,7 +162,7 @@ def staging_seconds(context: PlanningContext) -> float | None:
     """Expected transfer time of the dataset, when its size and a bandwidth are known."""
     if context.dataset_bytes is None or not context.bandwidth_bytes_per_second:
         return None
-    return context.dataset_bytes / context.bandwidth_bytes_per_second
+    return transfer_seconds(context.dataset_bytes, context.bandwidth_bytes_per_second)
 
 
 def plan_request(request: JobRequest, context: PlanningContext) -> Plan:
@@ -180,8 +185,7 @@ def plan_request(request: JobRequest, context: PlanningContext) -> Plan:
     nodes = nodes_needed(spec, request.gpu_count)
     allocated = nodes * spec.gpus_per_node
     estimated_su = charge_su(spec, nodes, request.max_runtime)
-    hours = max(request.max_runtime, MINIMUM_CHARGE).total_seconds() / 3600
-    cost = round(allocated * hours * context.usd_per_gpu_hour, 2)
+    cost = round(allocated * billed_hours(request.max_runtime) * context.usd_per_gpu_hour, 2)
     if context.su_budget is not None and context.su_committed + estimated_su > context.su_budget:
         raise PlanRefused(
             "gpu_count",

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 _CLOCK = re.compile(r"^(?:(?P<days>\d+)-)?(?P<hours>\d{1,3}):(?P<minutes>\d{2}):(?P<seconds>\d{2})$")
 _UNIT = re.compile(r"^(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[hm])$")
 
 WALLTIME_FORMATS = "'HH:MM:SS', 'D-HH:MM:SS', '<hours>h' or '<minutes>m' (e.g. '02:30:00', '1-12:00:00', '48h')"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the only clock the project reads)."""
+    return datetime.now(timezone.utc)
 
 
 def parse_walltime(text: str) -> timedelta:

@@ -6,6 +6,7 @@ Output columns (`USAGE_COLUMNS`) are those of the `job_usage` table, less id/run
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 
 import pandas as pd
 import pyarrow as pa
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from tasks.catalog import load_catalog
+from tasks.planner import billed_hours
 
 SACCT_FIELDS = ["JobID", "JobName", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Start", "End",
                 "Elapsed", "NNodes", "AllocTRES"]
@@ -23,7 +25,7 @@ USAGE_COLUMNS = ["system", "job_id", "job_name", "user_name", "account", "team_n
 _JOB_ID = r"\d+(?:_(?:\d+|\[[0-9,%-]+\]))?"
 _ELAPSED = r"^(?:(?P<d>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d{1,2}):(?P<s>\d{2})$"
 _MISSING_TIMES = {"", "Unknown", "None", "N/A"}
-MINIMUM_CHARGE_HOURS = 0.25
+MINIMUM_CHARGE_HOURS = billed_hours(timedelta(0))
 
 
 class Normalized(BaseModel):

@@ -34,7 +34,7 @@ from tasks.scheduler.base import (
     QueueResources,
     SchedulerJobState,
 )
-from tasks.walltime import format_walltime, parse_walltime
+from tasks.walltime import format_walltime, parse_walltime, utcnow
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 _SUPPORTED_OPTIONS = {"-p", "-N", "-t", "-A", "-J", "--ntasks-per-node", "-n"}
@@ -55,11 +55,6 @@ class LocalJob(BaseModel):
     stdout_path: str
     stderr_path: str
     submit: datetime
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.scheduler.local import TERMINAL_STATES, LocalScheduler, utcnow
+from tasks.scheduler.local import TERMINAL_STATES, LocalScheduler
+from tasks.walltime import utcnow
 
 KILL_WAIT_SECONDS = 5.0
 POLL_SECONDS = 0.2

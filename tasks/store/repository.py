@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from tasks.models import ACTIVE_STATUSES, JobRecord, JobRequest, JobStatus, Page, Plan
 from tasks.store.tables import JobRow
+from tasks.walltime import utcnow
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.QUEUING, JobStatus.FAILED, JobStatus.CANCELLED}),
@@ -56,11 +57,6 @@ class Transition(BaseModel):
     def moved(self) -> bool:
         """Whether this call changed the status (only one of several racing callers does)."""
         return self.previous != self.record.status
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
 
 
 class JobStore:

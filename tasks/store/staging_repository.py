@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict
@@ -11,6 +11,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from tasks.store.tables import DatasetStagingRow, TransferRow
+from tasks.walltime import utcnow
 
 PRIORITY_RANK = {"high": 0, "normal": 1}
 STALE_STAGING = timedelta(hours=1)
@@ -46,10 +47,6 @@ class DatasetStaging(BaseModel):
     finished_at: datetime | None = None
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 class StagingStore:
     """Staging records and transfer history in the project's database.
 
@@ -75,7 +72,7 @@ class StagingStore:
     def request(self, system: str, dataset_id: str, priority: str) -> DatasetStaging:
         """Queue the dataset for staging (a record that is STAGING is left to its stager, unless
         that stager has given no sign of life for `STALE_STAGING`)."""
-        now = _now()
+        now = utcnow()
         with Session(self.engine) as session, session.begin():
             row = session.scalars(
                 select(DatasetStagingRow).where(DatasetStagingRow.system == system, DatasetStagingRow.dataset_id == dataset_id)
@@ -123,7 +120,7 @@ class StagingStore:
                     DatasetStagingRow.status == StagingStatus.QUEUED.value,
                     staging < max_parallel,
                 )
-                .values(status=StagingStatus.STAGING.value, started_at=_now(), updated_at=_now())
+                .values(status=StagingStatus.STAGING.value, started_at=utcnow(), updated_at=utcnow())
             ).rowcount
         return bool(started)
 
@@ -134,13 +131,13 @@ class StagingStore:
             connection.execute(
                 update(DatasetStagingRow)
                 .where(DatasetStagingRow.system == system, DatasetStagingRow.dataset_id == dataset_id)
-                .values(**{"updated_at": _now(), **values})
+                .values(**{"updated_at": utcnow(), **values})
             )
 
     def record_transfer(self, host: str, bytes_sent: int, seconds: float) -> None:
         """Remember one transfer, for later bandwidth estimates."""
         with Session(self.engine) as session, session.begin():
-            session.add(TransferRow(host=host, bytes=bytes_sent, seconds=seconds, finished_at=_now()))
+            session.add(TransferRow(host=host, bytes=bytes_sent, seconds=seconds, finished_at=utcnow()))
 
     def bandwidth(self, host: str, recent: int = 10, min_bytes: int = 1 << 20) -> float | None:
         """Bytes per second over the host's recent transfers of at least `min_bytes`, if any."""
