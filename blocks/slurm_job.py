@@ -77,8 +77,14 @@ class SlurmJobRun(JobRun[dict[str, Any]]):
         )
         self.last: JobObservation | None = None
 
-    def wait_for_completion(self, on_poll: Callable[[JobObservation], None] | None = None) -> JobObservation:
+    def wait_for_completion(
+        self, on_poll: Callable[[JobObservation], None] | None = None, pending_timeout: float | None = None
+    ) -> JobObservation:
         """Poll until the job ends, adaptively; `on_poll` sees every observation.
+
+        With `pending_timeout`, return early (the observation is not `ended`) when the job still
+        waits in the queue that many seconds after the wait began: the caller may stop holding
+        a process for a job that can sit in a TACC queue for days.
 
         Transient failures (a dropped connection, an unreachable controller) are retried with a
         growing interval, up to `MAX_TRANSIENT_FAILURES` in a row.
@@ -87,6 +93,7 @@ class SlurmJobRun(JobRun[dict[str, Any]]):
             SchedulerError: When the scheduler stops reporting the job for several polls.
         """
         interval, unseen, failures, started = self.job.poll_min_seconds, 0, 0, None
+        waiting_since = time.monotonic()
         while True:
             try:
                 observation = observe(self.scheduler, [self.tracked])[0]
@@ -108,6 +115,9 @@ class SlurmJobRun(JobRun[dict[str, Any]]):
             if on_poll is not None:
                 on_poll(observation)
             if observation.ended:
+                return observation
+            if (pending_timeout is not None and observation.status is JobStatus.QUEUING
+                    and time.monotonic() - waiting_since >= pending_timeout):
                 return observation
             if observation.state is not None and observation.state.start is not None:
                 started = observation.state.start

@@ -6,6 +6,7 @@ import time
 from typing import Annotated
 
 from prefect import flow, get_run_logger, runtime
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from pydantic import Field
 
@@ -53,7 +54,8 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     store = open_job_store()
     ordered = sorted(requests, key=lambda request: request.priority is not Priority.HIGH)
     plans: list[Plan] = [plan_job_request(request) for request in ordered]
-    records = [record_new_job(request, plan) for request, plan in zip(ordered, plans)]
+    record_each = record_new_job.with_options(cache_policy=NO_CACHE)  # two equal requests are two jobs
+    records = [record_each(request, plan) for request, plan in zip(ordered, plans)]
     pending = list(zip(records, ordered, plans))
     systems = sorted({record.system for record in records})
     interval = max(poll_floor_seconds(system) for system in systems)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Annotated, Any
 
-from prefect import flow
+from prefect import flow, runtime, suspend_flow_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import Flow, FlowRun, State
 from prefect.states import Cancelled
+from pydantic import Field
 
 from tasks.job_script import JobPaths
 from tasks.job_tasks import (
@@ -73,14 +74,23 @@ def summary_markdown(record: JobRecord, plan: Plan) -> str:
     flow_run_name=request_run_name("submit-job"),
     on_cancellation=[cancel_scheduler_job],
     on_crashed=[cancel_scheduler_job],
+    persist_result=True,
 )
-def submit_job(request: JobRequest, wait: bool = True) -> JobRecord:
+def submit_job(request: JobRequest, wait: bool = True, suspend_after_seconds: Annotated[float, Field(ge=0)] | None = 300) -> JobRecord:
     """Run one GPU job: plan it, stage its dataset, submit it, follow it to the end, notify.
+
+    A deployment run whose job still waits in the queue after `suspend_after_seconds` suspends
+    itself (`suspend_flow_run`): the worker is free while the job waits, for days if need be.
+    `watch-jobs` resumes it when the job starts or ends; the resumed run runs from the top,
+    and plan, record, stage and submit come back from their cache (persisted results), so the
+    job is submitted once.
 
     Args:
         request: What to run, where, for whom.
         wait: Follow the job to its end (default); False returns once it is submitted and
             leaves tracking to `watch_jobs`.
+        suspend_after_seconds: How long a deployment run holds its worker for a queued job
+            before it suspends; None never suspends. Runs called from Python never suspend.
 
     Returns:
         The job record. A job that ends FAILED fails the flow run (`JobFailed`); a cancelled
@@ -104,7 +114,13 @@ def submit_job(request: JobRequest, wait: bool = True) -> JobRecord:
         raise
     if not wait:
         return record
-    record = wait_for_job(record)
+    if suspend_after_seconds is not None and runtime.deployment.id:
+        record = wait_for_job(record, pending_timeout=suspend_after_seconds)
+        if record.status is JobStatus.QUEUING:  # the key makes it once per job: a resumed run goes on waiting
+            run_logger().info("Job %s is still queued: suspending until watch-jobs sees it start", record.scheduler_job_id)
+            suspend_flow_run(key=f"queued-{record.id}")
+    if not record.status.is_terminal:
+        record = wait_for_job(record)
     create_markdown_artifact(markdown=summary_markdown(record, plan), key=f"job-summary-{record.id}",
                              description=f"{record.agent} on {record.dataset_id}")
     create_table_artifact(table=history_table(record.user_id), key=artifact_key("job-history", record.user_id, hashlib.sha256(record.user_id.encode()).hexdigest()[:8]),

@@ -8,6 +8,10 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from tasks.clusters import scheduler_for
+from tasks.flow_run_sync import (
+    cancel_jobs_of_cancelled_runs,
+    resume_runs_of_started_jobs,
+)
 from tasks.job_tasks import announce
 from tasks.models import System
 from tasks.retries import cluster_task
@@ -54,6 +58,10 @@ def sweep_system(system: str) -> SystemSweep:
 def watch_jobs(system: System | None = None) -> list[SystemSweep]:
     """Sweep active jobs: one scheduler call per system, store and progress updated, an event per change.
 
+    Then keep flow runs that no process holds in step with their jobs: suspended `submit-job`
+    runs whose job started or ended are resumed, and a job whose flow run was cancelled while
+    suspended is cancelled in its scheduler.
+
     Args:
         system: Only this system; every system with active jobs when None.
 
@@ -64,4 +72,7 @@ def watch_jobs(system: System | None = None) -> list[SystemSweep]:
         ```
     """
     systems = [system.value] if system else sorted({record.system for record in open_job_store().active()})
-    return [sweep_system(name) for name in systems]
+    sweeps = [sweep_system(name) for name in systems]
+    cancel_jobs_of_cancelled_runs()
+    resume_runs_of_started_jobs()
+    return sweeps

@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 import httpx
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
@@ -29,7 +28,7 @@ from tasks.clusters import (
 from tasks.job_script import JobPaths, render_job_script, scheduler_job_name
 from tasks.models import JobRecord, JobRequest, JobStatus, Plan
 from tasks.planner import PlanningContext, PlanRefused, plan_request
-from tasks.retries import cluster_task
+from tasks.retries import ONCE_PER_FLOW_RUN, cluster_task
 from tasks.scheduler import JobSubmission, Scheduler
 from tasks.settings import get_settings
 from tasks.staging import StagingError, layout_advice, survey_dataset
@@ -98,7 +97,7 @@ def announce(store: JobStore, scheduler: Scheduler, transition: Transition) -> J
     return record
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
 def plan_job_request(request: JobRequest) -> Plan:
     """Plan a request with this user's history and budget from the job store.
 
@@ -133,9 +132,11 @@ def plan_job_request(request: JobRequest) -> Plan:
     return plan_request(request, context)
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
 def record_new_job(request: JobRequest, plan: Plan) -> JobRecord:
     """Record the job QUEUED, tied to the current flow run (so its hooks can find it).
+
+    Cached per flow run: a resumed run gets the same record back, not a second job.
 
     Example:
         ```python
@@ -170,14 +171,15 @@ def slurm_job_for(record: JobRecord, request: JobRequest | None = None, plan: Pl
     )
 
 
-@cluster_task
+@cluster_task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
 def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> JobRecord:
     """Render the job script, submit it (`SlurmJob.trigger()`), record the job QUEUING.
 
     At TACC the agents' programs are synced to `<scratch>/agents` first (rsync: a no-op when unchanged).
 
     If the job cannot be recorded (it was cancelled meanwhile, or the database failed), the new
-    scheduler job is cancelled: no job runs untracked.
+    scheduler job is cancelled: no job runs untracked. Cached per flow run, so a resumed run does
+    not submit again (and Slurm adopts a job of the same name rather than submitting twice).
 
     Example:
         ```python
@@ -201,8 +203,12 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
 
 
 @cluster_task
-def wait_for_job(record: JobRecord) -> JobRecord:
+def wait_for_job(record: JobRecord, pending_timeout: float | None = None) -> JobRecord:
     """Follow a submitted job to its end: store, progress artifact, log tail, events.
+
+    Args:
+        record: The submitted job (read again from the store: a sweep may have moved it).
+        pending_timeout: Return early, still QUEUING, when the job waits in the queue this long.
 
     Example:
         ```python
@@ -212,6 +218,7 @@ def wait_for_job(record: JobRecord) -> JobRecord:
     """
     logger = get_run_logger()
     store = open_job_store()
+    record = store.get(record.id)
     run = slurm_job_for(record).attach(record.scheduler_job_id or "")
     artifact_id = create_progress_artifact(
         progress=record.progress * 100,
@@ -233,7 +240,7 @@ def wait_for_job(record: JobRecord) -> JobRecord:
             update_progress_artifact(artifact_id, progress=transition.record.progress * 100)
         record = announce(store, run.scheduler, transition)
 
-    run.wait_for_completion(on_poll=on_poll)
+    run.wait_for_completion(on_poll=on_poll, pending_timeout=pending_timeout)
     return store.get(record.id)
 
 

@@ -11,7 +11,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.clusters import scheduler_for, transfer_for, transfer_host
-from tasks.retries import cluster_task
+from tasks.retries import ONCE_PER_FLOW_RUN, cluster_task
 from tasks.settings import get_settings
 from tasks.staging import (
     StagingError,
@@ -35,7 +35,7 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
-@cluster_task
+@cluster_task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
 def stage_dataset_to_scratch(dataset_id: str, system: str, priority: str = "normal") -> DatasetStaging:
     """Stage a dataset to a system's scratch: checked, estimated, queued by priority, moved
     (rsync over the multiplexed SSH connection at TACC), verified by checksum, recorded.

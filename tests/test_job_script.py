@@ -84,3 +84,27 @@ def test_slurm_job_block_triggers_waits_and_fetches_the_result(tmp_path: Path) -
     failing.wait_for_completion()
     with pytest.raises(SlurmJobFailed, match="exit code 3"):
         failing.fetch_result()
+
+
+def test_slurm_job_run_returns_early_while_the_job_waits_in_the_queue(tmp_path: Path) -> None:
+    from blocks.slurm_job import SlurmJob
+    from tasks.clusters import scheduler_for
+
+    cluster = scheduler_for("local")
+
+    def submission(name: str, nodes: int) -> JobSubmission:
+        work = tmp_path / name
+        return JobSubmission(name=name, script="#!/bin/bash\nsleep 30\n", work_dir=str(work), stdout_path=str(work / "out"),
+                             stderr_path=str(work / "err"), sbatch_args=["-p", "local-gpu", "-N", str(nodes), "-t", "00:01:00"])
+
+    blocker = cluster.submit(submission("blocker", cluster.total_nodes))
+    try:
+        wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING")
+        job = SlurmJob(system="local", submission=submission("queued", 1), progress_path=str(tmp_path / "p"),
+                       result_path=str(tmp_path / "r"), poll_min_seconds=0.2, poll_max_seconds=0.4)
+        run = job.trigger()
+        observation = run.wait_for_completion(pending_timeout=1.0)
+        assert not observation.ended and observation.status.value == "QUEUING" and observation.reason == "Resources"
+        cluster.cancel(run.scheduler_job_id)
+    finally:
+        cluster.cancel(blocker)
