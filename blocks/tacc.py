@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from prefect.blocks.abstract import CredentialsBlock
@@ -57,8 +59,12 @@ class TaccCredentials(CredentialsBlock):
             raise ValueError("scratch_root must be an absolute path of letters, digits, '.', '_', '-' and '/'")
         return value
 
-    def get_client(self) -> SshConnection:
-        """One multiplexed SSH connection to the login host (close it, or use `with`)."""
+    def get_client(self, session_slot: Callable[[], AbstractContextManager[object]] = nullcontext) -> SshConnection:
+        """One multiplexed SSH connection to the login host (close it, or use `with`).
+
+        Args:
+            session_slot: Entered around each remote command (a cap on concurrent sessions).
+        """
         return SshConnection(
             host=self.host,
             username=self.username,
@@ -67,4 +73,5 @@ class TaccCredentials(CredentialsBlock):
             private_key_path=self.private_key_path.expanduser() if self.private_key_path else None,
             known_hosts=self.known_hosts,
             control_path=self.control_path,
+            session_slot=session_slot,
         )

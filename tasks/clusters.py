@@ -6,6 +6,14 @@ import atexit
 import posixpath
 import sys
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from functools import partial
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from blocks.tacc import TaccCredentials
 from tasks.agents import AGENTS_DIR
@@ -18,6 +26,7 @@ from tasks.ssh import SshConnection
 from tasks.store.engine import is_missing_block
 from tasks.transfer import LocalCopy, RsyncOverSsh, Transfer
 
+SESSION_SLOT_TIMEOUT_SECONDS = 600  # then TimeoutError, which tasks retry as transient
 _connections: dict[str, SshConnection] = {}
 _connections_lock = threading.Lock()
 
@@ -60,9 +69,33 @@ def scheduler_for(system: str) -> Scheduler:
     credentials = credentials_for(system)
     with _connections_lock:  # tasks run in threads: one connection (and key file) per system
         if system not in _connections:
-            _connections[system] = credentials.get_client()
+            _connections[system] = credentials.get_client(session_slot=ssh_session_slot(credentials.host))
         connection = _connections[system]
     return SlurmScheduler(connection, system, credentials.scratch_root or "")
+
+
+def ssh_session_slot(host: str) -> Callable[[], AbstractContextManager[object]]:
+    """A slot of the global concurrency limit `ssh-sessions-<host>`, which caps the SSH sessions
+    every flow run of this Prefect server opens to one login host at once. The limit is created
+    (`ssh_sessions_per_host`) when missing; operators change it in the UI's Concurrency page.
+
+    Example:
+        ```python
+        with ssh_session_slot("ls6.tacc.utexas.edu")():
+            ...  # one remote command
+        ```
+    """
+    name = f"ssh-sessions-{host}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=get_settings().ssh_sessions_per_host))
+            except PrefectHTTPStatusError as error:
+                if error.response.status_code != 409:  # 409: another process created it first
+                    raise
+    return partial(concurrency, name, occupy=1, strict=True, timeout_seconds=SESSION_SLOT_TIMEOUT_SECONDS)
 
 
 def transfer_for(system: str) -> Transfer:

@@ -49,6 +49,11 @@ class OrchestratorSettings(BaseSettings):
         default=30.0, gt=0, description="Poll floor on TACC: login nodes are shared, no tight squeue loops"
     )
     poll_max_seconds: float = Field(default=300.0, gt=0)
+    ssh_sessions_per_host: int = Field(
+        default=8, ge=1,
+        description="Concurrent SSH sessions per login host (below OpenSSH's MaxSessions of 10), for the "
+        "global concurrency limit ssh-sessions-<host> when it is first created; change it later in the UI",
+    )
 
     default_bandwidth_mb_per_s: float = Field(
         default=50.0, gt=0, description="Transfer estimate for a host with no measured transfers (MB/s)"

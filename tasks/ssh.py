@@ -3,6 +3,8 @@
 Commands are argv lists; each argument is quoted with `shlex.quote` for the remote shell.
 The first command opens a ControlMaster; later commands reuse it until `close()`. With
 `control_path`, commands reuse a master an operator opened interactively (answering MFA).
+Each command (a session on the master) runs inside `session_slot()`, so a cap on concurrent
+sessions per login host can span processes (Prefect's global concurrency limits do).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -46,8 +49,10 @@ class SshConnection:
         command_timeout: float = 120.0,
         control_persist_seconds: int = 600,
         control_path: str | None = None,
+        session_slot: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self.host, self.username, self.port = host, username, port
+        self.session_slot = session_slot
         self.command_timeout = command_timeout
         self.commands_run = 0
         self._dir = Path(tempfile.mkdtemp(prefix="tacc-ssh-"))
@@ -97,9 +102,10 @@ class SshConnection:
         command = [*self._base, "--", shlex.join(argv)]
         self.commands_run += 1
         try:
-            completed = subprocess.run(
-                command, input=stdin, capture_output=True, text=True, timeout=timeout or self.command_timeout
-            )
+            with self.session_slot():
+                completed = subprocess.run(
+                    command, input=stdin, capture_output=True, text=True, timeout=timeout or self.command_timeout
+                )
         except subprocess.TimeoutExpired:
             raise TransientSchedulerError(f"ssh {self.host}: {argv[0]} timed out") from None
         if completed.returncode == SSH_CONNECTION_FAILED:
@@ -117,15 +123,16 @@ class SshConnection:
             subprocess.CalledProcessError: When the command exits non-zero (with its stderr).
         """
         self.commands_run += 1
-        process = subprocess.Popen([*self._base, "--", shlex.join(argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert process.stdout is not None and process.stderr is not None
-        try:
-            for line in process.stdout:
-                yield line.rstrip("\n")
-        finally:
-            process.stdout.close()
-            stderr = process.stderr.read()
-            returncode = process.wait(timeout=self.command_timeout)
+        with self.session_slot():
+            process = subprocess.Popen([*self._base, "--", shlex.join(argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert process.stdout is not None and process.stderr is not None
+            try:
+                for line in process.stdout:
+                    yield line.rstrip("\n")
+            finally:
+                process.stdout.close()
+                stderr = process.stderr.read()
+                returncode = process.wait(timeout=self.command_timeout)
         if returncode == SSH_CONNECTION_FAILED:
             raise TransientSchedulerError(f"ssh {self.username}@{self.host}:{self.port}: {stderr.strip() or 'connection failed'}")
         if returncode != 0:

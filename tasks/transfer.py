@@ -141,19 +141,20 @@ class RsyncOverSsh:
             argv.append(f"--bwlimit={self.bandwidth_limit_kbps}")
         argv += [f"{source}/", f"{self.connection.target}:{destination.rstrip('/')}/"]
         started = time.monotonic()
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # one pipe: no deadlock
-        assert process.stdout is not None
-        output = b""
-        try:
-            while chunk := process.stdout.read1(65536):
-                output += chunk
-                if on_progress and (percents := _PERCENT.findall(chunk)):
-                    on_progress(int(percents[-1]) / 100)
-        except BaseException:
-            process.kill()
-            raise
-        finally:
-            process.wait()
+        with self.connection.session_slot():  # rsync's ssh is one more session on the login host
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # one pipe: no deadlock
+            assert process.stdout is not None
+            output = b""
+            try:
+                while chunk := process.stdout.read1(65536):
+                    output += chunk
+                    if on_progress and (percents := _PERCENT.findall(chunk)):
+                        on_progress(int(percents[-1]) / 100)
+            except BaseException:
+                process.kill()
+                raise
+            finally:
+                process.wait()
         if process.returncode != 0:
             error = TransientSchedulerError if process.returncode in RSYNC_TRANSIENT_EXIT_CODES else PermanentSchedulerError
             tail = output.decode(errors="replace").strip().splitlines()[-3:]

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr, ValidationError
 
 from blocks.tacc import TaccCredentials
 from flows.resources import cluster_resources
+from tasks.clusters import ssh_session_slot
 from tasks.scheduler import PermanentSchedulerError, TransientSchedulerError
 from tasks.scheduler.slurm import scheduler_error
 from tests.conftest import Sandbox
@@ -85,3 +91,28 @@ def test_saved_block_serves_the_cluster_resources_flow(sandbox: Sandbox) -> None
     queues = {queue.queue: queue for queue in cluster_resources("ls6")}
     assert set(queues) == {"gpu-a100", "gpu-a100-dev", "gpu-a100-small", "gpu-h100"}
     assert queues["gpu-a100"].nodes_total == 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_ssh_sessions_to_a_login_host_are_capped_by_a_global_concurrency_limit(sandbox: Sandbox) -> None:
+    name = f"ssh-sessions-{sandbox.host}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            pass
+        slot = ssh_session_slot(sandbox.host)
+        assert client.read_global_concurrency_limit_by_name(name).limit == 8, "created when missing"
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=2))
+    clock = "import time; print(time.time())"
+    command = ["bash", "-c", f"python3 -c {shlex.quote(clock)}; sleep 0.5; python3 -c {shlex.quote(clock)}"]
+    try:
+        with credentials(sandbox, private_key=SecretStr(sandbox.key.read_text())).get_client(session_slot=slot) as connection:
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                outputs = list(pool.map(lambda _: connection.run(command).stdout.split(), range(6)))
+    finally:
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=8))
+    spans = [(float(start), float(end)) for start, end in outputs]
+    most_at_once = max(sum(1 for start, end in spans if start <= instant < end) for instant, _ in spans)
+    assert most_at_once == 2, spans
