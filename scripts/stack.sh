@@ -6,7 +6,8 @@
 #   scripts/stack.sh status   what runs, and where the UI is
 #
 # Settings: TACC_STACK_PORT (4200), TACC_ORCH_HOME (~/.tacc-orchestrator; logs and pids in its
-# stack/), PREFECT_HOME (~/.prefect). To run the server on PostgreSQL, export
+# stack/), PREFECT_HOME (~/.prefect), TACC_ORCH_FAILURE_WEBHOOK_URL (when set, the example
+# automation posts there when a job fails). To run the server on PostgreSQL, export
 # PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://USER@HOST:5432/DB before `up`.
 set -euo pipefail
 trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
@@ -39,6 +40,9 @@ up() {
   "$PREFECT" block register -m prefect_sqlalchemy >/dev/null
   log "deploying every flow of prefect.yaml"
   "$PREFECT" --no-prompt deploy --all >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log" >&2; exit 1; }
+  if [[ -n ${TACC_ORCH_FAILURE_WEBHOOK_URL:-} ]]; then  # the example automation: notify on FAILED jobs
+    .venv/bin/python -m deployments.automations --webhook-url "$TACC_ORCH_FAILURE_WEBHOOK_URL" >&2
+  fi
   if ! alive worker; then
     log "starting a worker on pool $POOL"
     setsid nohup "$PREFECT" worker start --pool "$POOL" >"$STATE/worker.log" 2>&1 </dev/null &

@@ -1,0 +1,92 @@
+"""The example automation: notify when a TACC job fails.
+
+Every job state change is a Prefect event (`tacc.job.<status>`, resource `tacc.job.<id>`). This
+creates, or updates in place, the automation `notify-on-failed-tacc-job`: on each
+`tacc.job.failed` event it sends a notification through a Prefect notification block, either
+one you saved (Slack, Teams, email, ... in the UI's Blocks page) or a custom-webhook block made
+here from a URL. Edit it afterwards in the UI's Automations page.
+
+Example:
+    ```bash
+    python -m deployments.automations --webhook-url https://hooks.example.org/tacc
+    python -m deployments.automations --block slack-webhook/ops-channel
+    ```
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+
+from prefect.automations import Automation
+from prefect.blocks.core import Block
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.exceptions import ObjectNotFound
+
+from tasks.settings import get_settings
+
+AUTOMATION_NAME = "notify-on-failed-tacc-job"
+WEBHOOK_BLOCK_NAME = "tacc-job-failures"
+SUBJECT = "TACC job {{ event.resource['prefect.resource.name'] }} FAILED"
+BODY = (
+    "Job {{ event.payload.id }} ({{ event.resource['prefect.resource.name'] }}) failed on "
+    "{{ event.payload.system }}/{{ event.payload.queue }} as scheduler job {{ event.payload.scheduler_job_id }}: "
+    "{{ event.payload.reason }}. Progress {{ (event.payload.progress * 100) | round | int }}%, "
+    "output in {{ event.payload.output_location }}."
+)
+
+
+def save_webhook_block(url: str) -> uuid.UUID:
+    """Save (overwrite) the custom-webhook notification block that posts `{"text": ...}` to `url`."""
+    block = CustomWebhookNotificationBlock(
+        name=WEBHOOK_BLOCK_NAME,
+        url=url,
+        json_data={"text": "{{subject}}\n{{body}}"},
+        allow_private_urls=get_settings().allow_private_webhooks,
+    )
+    return block.save(WEBHOOK_BLOCK_NAME, overwrite=True)
+
+
+def notify_on_failed_jobs(block_document_id: uuid.UUID) -> Automation:
+    """Create the automation, or update the one of the same name, to notify through the block."""
+    automation = Automation(
+        name=AUTOMATION_NAME,
+        description="Notify when a TACC job ends FAILED (a non-zero exit, TIMEOUT, OUT_OF_MEMORY, a node failure)",
+        trigger=EventTrigger(
+            expect={"tacc.job.failed"},
+            match={"prefect.resource.id": "tacc.job.*"},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[SendNotification(block_document_id=block_document_id, subject=SUBJECT, body=BODY)],
+    )
+    try:
+        existing = Automation.read(name=AUTOMATION_NAME)
+    except ValueError:  # none of that name yet
+        return automation.create()
+    automation.id = existing.id
+    automation.update()
+    return automation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--webhook-url", help=f"post notifications here (saved as the block {WEBHOOK_BLOCK_NAME!r})")
+    target.add_argument("--block", help="an existing notification block, as TYPE-SLUG/NAME, e.g. slack-webhook/ops")
+    args = parser.parse_args()
+    if args.webhook_url:
+        block_id = save_webhook_block(args.webhook_url)
+    else:
+        try:
+            block_id = Block.load(args.block)._block_document_id
+        except (ValueError, ObjectNotFound) as error:
+            raise SystemExit(f"--block {args.block}: no such notification block ({error})") from None
+    automation = notify_on_failed_jobs(block_id)
+    print(f"automation {automation.name} ({automation.id}): on tacc.job.failed, notify through block {block_id}")
+
+
+if __name__ == "__main__":
+    main()
