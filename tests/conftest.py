@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -149,3 +153,31 @@ def postgres_block(postgres_url: str, prefect_server: None, monkeypatch: pytest.
     SqlAlchemyConnector(connection_info=postgres_url).save(name)
     monkeypatch.setenv("TACC_ORCH_DATABASE_BLOCK", name)
     return postgres_url
+
+
+class Webhook:
+    """A real HTTP endpoint on loopback that records what it receives."""
+
+    def __init__(self, status: int) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+
+@pytest.fixture
+def webhook(request: pytest.FixtureRequest) -> Iterator[Webhook]:
+    hook = Webhook(getattr(request, "param", 200))
+    yield hook
+    hook.server.shutdown()

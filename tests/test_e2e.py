@@ -7,17 +7,20 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from tasks.models import JobStatus
+from tasks.job_script import scheduler_job_name
+from tasks.models import JobRecord, JobStatus
+from tasks.scheduler import JobSubmission
 from tasks.scheduler.local import LocalScheduler
 from tasks.store import JobStore, migrate
 from tasks.store.engine import sqlite_engine
-from tests.conftest import POSTGRES_ADMIN_URL, REPO, wait_until
+from tests.conftest import POSTGRES_ADMIN_URL, REPO, Webhook, wait_until
 
 PORT = 4317
 
@@ -47,6 +50,14 @@ def api(env: dict[str, str], path: str, body: dict[str, object] | None = None) -
     return response.json()
 
 
+def prefect_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(REPO / ".venv" / "bin" / "prefect"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_flow_run(env: dict[str, str], flow_run_id: uuid.UUID | str) -> dict[str, object]:
+    return api(env, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [str(flow_run_id)]}}})[0]  # type: ignore[index]
+
+
 def test_every_deployment_is_there_and_scheduled(stack: dict[str, str]) -> None:
     deployments = {d["name"]: d for d in api(stack, "/deployments/filter")}  # type: ignore[union-attr]
     assert set(deployments) >= {"submit-job", "submit-batch", "plan-job", "watch-jobs", "cancel-job", "stage-dataset",
@@ -61,9 +72,7 @@ def test_prefect_deployment_run_follows_a_job_to_completed(stack: dict[str, str]
     user = f"e2e{uuid.uuid4().hex[:6]}"
     request = {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4, "max_runtime": "00:10:00",
                "user_id": user, "system": "local", "params": {"rfi_strategy": "high", "step_seconds": 0.3}}
-    run = subprocess.run([str(REPO / ".venv" / "bin" / "prefect"), "deployment", "run", "submit-job/submit-job",
-                          "--param", f"request={json.dumps(request)}", "--watch"],
-                         env=stack, capture_output=True, text=True, timeout=300)
+    run = prefect_cli(stack, "deployment", "run", "submit-job/submit-job", "--param", f"request={json.dumps(request)}", "--watch", timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Flow run finished successfully in 'Completed'" in run.stdout
     store = stack_store(stack)
@@ -71,7 +80,7 @@ def test_prefect_deployment_run_follows_a_job_to_completed(stack: dict[str, str]
     assert record.status is JobStatus.COMPLETED and record.result["samples"] == 12000
     artifacts = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": [f"job-{record.id}", f"job-summary-{record.id}"]}}})
     assert {a["key"] for a in artifacts} == {f"job-{record.id}", f"job-summary-{record.id}"}  # type: ignore[union-attr]
-    flow_run = api(stack, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [str(record.flow_run_id)]}}})[0]  # type: ignore[index]
+    flow_run = read_flow_run(stack, record.flow_run_id)
     assert flow_run["name"] == "submit-job/AlphaCal/VLASS2.1.eb123456" and flow_run["state_type"] == "COMPLETED"
 
 
@@ -79,9 +88,7 @@ def test_cancelling_a_deployment_run_cancels_its_scheduler_job(stack: dict[str, 
     user = f"e2e{uuid.uuid4().hex[:6]}"
     request = {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4, "max_runtime": "00:10:00",
                "user_id": user, "system": "local", "params": {"rfi_strategy": "low", "step_seconds": 5}}
-    prefect = str(REPO / ".venv" / "bin" / "prefect")
-    started = subprocess.run([prefect, "deployment", "run", "submit-job/submit-job", "--param", f"request={json.dumps(request)}"],
-                             env=stack, capture_output=True, text=True, timeout=120)
+    started = prefect_cli(stack, "deployment", "run", "submit-job/submit-job", "--param", f"request={json.dumps(request)}")
     assert started.returncode == 0, started.stdout + started.stderr
     store = stack_store(stack)
 
@@ -90,15 +97,96 @@ def test_cancelling_a_deployment_run_cancels_its_scheduler_job(stack: dict[str, 
         return page.items[0] if page.items and page.items[0].status is JobStatus.RUNNING else None
 
     record = wait_until(running, timeout=120, interval=1)
-    cancel = subprocess.run([prefect, "flow-run", "cancel", str(record.flow_run_id)], env=stack, capture_output=True, text=True, timeout=60)
+    cancel = prefect_cli(stack, "flow-run", "cancel", str(record.flow_run_id))
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     cluster = LocalScheduler(Path(stack["TACC_ORCH_HOME"]) / "local-cluster")
     wait_until(lambda: cluster.states([record.scheduler_job_id])[record.scheduler_job_id].state.startswith("CANCELLED"), timeout=90, interval=1)
     assert wait_until(lambda: store.get(record.id).status is JobStatus.CANCELLED, timeout=30, interval=1)
-    def flow_run_state() -> str:
-        return api(stack, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [str(record.flow_run_id)]}}})[0]["state_type"]  # type: ignore[index]
+    wait_until(lambda: read_flow_run(stack, record.flow_run_id)["state_type"] == "CANCELLED", timeout=90, interval=1)
 
-    wait_until(lambda: flow_run_state() == "CANCELLED", timeout=90, interval=1)
+
+@contextmanager
+def full_local_cluster(env: dict[str, str]) -> Iterator[LocalScheduler]:
+    """Every node of the stack's embedded cluster taken by a sleeping job: new jobs wait in the queue."""
+    cluster = LocalScheduler(Path(env["TACC_ORCH_HOME"]) / "local-cluster")
+    work = Path(env["TACC_ORCH_HOME"]) / f"blocker-{uuid.uuid4().hex[:6]}"
+    blocker = cluster.submit(JobSubmission(name="blocker", script="#!/bin/bash\nsleep 600\n", work_dir=str(work),
+                                           stdout_path=str(work / "out"), stderr_path=str(work / "err"),
+                                           sbatch_args=["-p", "local-gpu", "-N", str(cluster.total_nodes), "-t", "00:15:00"]))
+    try:
+        wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING", timeout=30)
+        yield cluster
+    finally:
+        cluster.cancel(blocker)
+
+
+def suspended_submission(env: dict[str, str], user: str) -> JobRecord:
+    """Start a submit-job deployment run whose job waits in the queue; return its job once the run is suspended."""
+    request = {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4, "max_runtime": "00:10:00",
+               "user_id": user, "system": "local", "params": {"rfi_strategy": "high", "step_seconds": 0.2}}
+    started = prefect_cli(env, "deployment", "run", "submit-job/submit-job", "--param", f"request={json.dumps(request)}",
+                          "--param", "suspend_after_seconds=1")
+    assert started.returncode == 0, started.stdout + started.stderr
+    store = stack_store(env)
+    record = wait_until(lambda: next(iter(store.history(user).items), None), timeout=120, interval=1)
+    wait_until(lambda: read_flow_run(env, record.flow_run_id)["state_name"] == "Suspended", timeout=120, interval=1)
+    record = store.get(record.id)
+    assert record.status is JobStatus.QUEUING and record.scheduler_job_id
+    return record
+
+
+def sweep(env: dict[str, str]) -> None:
+    """One watch-jobs deployment run (the schedule runs it every minute; here, now)."""
+    run = prefect_cli(env, "deployment", "run", "watch-jobs/watch-jobs", "--watch", timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_a_queued_job_suspends_its_run_and_watch_jobs_resumes_it_without_a_second_submission(stack: dict[str, str]) -> None:
+    user = f"e2e{uuid.uuid4().hex[:6]}"
+    with full_local_cluster(stack) as cluster:
+        record = suspended_submission(stack, user)
+        sweep(stack)  # still queued: the run stays suspended
+        assert read_flow_run(stack, record.flow_run_id)["state_name"] == "Suspended"
+    wait_until(lambda: cluster.states([record.scheduler_job_id])[record.scheduler_job_id].state != "PENDING", timeout=30)
+    sweep(stack)
+    flow_run = wait_until(lambda: (run := read_flow_run(stack, record.flow_run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED") and run,
+                          timeout=240, interval=1)
+    assert flow_run["state_type"] == "COMPLETED", flow_run
+    store = stack_store(stack)
+    assert store.history(user).total == 1 and store.get(record.id).status is JobStatus.COMPLETED
+    name = scheduler_job_name(record.id)
+    assert [job for job in cluster.jobs_dir.iterdir() if cluster.load_job(job.name).name == name] == [cluster.jobs_dir / record.scheduler_job_id]
+    states = httpx.get(f"{stack['PREFECT_API_URL']}/flow_run_states/", params={"flow_run_id": str(record.flow_run_id)}, timeout=30).json()
+    names = [state["name"] for state in sorted(states, key=lambda state: state["timestamp"])]
+    assert names.index("Suspended") < names.index("Resuming") < names.index("Completed"), names
+
+
+def test_cancelling_a_suspended_run_cancels_its_queued_job(stack: dict[str, str]) -> None:
+    with full_local_cluster(stack) as cluster:
+        record = suspended_submission(stack, f"e2e{uuid.uuid4().hex[:6]}")
+        cancel = prefect_cli(stack, "flow-run", "cancel", str(record.flow_run_id))
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        sweep(stack)
+        assert cluster.states([record.scheduler_job_id])[record.scheduler_job_id].state.startswith("CANCELLED")
+        assert stack_store(stack).get(record.id).status is JobStatus.CANCELLED
+
+
+def test_the_example_automation_notifies_when_a_job_fails(stack: dict[str, str], webhook: Webhook) -> None:
+    for _ in range(2):  # a second run updates the automation in place
+        made = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "deployments.automations", "--webhook-url", webhook.url],
+                              env=stack, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stdout + made.stderr
+    automations = [a for a in api(stack, "/automations/filter") if a["name"] == "notify-on-failed-tacc-job"]  # type: ignore[union-attr]
+    assert len(automations) == 1 and automations[0]["enabled"]
+    user = f"e2e{uuid.uuid4().hex[:6]}"
+    request = {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4, "max_runtime": "00:00:03",
+               "user_id": user, "system": "local", "params": {"step_seconds": 1}}
+    run = prefect_cli(stack, "deployment", "run", "submit-job/submit-job", "--param", f"request={json.dumps(request)}", "--watch", timeout=300)
+    assert "Failed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+    record = stack_store(stack).history(user).items[0]
+    assert (record.status, record.reason) == (JobStatus.FAILED, "TIMEOUT")
+    text = wait_until(lambda: next((m["text"] for m in webhook.received if str(record.id) in m["text"]), None), timeout=120, interval=1)
+    assert text.startswith("TACC job AlphaCal/VLASS2.1.eb123456 FAILED") and f"scheduler job {record.scheduler_job_id}: TIMEOUT" in text, text
 
 
 def chromium(url: str, *action: str, profile: Path) -> subprocess.CompletedProcess[str]:

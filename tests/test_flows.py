@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,7 @@ from tasks.job_tasks import JobAlreadyEnded
 from tasks.models import JobStatus
 from tasks.planner import PlanRefused
 from tasks.store import JobStore, open_job_store
-from tests.conftest import wait_until
+from tests.conftest import Webhook, wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -47,34 +44,6 @@ def request(**fields: Any) -> dict[str, Any]:
 
 def scheduler_state(record) -> str:
     return scheduler_for("local").states([record.scheduler_job_id])[record.scheduler_job_id].state
-
-
-class Webhook:
-    """A real HTTP endpoint on loopback that records what it receives."""
-
-    def __init__(self, status: int) -> None:
-        received: list[dict[str, Any]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-
-
-@pytest.fixture
-def webhook(request: pytest.FixtureRequest) -> Iterator[Webhook]:
-    hook = Webhook(getattr(request, "param", 200))
-    yield hook
-    hook.server.shutdown()
 
 
 def test_submit_job_runs_to_completed_with_real_progress_and_logs() -> None:
@@ -199,6 +168,7 @@ def test_failing_webhook_is_retried_and_never_fails_the_job(webhook: Webhook) ->
     assert len(webhook.received) == 4
 
 
+@pytest.mark.usefixtures("ls6_block")
 def test_plan_job_submits_nothing() -> None:
     user = request(system="ls6", gpu_count=4, max_runtime="01:00:00")
     plan = plan_job(user)
