@@ -1,15 +1,16 @@
 """The example automation: notify when a TACC job fails.
 
 Every job state change is a Prefect event (`tacc.job.<status>`, resource `tacc.job.<id>`). This
-creates, or updates in place, the automation `notify-on-failed-tacc-job`: on each
-`tacc.job.failed` event it sends a notification through a Prefect notification block, either
-one you saved (Slack, Teams, email, ... in the UI's Blocks page) or a custom-webhook block made
-here from a URL. Edit it afterwards in the UI's Automations page.
+creates the automation `notify-on-failed-tacc-job`: on each `tacc.job.failed` event it sends a
+notification through a Prefect notification block, either one you saved (Slack, Teams, email,
+... in the UI's Blocks page) or a custom-webhook block made here from a URL (kept as a secret).
+An existing automation of that name is left as it is (edits made in the UI's Automations page
+stay), unless `--replace`.
 
 Example:
     ```bash
     python -m deployments.automations --webhook-url https://hooks.example.org/tacc
-    python -m deployments.automations --block slack-webhook/ops-channel
+    python -m deployments.automations --block slack-webhook/ops-channel --replace
     ```
 """
 
@@ -39,18 +40,21 @@ BODY = (
 
 
 def save_webhook_block(url: str) -> uuid.UUID:
-    """Save (overwrite) the custom-webhook notification block that posts `{"text": ...}` to `url`."""
+    """Save (overwrite) the custom-webhook notification block that posts `{"text": ...}` to `url`;
+    the URL (which often carries a token) is one of the block's secrets."""
     block = CustomWebhookNotificationBlock(
         name=WEBHOOK_BLOCK_NAME,
-        url=url,
+        url="{{webhook_url}}",
+        secrets={"webhook_url": url},
         json_data={"text": "{{subject}}\n{{body}}"},
         allow_private_urls=get_settings().allow_private_webhooks,
     )
     return block.save(WEBHOOK_BLOCK_NAME, overwrite=True)
 
 
-def notify_on_failed_jobs(block_document_id: uuid.UUID) -> Automation:
-    """Create the automation, or update the one of the same name, to notify through the block."""
+def notify_on_failed_jobs(block_document_id: uuid.UUID, replace: bool = False) -> Automation:
+    """Create the automation to notify through the block; one of the same name is kept as it is,
+    or with `replace`, updated in place."""
     automation = Automation(
         name=AUTOMATION_NAME,
         description="Notify when a TACC job ends FAILED (a non-zero exit, TIMEOUT, OUT_OF_MEMORY, a node failure)",
@@ -66,6 +70,8 @@ def notify_on_failed_jobs(block_document_id: uuid.UUID) -> Automation:
         existing = Automation.read(name=AUTOMATION_NAME)
     except ValueError:  # none of that name yet
         return automation.create()
+    if not replace:
+        return existing
     automation.id = existing.id
     automation.update()
     return automation
@@ -76,6 +82,7 @@ def main() -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--webhook-url", help=f"post notifications here (saved as the block {WEBHOOK_BLOCK_NAME!r})")
     target.add_argument("--block", help="an existing notification block, as TYPE-SLUG/NAME, e.g. slack-webhook/ops")
+    parser.add_argument("--replace", action="store_true", help="update an existing automation of the same name")
     args = parser.parse_args()
     if args.webhook_url:
         block_id = save_webhook_block(args.webhook_url)
@@ -84,8 +91,9 @@ def main() -> None:
             block_id = Block.load(args.block)._block_document_id
         except (ValueError, ObjectNotFound) as error:
             raise SystemExit(f"--block {args.block}: no such notification block ({error})") from None
-    automation = notify_on_failed_jobs(block_id)
-    print(f"automation {automation.name} ({automation.id}): on tacc.job.failed, notify through block {block_id}")
+    automation = notify_on_failed_jobs(block_id, replace=args.replace)
+    target = automation.actions[0].block_document_id if isinstance(automation.actions[0], SendNotification) else "?"
+    print(f"automation {automation.name} ({automation.id}): on tacc.job.failed, notify through block {target}")
 
 
 if __name__ == "__main__":

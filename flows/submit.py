@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any
 
-from prefect import flow, runtime, suspend_flow_run
+from prefect import flow, suspend_flow_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import Flow, FlowRun, State
+from prefect.context import FlowRunContext
 from prefect.states import Cancelled
 from pydantic import Field
 
@@ -38,6 +39,14 @@ def cancel_scheduler_job(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
     if record is not None and not record.status.is_terminal:
         cancel_stored_job(store, record, f"flow run {flow_run.name} {state.name.lower()}")
         run_logger().info("Cancelled job %s (%s) with its flow run", record.id, record.scheduler_job_id)
+
+
+def is_top_level_deployment_run() -> bool:
+    """Whether this flow run may suspend: Prefect suspends only a deployment's own runs, not
+    subflows (nor runs started by `run_deployment` inside another flow)."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    return run is not None and run.deployment_id is not None and run.parent_task_run_id is None
 
 
 HISTORY_ROWS = 20
@@ -90,7 +99,7 @@ def submit_job(request: JobRequest, wait: bool = True, suspend_after_seconds: An
         wait: Follow the job to its end (default); False returns once it is submitted and
             leaves tracking to `watch_jobs`.
         suspend_after_seconds: How long a deployment run holds its worker for a queued job
-            before it suspends; None never suspends. Runs called from Python never suspend.
+            before it suspends; None never suspends. Python calls and subflows never suspend.
 
     Returns:
         The job record. A job that ends FAILED fails the flow run (`JobFailed`); a cancelled
@@ -114,7 +123,7 @@ def submit_job(request: JobRequest, wait: bool = True, suspend_after_seconds: An
         raise
     if not wait:
         return record
-    if suspend_after_seconds is not None and runtime.deployment.id:
+    if suspend_after_seconds is not None and is_top_level_deployment_run():
         record = wait_for_job(record, pending_timeout=suspend_after_seconds)
         if record.status is JobStatus.QUEUING:  # the key makes it once per job: a resumed run goes on waiting
             run_logger().info("Job %s is still queued: suspending until watch-jobs sees it start", record.scheduler_job_id)

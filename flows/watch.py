@@ -72,7 +72,8 @@ def watch_jobs(system: System | None = None) -> list[SystemSweep]:
         ```
     """
     systems = [system.value] if system else sorted({record.system for record in open_job_store().active()})
-    sweeps = [sweep_system(name) for name in systems]
-    cancel_jobs_of_cancelled_runs()
-    resume_runs_of_started_jobs()
-    return sweeps
+    sweeps = [sweep_system(name, return_state=True) for name in systems]  # one failing system stops none of the rest
+    syncs = [cancel_jobs_of_cancelled_runs(return_state=True), resume_runs_of_started_jobs(return_state=True)]
+    for state in [*sweeps, *syncs]:
+        state.result()  # then the first failure fails the run
+    return [state.result() for state in sweeps]

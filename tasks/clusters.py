@@ -13,7 +13,7 @@ from functools import partial
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from blocks.tacc import TaccCredentials
 from tasks.agents import AGENTS_DIR
@@ -92,10 +92,11 @@ def ssh_session_slot(host: str) -> Callable[[], AbstractContextManager[object]]:
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=get_settings().ssh_sessions_per_host))
-            except PrefectHTTPStatusError as error:
-                if error.response.status_code != 409:  # 409: another process created it first
-                    raise
-    return partial(concurrency, name, occupy=1, strict=True, timeout_seconds=SESSION_SLOT_TIMEOUT_SECONDS)
+            except ObjectAlreadyExists:  # another process created it first
+                pass
+    # a lease the server could not renew for a while must not kill a long rsync or a job's wait
+    return partial(concurrency, name, occupy=1, strict=True, timeout_seconds=SESSION_SLOT_TIMEOUT_SECONDS,
+                   raise_on_lease_renewal_failure=False)
 
 
 def transfer_for(system: str) -> Transfer:

@@ -5,7 +5,7 @@ while suspended (no process, so no cancellation hook) is cancelled in its schedu
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections import defaultdict
 
 from prefect import get_run_logger, resume_flow_run
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -19,9 +19,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import NotPausedError
 
 from tasks.job_tasks import JobAlreadyEnded, cancel_stored_job
-from tasks.models import JobStatus
+from tasks.models import JobRecord, JobStatus
 from tasks.retries import cluster_task
 from tasks.store import open_job_store
 
@@ -29,11 +30,12 @@ PAGE = 200
 SUBMIT_FLOW = "submit-job"
 
 
-def _flow_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter, flow_filter: FlowFilter | None = None) -> Iterator[FlowRun]:
-    offset = 0
-    while page := client.read_flow_runs(flow_run_filter=flow_run_filter, flow_filter=flow_filter, limit=PAGE, offset=offset):
-        yield from page
-        offset += len(page)
+def _flow_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter, flow_filter: FlowFilter | None = None) -> list[FlowRun]:
+    """Every matching flow run, read before any is acted on (acting moves runs out of the filter)."""
+    runs: list[FlowRun] = []
+    while page := client.read_flow_runs(flow_run_filter=flow_run_filter, flow_filter=flow_filter, limit=PAGE, offset=len(runs)):
+        runs += page
+    return runs
 
 
 @cluster_task
@@ -56,7 +58,13 @@ def resume_runs_of_started_jobs() -> list[uuid.UUID]:
             record = store.find_by_flow_run(flow_run.id)
             if record is None or record.status in (JobStatus.QUEUED, JobStatus.QUEUING):
                 continue
-            resume_flow_run(flow_run.id)
+            try:
+                resume_flow_run(flow_run.id)
+            except NotPausedError:  # resumed by an overlapping sweep, or cancelled, meanwhile
+                continue
+            except RuntimeError as error:  # the server refused: the next sweep tries again
+                get_run_logger().warning("Could not resume flow run %s: %s", flow_run.name, error)
+                continue
             get_run_logger().info("Resumed flow run %s: job %s is %s", flow_run.name, record.id, record.status.value)
             resumed.append(flow_run.id)
     return resumed
@@ -64,10 +72,15 @@ def resume_runs_of_started_jobs() -> list[uuid.UUID]:
 
 @cluster_task
 def cancel_jobs_of_cancelled_runs() -> list[uuid.UUID]:
-    """Cancel every active job whose flow run was cancelled (or is being cancelled).
+    """Cancel every active job whose flow run was cancelled (or is being cancelled): the job of
+    a suspended `submit-job` run, every job of a `submit-batch` run.
 
     Returns:
         The ids of the jobs cancelled.
+
+    Raises:
+        RuntimeError: After trying them all, when some could not be cancelled (the next sweep
+            tries again).
 
     Example:
         ```python
@@ -75,19 +88,28 @@ def cancel_jobs_of_cancelled_runs() -> list[uuid.UUID]:
         ```
     """
     store = open_job_store()
-    by_flow_run = {record.flow_run_id: record for record in store.active() if record.flow_run_id is not None}
+    by_flow_run: dict[uuid.UUID, list[JobRecord]] = defaultdict(list)
+    for record in store.active():
+        if record.flow_run_id is not None:
+            by_flow_run[record.flow_run_id].append(record)
     cancelled_types = FlowRunFilterStateType(any_=[StateType.CANCELLED, StateType.CANCELLING])
     ids = list(by_flow_run)
     cancelled: list[uuid.UUID] = []
+    failures: list[str] = []
     with get_client(sync_client=True) as client:
         for start in range(0, len(ids), PAGE):
             runs = FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + PAGE]), state=FlowRunFilterState(type=cancelled_types))
             for flow_run in _flow_runs(client, runs):
-                record = by_flow_run[flow_run.id]
-                try:
-                    cancel_stored_job(store, store.get(record.id), f"flow run {flow_run.name} cancelled")
-                except JobAlreadyEnded:  # it ended on its own meanwhile
-                    continue
-                get_run_logger().info("Cancelled job %s (%s): its flow run %s was cancelled", record.id, record.scheduler_job_id, flow_run.name)
-                cancelled.append(record.id)
+                for record in by_flow_run[flow_run.id]:
+                    try:
+                        cancel_stored_job(store, store.get(record.id), f"flow run {flow_run.name} cancelled")
+                    except JobAlreadyEnded:  # it ended on its own meanwhile
+                        continue
+                    except Exception as error:  # one unreachable cluster must not keep the others' jobs running
+                        failures.append(f"job {record.id}: {error}")
+                        continue
+                    get_run_logger().info("Cancelled job %s (%s): its flow run %s was cancelled", record.id, record.scheduler_job_id, flow_run.name)
+                    cancelled.append(record.id)
+    if failures:
+        raise RuntimeError(f"{len(failures)} job(s) of cancelled flow runs are not cancelled yet: {'; '.join(failures)}")
     return cancelled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -73,8 +74,8 @@ def ingest_window(source: str, system: str, start: datetime, end: datetime, path
     run_id = warehouse.start_run(source, system, start, end)
     summary = IngestSummary(run_id=run_id, source=source, system=system, window_start=start, window_end=end)
     try:
-        ingest_chunks(warehouse, normalized_chunks(source, system, start, end, path, url, JobStore(engine)), summary,
-                      team_budgets(get_settings()))
+        with closing(normalized_chunks(source, system, start, end, path, url, JobStore(engine))) as chunks:  # a failure ends the sacct stream (and its SSH session) here
+            ingest_chunks(warehouse, chunks, summary, team_budgets(get_settings()))
     except Exception as error:
         warehouse.finish_run(run_id, "FAILED", error=str(error)[:2000], rows_read=summary.rows_read, failed=summary.failed)
         raise

@@ -40,9 +40,12 @@ def test_submit_job_on_slurm_stages_then_submits_and_completes(sandbox: Sandbox)
     staged = staging_status("VLASS2.1.eb123456", "ls6")
     assert staged.status is StagingStatus.STAGED and staged.path == f"{SCRATCH.format(user=sandbox.user)}/datasets/VLASS2.1.eb123456"
     assert staged.finished_at.replace(microsecond=0) <= record.started_at, "staged before it started (Slurm keeps whole seconds)"
-    accounted = subprocess.run(["sacct", "-n", "-X", "-P", "--allusers", "-j", record.scheduler_job_id, "-o", "JobName,Account,Partition"],
-                               capture_output=True, text=True).stdout.strip()
-    assert accounted == f"tacc-{record.id.hex}|sandbox|gpu-a100"
+    def accounted() -> str:  # slurmdbd fills in a fast job's record a moment after it ends ("allocation", no partition)
+        return subprocess.run(["sacct", "-n", "-X", "-P", "--allusers", "-j", record.scheduler_job_id, "-o", "JobName,Account,Partition"],
+                              capture_output=True, text=True).stdout.strip()
+
+    expected = f"tacc-{record.id.hex}|sandbox|gpu-a100"
+    wait_until(lambda: accounted() == expected, timeout=30, interval=0.5)
 
 
 def test_cancelling_the_flow_run_reaches_scancel() -> None:

@@ -98,13 +98,13 @@ def test_slurm_job_run_returns_early_while_the_job_waits_in_the_queue(tmp_path: 
                              stderr_path=str(work / "err"), sbatch_args=["-p", "local-gpu", "-N", str(nodes), "-t", "00:01:00"])
 
     blocker = cluster.submit(submission("blocker", cluster.total_nodes))
+    wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING")
+    job = SlurmJob(system="local", submission=submission("queued", 1), progress_path=str(tmp_path / "p"),
+                   result_path=str(tmp_path / "r"), poll_min_seconds=0.2, poll_max_seconds=0.4)
+    run = job.trigger()
     try:
-        wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING")
-        job = SlurmJob(system="local", submission=submission("queued", 1), progress_path=str(tmp_path / "p"),
-                       result_path=str(tmp_path / "r"), poll_min_seconds=0.2, poll_max_seconds=0.4)
-        run = job.trigger()
         observation = run.wait_for_completion(pending_timeout=1.0)
         assert not observation.ended and observation.status.value == "QUEUING" and observation.reason == "Resources"
-        cluster.cancel(run.scheduler_job_id)
     finally:
+        cluster.cancel(run.scheduler_job_id)
         cluster.cancel(blocker)
