@@ -98,8 +98,13 @@ def announce(store: JobStore, scheduler: Scheduler, transition: Transition) -> J
 
 
 @task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
-def plan_job_request(request: JobRequest) -> Plan:
+def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
     """Plan a request with this user's history and budget from the job store.
+
+    Args:
+        request: The job to plan.
+        su_planned: SUs of the user's jobs planned alongside (a batch), not recorded yet: they
+            count against the budget as recorded ones do.
 
     Example:
         ```python
@@ -121,7 +126,7 @@ def plan_job_request(request: JobRequest) -> Plan:
         usd_per_gpu_hour=settings.usd_per_gpu_hour,
         cost_warning_usd=settings.cost_warning_usd,
         su_budget=settings.su_budgets.get(request.user_id),
-        su_committed=store.su_committed(request.user_id),
+        su_committed=store.su_committed(request.user_id) + su_planned,
         past_runtimes_minutes=store.past_runtimes_minutes(request.user_id, request.agent),
         account=allocation_for(request.system.value),
         dataset_bytes=dataset.bytes,

@@ -45,6 +45,14 @@ def test_batch_refuses_before_writing_anything() -> None:
     assert open_job_store().history(user).total == 0
 
 
+def test_a_batch_counts_its_own_jobs_against_the_users_su_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("TACC_ORCH_SU_BUDGETS", f'{{"{user}": 0.8}}')  # one 30-minute node fits (0.5 SU), two do not
+    with pytest.raises(PlanRefused, match=r"(?s)0\.5 SUs already used or running.*budget of 0\.8"):
+        submit_batch([request(user), request(user)])
+    assert open_job_store().history(user).total == 0
+
+
 def test_cleanup_removes_expired_records_and_results_and_keeps_the_rest() -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
     old, kept_longer, recent = (submit_job(request(user)), submit_job(request(user, retention_days=90)), submit_job(request(user)))
