@@ -124,6 +124,7 @@ def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
     measured = open_staging_store().bandwidth(transfer_host(request.system.value))
     context = PlanningContext(
         usd_per_gpu_hour=settings.usd_per_gpu_hour,
+        usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type,
         cost_warning_usd=settings.cost_warning_usd,
         su_budget=settings.su_budgets.get(request.user_id),
         su_committed=store.su_committed(request.user_id) + su_planned,

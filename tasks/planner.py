@@ -33,6 +33,9 @@ class PlanningContext(BaseModel):
     """What the planner knows besides the request: rates, the user's history and budget."""
 
     usd_per_gpu_hour: float = 0.35
+    usd_per_gpu_hour_by_type: dict[str, float] = Field(
+        default_factory=dict, description="Dollar rates per GPU type (the catalog's gpu_type), as accounting charges them"
+    )
     cost_warning_usd: float = 100.0
     su_budget: float | None = Field(default=None, description="The user's SU budget, if any")
     su_committed: float = Field(default=0.0, description="SUs the user has used or has running")
@@ -185,7 +188,8 @@ def plan_request(request: JobRequest, context: PlanningContext) -> Plan:
     nodes = nodes_needed(spec, request.gpu_count)
     allocated = nodes * spec.gpus_per_node
     estimated_su = charge_su(spec, nodes, request.max_runtime)
-    cost = round(allocated * billed_hours(request.max_runtime) * context.usd_per_gpu_hour, 2)
+    rate = context.usd_per_gpu_hour_by_type.get(spec.gpu_type, context.usd_per_gpu_hour)
+    cost = round(allocated * billed_hours(request.max_runtime) * rate, 2)
     if context.su_budget is not None and context.su_committed + estimated_su > context.su_budget:
         raise PlanRefused(
             "gpu_count",

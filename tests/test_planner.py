@@ -93,6 +93,12 @@ def test_estimates_in_sus_and_dollars() -> None:
     assert result.estimated_cost_usd == 6 * 2 * 0.5
 
 
+def test_dollar_estimate_uses_the_gpu_types_rate_as_accounting_does() -> None:
+    rates = PlanningContext(usd_per_gpu_hour=0.5, usd_per_gpu_hour_by_type={"h100": 0.65})
+    assert plan(rates, system="ls6", queue="gpu-h100", gpu_count=2, max_runtime="02:00:00").estimated_cost_usd == 2 * 2 * 0.65
+    assert plan(rates, system="ls6", gpu_count=3, max_runtime="02:00:00").estimated_cost_usd == 3 * 2 * 0.5  # a100: the default
+
+
 def test_tip_for_idle_gpus_only_when_nodes_are_partly_used() -> None:
     assert any("you pay for 2 idle GPU(s)" in tip for tip in plan(system="ls6", gpu_count=4).tips)
     assert not any("idle GPU" in tip for tip in plan(system="ls6", gpu_count=6).tips)
