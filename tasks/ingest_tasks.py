@@ -51,7 +51,7 @@ def normalized_chunks(source: str, system: str, start: datetime, end: datetime, 
         if not url:
             raise ValueError("url: an http(s) URL is required for source='http'")
         with httpx.Client(timeout=30.0, transport=httpx.HTTPTransport(retries=3)) as client:
-            for frame in http_frames(url, client):
+            for frame in http_frames(url, client, start, end):
                 yield normalize_records(frame, "http", rates)
     else:
         raise ValueError(f"source: {source!r} is not one of 'sacct', 'file', 'http'")

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from prefect import get_client
@@ -90,10 +91,13 @@ class PagedFeed:
 
     def __init__(self, records: list[dict[str, object]], page_size: int) -> None:
         pages = [records[i : i + page_size] for i in range(0, len(records), page_size)]
+        requested: list[str] = []
+        self.requested = requested
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
-                number = int(self.path.rsplit("=", 1)[1]) if "=" in self.path else 0
+                requested.append(self.path)
+                number = int(self.path.rsplit("page=", 1)[1]) if "page=" in self.path else 0
                 body = {"items": pages[number], "next": f"/jobs?page={number + 1}" if number + 1 < len(pages) else None}
                 payload = json.dumps(body).encode()
                 self.send_response(200)
@@ -125,6 +129,9 @@ def test_ingestion_flows_and_report_on_postgresql(postgres_block: str, feed: Pag
     from_file = ingest_job_metadata(source="file", path=str(SAMPLE / "jobs.json"))
     from_http = ingest_job_metadata(source="http", url=feed.url)
     assert (from_file.inserted + from_file.unchanged, from_http.inserted + from_http.unchanged) == (30, 30)
+    asked = parse_qs(urlsplit(feed.requested[0]).query)
+    assert (asked["start"], asked["end"]) == ([from_http.window_start.isoformat()], [from_http.window_end.isoformat()]), "the feed is asked for the window"
+    assert len(feed.requested) == 4 and all("start=" not in path for path in feed.requested[1:]), "then it follows its next links"
     assert count(engine, JobUsageRow.__table__) == before + from_file.inserted + from_http.inserted
     report = usage_report(*NOV)
     teams = {row["team"]: row for row in report.by_team}

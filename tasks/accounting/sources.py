@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 
@@ -46,18 +47,23 @@ def file_frames(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
         raise ValueError(f"{path}: use a .csv, .json or .jsonl file")
 
 
-def http_frames(url: str, client: httpx.Client, max_pages: int = 10_000) -> Iterator[pd.DataFrame]:
+def http_frames(url: str, client: httpx.Client, start: datetime, end: datetime, max_pages: int = 10_000) -> Iterator[pd.DataFrame]:
     """Job records from a paginated JSON endpoint: each page is `{"items": [...], "next": url|null}`.
+
+    The first request asks for the window (`?start=...&end=...`, ISO 8601 UTC); the `next` links
+    carry on from there. A feed that ignores the window sends everything, which upserts unchanged.
 
     Raises:
         httpx.HTTPStatusError: For an error answer (5xx ones are retried by the task).
         ValueError: For a page that is not of that shape.
     """
     next_url: str | None = url
+    params: dict[str, str] | None = {"start": start.astimezone(timezone.utc).isoformat(), "end": end.astimezone(timezone.utc).isoformat()}
     for _ in range(max_pages):
         if next_url is None:
             return
-        response = client.get(next_url)
+        response = client.get(next_url, params=params)
+        params = None
         response.raise_for_status()
         page = response.json()
         if not isinstance(page, dict) or not isinstance(page.get("items"), list):
