@@ -7,16 +7,26 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
+from prefect.results import ResultRecordMetadata, ResultStore
+from prefect.serializers import PickleSerializer
+from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_settings
+from prefect.states import Completed, Running
 from sqlalchemy import update
 
 from flows.batch import submit_batch
 from flows.cleanup import cleanup_expired
 from flows.submit import submit_job
-from tasks.models import JobStatus
+from tasks import run_results
+from tasks.models import JobRecord, JobStatus
 from tasks.planner import PlanRefused
+from tasks.run_results import ResultFile, locate, persisted_result_files
 from tasks.store import open_job_store
 from tasks.store.tables import JobRow
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -53,17 +63,101 @@ def test_a_batch_counts_its_own_jobs_against_the_users_su_budget(monkeypatch: py
     assert open_job_store().history(user).total == 0
 
 
-def test_cleanup_removes_expired_records_and_results_and_keeps_the_rest() -> None:
+def test_cleanup_removes_expired_records_and_results_and_keeps_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_results, "TASK_RUN_PAGE", 2)  # a run's task runs come in several pages
     user = f"u{uuid.uuid4().hex[:8]}"
     old, kept_longer, recent = (submit_job(request(user)), submit_job(request(user, retention_days=90)), submit_job(request(user)))
     store = open_job_store()
-    long_ago = datetime.now(timezone.utc) - timedelta(days=40)
-    with store.engine.begin() as connection:  # as if both had ended 40 days ago
-        connection.execute(update(JobRow).where(JobRow.id.in_([old.id, kept_longer.id])).values(completed_at=long_ago))
+    age(old, kept_longer)
+    old_results, recent_results = result_files_of(old), result_files_of(recent)
+    assert all(path.exists() for path in old_results + recent_results)
     preview = cleanup_expired(dry_run=True)
-    assert preview.records_removed >= 1 and store.get(old.id)
+    assert preview.records_removed >= 1 and preview.results_removed >= len(old_results) and store.get(old.id)
+    assert all(path.exists() for path in old_results)
     summary = cleanup_expired()
-    assert summary.records_removed >= 1 and summary.work_dirs_removed >= 1
+    assert summary.records_removed >= 1 and summary.work_dirs_removed >= 1 and summary.results_removed >= len(old_results)
     assert store.history(user).total == 2
     assert {item.id for item in store.history(user).items} == {kept_longer.id, recent.id}
     assert not Path(old.work_dir).exists() and Path(recent.work_dir).exists()
+    assert not any(path.exists() for path in old_results) and all(path.exists() for path in recent_results)
+
+
+def test_a_batch_runs_results_stay_until_all_its_jobs_expire() -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    first, second = submit_batch([request(user), request(user)])
+    results = result_files_of(first, count=5)  # two plans, two stages, two submits; no flow result
+    assert first.flow_run_id == second.flow_run_id
+    for record in (first, second):
+        age(record)
+        cleanup_expired()
+        assert all(path.exists() for path in results) is (record is first), "kept while one job of the run is kept"
+
+
+def test_the_jobs_of_a_flow_run_that_has_not_ended_wait_for_it() -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    record = submit_job(request(user))
+    store = open_job_store()
+    with get_client(sync_client=True) as client:
+        running = client.create_flow_run(cleanup_expired, state=Running())
+        with store.engine.begin() as connection:
+            connection.execute(update(JobRow).where(JobRow.id == record.id).values(flow_run_id=running.id))
+        age(record)
+        cleanup_expired()
+        assert store.get(record.id) and Path(record.work_dir).exists(), "kept while its flow run runs"
+        client.set_flow_run_state(running.id, Completed(), force=True)
+    cleanup_expired()
+    assert store.history(user).total == 0 and not Path(record.work_dir).exists()
+
+
+def age(*records: JobRecord) -> None:
+    """As if the jobs had ended 40 days ago."""
+    with open_job_store().engine.begin() as connection:
+        connection.execute(update(JobRow).where(JobRow.id.in_([record.id for record in records]))
+                           .values(completed_at=datetime.now(timezone.utc) - timedelta(days=40)))
+
+
+def result_files_of(record: JobRecord, count: int = 5) -> list[Path]:
+    """The files Prefect persisted for a job's flow run (default local storage: absolute keys),
+    once the server has all its task runs (it records them from events, a moment later)."""
+    assert record.flow_run_id is not None
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(record.flow_run_id)
+
+        def all_files() -> list[ResultFile] | None:
+            files = persisted_result_files(client, flow_run)
+            return files if len(files) == count else None
+        files = wait_until(all_files)
+    assert isinstance(files, list) and all(file.path for file in files)
+    return [Path(str(file.path)) for file in files]  # submit-job: flow, plan, record, stage, submit
+
+
+@pytest.mark.parametrize("storage_kind", ["local", "remote"])
+def test_a_persisted_result_is_deleted_from_the_default_storage_block_it_was_written_to(storage_kind: str, tmp_path: Path) -> None:
+    name = f"results-{uuid.uuid4().hex[:8]}"
+    if storage_kind == "local":
+        LocalFileSystem(basepath=str(tmp_path)).save(name)
+        saved: WritableFileSystem = LocalFileSystem.load(name)
+        written = tmp_path / "plan-result"
+    else:  # fsspec's in-memory file system stands for S3 and the like
+        RemoteFileSystem(basepath=f"memory://{name}").save(name)
+        saved = RemoteFileSystem.load(name)
+        written = Path(f"/{name}/plan-result")
+    exists = written.exists if storage_kind == "local" else lambda: fsspec.filesystem("memory").exists(str(written))
+    store = ResultStore(result_storage=saved)
+    record = store.create_result_record({"job": 1}, key="plan-result")
+    store.persist_result_record(record)
+    assert record.metadata.storage_block_id is not None and exists()
+    assert locate(record.metadata).kept_because == f"block {record.metadata.storage_block_id} is not the default result storage"
+    with temporary_settings({PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: f"{saved.get_block_type_slug()}/{name}"}):
+        file = locate(record.metadata)
+        escaping = locate(record.metadata.model_copy(update={"storage_key": "../outside"}))
+    assert exists() and escaping.filesystem is None and "'..'" in str(escaping.kept_because)
+    file.delete()
+    assert not exists()
+    file.delete()  # a file already gone is fine
+
+
+def test_a_default_storage_key_outside_the_local_storage_path_is_refused() -> None:
+    metadata = ResultRecordMetadata(storage_key="/etc/passwd", serializer=PickleSerializer())
+    file = locate(metadata)
+    assert file.filesystem is None and "outside of the base path" in str(file.kept_because)

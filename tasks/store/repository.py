@@ -121,6 +121,11 @@ class JobStore:
         """The job a flow run submitted, if any."""
         return self._first(select(JobRow).where(JobRow.flow_run_id == flow_run_id))
 
+    def job_ids_of_flow_run(self, flow_run_id: uuid.UUID) -> set[uuid.UUID]:
+        """Every job a flow run recorded (a `submit-batch` run records many)."""
+        with Session(self.engine) as session:
+            return set(session.scalars(select(JobRow.id).where(JobRow.flow_run_id == flow_run_id)))
+
     def find_by_scheduler_id(self, system: str, scheduler_job_id: str) -> JobRecord | None:
         """The job a scheduler knows as `scheduler_job_id` on `system`, if any."""
         return self._first(
