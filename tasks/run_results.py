@@ -81,6 +81,14 @@ def persisted_result_files(client: SyncPrefectClient, flow_run: FlowRun) -> list
     """The result files of a flow run and of its task runs: those that exist, and those kept
     out of reach (`filesystem` None, with the reason).
 
+    Args:
+        client: A Prefect client.
+        flow_run: The flow run, as the server has it (an ended one: a suspended run still needs
+            its results to resume).
+
+    Returns:
+        One entry per file, however many task runs share it (a resumed run's cached ones).
+
     Example:
         ```python
         with get_client(sync_client=True) as client:
