@@ -7,7 +7,7 @@ import uuid
 from typing import Annotated
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
@@ -36,6 +36,36 @@ def remove_work_dir(system: str, work_dir: str) -> bool:
     return True
 
 
+def remove_run_results(client: SyncPrefectClient, flow_run_id: uuid.UUID, dry_run: bool) -> int | None:
+    """Remove the results Prefect persisted for one flow run and its task runs.
+
+    Returns:
+        How many result files were removed (would be, in a dry run); None when the run's jobs
+        must wait for a later cleanup: the run has not ended, or its results could not be
+        removed (their records are the only way back to their results).
+    """
+    logger = get_run_logger()
+    try:
+        flow_run = client.read_flow_run(flow_run_id)
+    except ObjectNotFound:  # the server no longer knows the run: nothing to find
+        return 0
+    if flow_run.state is None or not flow_run.state.is_final():
+        logger.warning("Flow run %s has not ended (%s): its jobs are kept for now", flow_run.name,
+                       flow_run.state.name if flow_run.state else "no state")
+        return None
+    try:
+        files = persisted_result_files(client, flow_run)
+        for file in files:
+            if file.filesystem is None:
+                logger.warning("Kept result %s of flow run %s: %s", file.storage_key, flow_run.name, file.kept_because)
+            elif not dry_run:
+                file.delete()
+    except Exception as error:  # one run's storage failing does not stop the cleanup
+        logger.warning("Could not remove the results of flow run %s: %s; its jobs are kept for now", flow_run.name, error)
+        return None
+    return sum(file.filesystem is not None for file in files)
+
+
 def remove_persisted_results(store: JobStore, expired: list[JobRecord], dry_run: bool) -> tuple[int, set[uuid.UUID]]:
     """Remove the results Prefect persisted for the flow runs of expired jobs, for each ended
     flow run all of whose jobs expired (a batch run's results stay while one of its jobs is kept).
@@ -47,37 +77,18 @@ def remove_persisted_results(store: JobStore, expired: list[JobRecord], dry_run:
 
     Returns:
         How many result files were removed (would be, in a dry run), and the flow runs whose
-        jobs must wait for a later cleanup: runs not ended yet, or whose results could not be
-        removed (their records are the only way back to their results).
+        jobs must wait for a later cleanup (see `remove_run_results`).
     """
-    logger = get_run_logger()
     expired_ids = {record.id for record in expired}
+    jobs_by_run = store.job_ids_by_flow_run({record.flow_run_id for record in expired if record.flow_run_id is not None})
     removed, deferred = 0, set()
     with get_client(sync_client=True) as client:
-        for flow_run_id in {record.flow_run_id for record in expired if record.flow_run_id is not None}:
-            if not store.job_ids_of_flow_run(flow_run_id) <= expired_ids:
-                continue
-            try:
-                flow_run = client.read_flow_run(flow_run_id)
-            except ObjectNotFound:  # the server no longer knows the run: nothing to find
-                continue
-            if flow_run.state is None or not flow_run.state.is_final():
-                logger.warning("Flow run %s has not ended (%s): its jobs are kept for now", flow_run.name,
-                               flow_run.state.name if flow_run.state else "no state")
+        for flow_run_id in (run for run, job_ids in jobs_by_run.items() if job_ids <= expired_ids):
+            count = remove_run_results(client, flow_run_id, dry_run)
+            if count is None:
                 deferred.add(flow_run_id)
-                continue
-            try:
-                files = persisted_result_files(client, flow_run)
-                for file in files:
-                    if file.filesystem is None:
-                        logger.warning("Kept result %s of flow run %s: %s", file.storage_key, flow_run.name, file.kept_because)
-                    elif not dry_run:
-                        file.delete()
-            except Exception as error:  # one run's storage failing does not stop the cleanup
-                logger.warning("Could not remove the results of flow run %s: %s; its jobs are kept for now", flow_run.name, error)
-                deferred.add(flow_run_id)
-                continue
-            removed += sum(file.filesystem is not None for file in files)
+            else:
+                removed += count
     return removed, deferred
 
 

@@ -8,7 +8,7 @@ import uuid
 from collections import defaultdict
 
 from prefect import get_run_logger, resume_flow_run
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
@@ -18,24 +18,16 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateName,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import StateType
 from prefect.exceptions import NotPausedError
 
 from tasks.job_tasks import JobAlreadyEnded, cancel_stored_job
 from tasks.models import JobRecord, JobStatus
+from tasks.prefect_api import API_PAGE, read_every
 from tasks.retries import cluster_task
 from tasks.store import open_job_store
 
-PAGE = 200
 SUBMIT_FLOW = "submit-job"
-
-
-def _flow_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter, flow_filter: FlowFilter | None = None) -> list[FlowRun]:
-    """Every matching flow run, read before any is acted on (acting moves runs out of the filter)."""
-    runs: list[FlowRun] = []
-    while page := client.read_flow_runs(flow_run_filter=flow_run_filter, flow_filter=flow_filter, limit=PAGE, offset=len(runs)):
-        runs += page
-    return runs
 
 
 @cluster_task
@@ -54,7 +46,8 @@ def resume_runs_of_started_jobs() -> list[uuid.UUID]:
     suspended = FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Suspended"])))
     resumed: list[uuid.UUID] = []
     with get_client(sync_client=True) as client:
-        for flow_run in _flow_runs(client, suspended, FlowFilter(name=FlowFilterName(any_=[SUBMIT_FLOW]))):
+        for flow_run in read_every(client.read_flow_runs, flow_run_filter=suspended,
+                                   flow_filter=FlowFilter(name=FlowFilterName(any_=[SUBMIT_FLOW]))):
             record = store.find_by_flow_run(flow_run.id)
             if record is None or record.status in (JobStatus.QUEUED, JobStatus.QUEUING):
                 continue
@@ -97,9 +90,9 @@ def cancel_jobs_of_cancelled_runs() -> list[uuid.UUID]:
     cancelled: list[uuid.UUID] = []
     failures: list[str] = []
     with get_client(sync_client=True) as client:
-        for start in range(0, len(ids), PAGE):
-            runs = FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + PAGE]), state=FlowRunFilterState(type=cancelled_types))
-            for flow_run in _flow_runs(client, runs):
+        for start in range(0, len(ids), API_PAGE):
+            runs = FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + API_PAGE]), state=FlowRunFilterState(type=cancelled_types))
+            for flow_run in read_every(client.read_flow_runs, flow_run_filter=runs):
                 for record in by_flow_run[flow_run.id]:
                     try:
                         cancel_stored_job(store, store.get(record.id), f"flow run {flow_run.name} cancelled")

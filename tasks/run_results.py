@@ -10,19 +10,19 @@ policy without the run in its key would have to change that.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 
 import fsspec
 from fsspec import AbstractFileSystem
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import FlowRun
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.results import ResultRecordMetadata, get_default_result_storage
 from prefect.settings import get_current_settings
 
-TASK_RUN_PAGE = 200
-"""The most task runs Prefect's API returns at once."""
+from tasks.prefect_api import read_every
 
 
 @dataclass(frozen=True)
@@ -31,20 +31,18 @@ class ResultFile:
 
     storage_key: str
     filesystem: AbstractFileSystem | None
-    path: str | None
+    path: str
     kept_because: str | None = None
 
     def exists(self) -> bool:
         """Whether the file is there (a result that was not persisted has a key but no file)."""
-        return self.filesystem is not None and self.path is not None and self.filesystem.exists(self.path)
+        return self.filesystem is not None and self.filesystem.exists(self.path)
 
     def delete(self) -> None:
         """Delete the file; one already gone is fine."""
-        if self.filesystem is not None and self.path is not None:
-            try:
+        if self.filesystem is not None:
+            with suppress(FileNotFoundError):
                 self.filesystem.rm(self.path)
-            except FileNotFoundError:
-                pass
 
 
 def locate(metadata: ResultRecordMetadata) -> ResultFile:
@@ -60,19 +58,19 @@ def locate(metadata: ResultRecordMetadata) -> ResultFile:
     """
     key = str(metadata.storage_key)
     if ".." in key.split("/"):
-        return ResultFile(key, None, None, "a key with '..' is refused")
+        return ResultFile(key, None, key, "a key with '..' is refused")
     if metadata.storage_block_id is None:  # the default local storage writes absolute keys
         storage: WritableFileSystem = LocalFileSystem(basepath=str(get_current_settings().results.local_storage_path))
     else:
         storage = get_default_result_storage(_sync=True)  # type: ignore[call-arg]
         if storage._block_document_id != metadata.storage_block_id:
-            return ResultFile(key, None, None, f"block {metadata.storage_block_id} is not the default result storage")
+            return ResultFile(key, None, key, f"block {metadata.storage_block_id} is not the default result storage")
     if not isinstance(storage, (LocalFileSystem, RemoteFileSystem)):
-        return ResultFile(key, None, None, f"{type(storage).__name__} storage has no delete")
+        return ResultFile(key, None, key, f"{type(storage).__name__} storage has no delete")
     try:
         path = storage._resolve_path(key)  # Prefect's own resolution, which refuses paths outside the base
     except ValueError as error:
-        return ResultFile(key, None, None, str(error))
+        return ResultFile(key, None, key, str(error))
     filesystem = fsspec.filesystem("file") if isinstance(storage, LocalFileSystem) else storage.filesystem
     return ResultFile(key, filesystem, str(path))
 
@@ -95,13 +93,7 @@ def persisted_result_files(client: SyncPrefectClient, flow_run: FlowRun) -> list
             files = persisted_result_files(client, client.read_flow_run(record.flow_run_id))
         ```
     """
-    of_this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
-    task_runs: list[TaskRun] = []
-    while True:
-        page = client.read_task_runs(flow_run_filter=of_this_run, limit=TASK_RUN_PAGE, offset=len(task_runs))
-        task_runs += page
-        if len(page) < TASK_RUN_PAGE:
-            break
+    task_runs = read_every(client.read_task_runs, flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     states = [flow_run.state, *(task_run.state for task_run in task_runs)]
     results = {(state.data.storage_block_id, state.data.storage_key): state.data for state in states
                if state is not None and isinstance(state.data, ResultRecordMetadata) and state.data.storage_key}

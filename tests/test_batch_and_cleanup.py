@@ -20,7 +20,7 @@ from sqlalchemy import update
 from flows.batch import submit_batch
 from flows.cleanup import cleanup_expired
 from flows.submit import submit_job
-from tasks import run_results
+from tasks import prefect_api
 from tasks.models import JobRecord, JobStatus
 from tasks.planner import PlanRefused
 from tasks.run_results import ResultFile, locate, persisted_result_files
@@ -64,7 +64,7 @@ def test_a_batch_counts_its_own_jobs_against_the_users_su_budget(monkeypatch: py
 
 
 def test_cleanup_removes_expired_records_and_results_and_keeps_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run_results, "TASK_RUN_PAGE", 2)  # a run's task runs come in several pages
+    monkeypatch.setattr(prefect_api, "API_PAGE", 2)  # a run's task runs come in several pages
     user = f"u{uuid.uuid4().hex[:8]}"
     old, kept_longer, recent = (submit_job(request(user)), submit_job(request(user, retention_days=90)), submit_job(request(user)))
     store = open_job_store()

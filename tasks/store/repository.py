@@ -121,10 +121,13 @@ class JobStore:
         """The job a flow run submitted, if any."""
         return self._first(select(JobRow).where(JobRow.flow_run_id == flow_run_id))
 
-    def job_ids_of_flow_run(self, flow_run_id: uuid.UUID) -> set[uuid.UUID]:
-        """Every job a flow run recorded (a `submit-batch` run records many)."""
+    def job_ids_by_flow_run(self, flow_run_ids: set[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
+        """Every job each of these flow runs recorded (a `submit-batch` run records many)."""
+        jobs: dict[uuid.UUID, set[uuid.UUID]] = {flow_run_id: set() for flow_run_id in flow_run_ids}
         with Session(self.engine) as session:
-            return set(session.scalars(select(JobRow.id).where(JobRow.flow_run_id == flow_run_id)))
+            for job_id, flow_run_id in session.execute(select(JobRow.id, JobRow.flow_run_id).where(JobRow.flow_run_id.in_(flow_run_ids))):
+                jobs[flow_run_id].add(job_id)
+        return jobs
 
     def find_by_scheduler_id(self, system: str, scheduler_job_id: str) -> JobRecord | None:
         """The job a scheduler knows as `scheduler_job_id` on `system`, if any."""
