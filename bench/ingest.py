@@ -26,11 +26,11 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from bench.synthetic import synthetic_sacct_rows
-from tasks.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
-from tasks.accounting.normalize import USAGE_COLUMNS, CostRates
-from tasks.accounting.warehouse import TIMES, UpsertCounts, Warehouse, copy_into
-from tasks.store import migrate
-from tasks.store.tables import JobUsageRow
+from tacc_jobs.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
+from tacc_jobs.accounting.normalize import USAGE_COLUMNS, CostRates
+from tacc_jobs.accounting.warehouse import TIMES, UpsertCounts, Warehouse, copy_into
+from tacc_jobs.store import migrate
+from tacc_jobs.store.tables import JobUsageRow
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 WINDOW = (datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 16, tzinfo=timezone.utc))

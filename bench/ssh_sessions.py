@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from blocks.tacc import TaccCredentials
-from tasks.clusters import ssh_session_slot
+from blocks.clusters import ssh_session_slot
+from blocks.credentials import TaccCredentials
 
 
 def sandbox_credentials() -> TaccCredentials:

@@ -1,5 +1,13 @@
-"""Prefect blocks of tacc-orchestrator: configuration and secrets."""
+"""Prefect blocks of tacc-orchestrator: configuration and secrets, and what is built from them.
 
-from blocks.tacc import TaccCredentials
+- `credentials`: `TaccCredentials`, one per TACC system (a `CredentialsBlock`: `get_client()`
+  hands out the SSH connection).
+- `jobs`: `BatchJob`, one job on a system's scheduler (a `JobBlock`: `trigger()` returns a `JobRun`).
+- `database`: the job store's engine from prefect-sqlalchemy's `SqlAlchemyConnector`, else SQLite.
+- `clusters`: which scheduler, transfer and agent runtime serve a system, from its block.
+"""
 
-__all__ = ["TaccCredentials"]
+from blocks.credentials import TaccCredentials
+from blocks.jobs import BatchJob
+
+__all__ = ["BatchJob", "TaccCredentials"]

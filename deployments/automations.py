@@ -26,7 +26,7 @@ from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 
-from tasks.settings import get_settings
+from tacc_jobs.settings import get_settings
 
 AUTOMATION_NAME = "notify-on-failed-tacc-job"
 WEBHOOK_BLOCK_NAME = "tacc-job-failures"

@@ -17,8 +17,8 @@ import time
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_UI_URL
 
-from tasks.models import JobRequest
-from tasks.store import open_job_store
+from blocks.database import open_job_store
+from tacc_jobs.models import JobRequest
 
 SAMPLE_REQUEST = {
     "agent": "AlphaCal",

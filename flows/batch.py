@@ -11,18 +11,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from pydantic import Field
 
-from flows.watch import sweep_system
-from tasks.catalog import find_queue
-from tasks.clusters import poll_floor_seconds
-from tasks.job_tasks import (
-    fail_unsubmitted_job,
-    plan_job_request,
-    record_new_job,
-    submit_to_scheduler,
-)
-from tasks.models import JobRecord, JobRequest, Plan, Priority
-from tasks.staging_tasks import stage_dataset_to_scratch
-from tasks.store import JobStore, open_job_store
+from blocks.clusters import poll_floor_seconds
+from blocks.database import open_job_store
+from tacc_jobs.models import JobRecord, JobRequest, Plan, Priority
+from tacc_jobs.planning.catalog import find_queue
+from tacc_jobs.store import JobStore
+from tasks.planning import plan_job_request
+from tasks.staging import stage_dataset_to_scratch
+from tasks.submission import fail_unsubmitted_job, record_new_job, submit_to_scheduler
+from tasks.tracking import sweep_system
 
 
 def batch_run_name() -> str:

@@ -6,8 +6,8 @@ import uuid
 
 from prefect import flow
 
-from tasks.job_tasks import cancel_job_run
-from tasks.models import JobRecord
+from tacc_jobs.models import JobRecord
+from tasks.cancellation import cancel_job_run
 
 
 @flow(name="cancel-job", flow_run_name="cancel-job/{job_id}")

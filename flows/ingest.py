@@ -8,11 +8,11 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from tasks.accounting.ingest import IngestSummary
-from tasks.accounting.warehouse import Warehouse
-from tasks.ingest_tasks import ingest_window
-from tasks.settings import get_settings
-from tasks.store import open_engine
+from blocks.database import open_engine
+from tacc_jobs.accounting.ingest import IngestSummary
+from tacc_jobs.accounting.warehouse import Warehouse
+from tacc_jobs.settings import get_settings
+from tasks.accounting import ingest_window
 
 
 def ingestion_window(source: str, system: str, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
@@ -46,7 +46,7 @@ def ingest_job_metadata(
     Example:
         ```python
         from flows.ingest import ingest_job_metadata
-        ingest_job_metadata(source="file", path="tasks/accounting/sample/jobs.json")
+        ingest_job_metadata(source="file", path="tacc_jobs/accounting/sample/jobs.json")
         ingest_job_metadata(source="sacct", system="ls6")  # the nightly run
         ```
     """

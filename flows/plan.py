@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.job_tasks import plan_job_request, request_run_name
-from tasks.models import JobRequest, Plan
+from tacc_jobs.models import JobRequest, Plan
+from tasks.planning import plan_job_request
+from tasks.run_context import request_run_name
 
 
 def plan_markdown(request: JobRequest, plan: Plan) -> str:

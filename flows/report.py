@@ -10,10 +10,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from tasks.accounting import analytics
-from tasks.accounting.chart import daily_cost_chart
-from tasks.settings import get_settings
-from tasks.store import open_engine
+from blocks.database import open_engine
+from tacc_jobs.accounting import analytics
+from tacc_jobs.accounting.chart import daily_cost_chart
+from tacc_jobs.settings import get_settings
 
 
 class UsageReport(BaseModel):

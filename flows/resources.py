@@ -5,22 +5,9 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from tasks.clusters import scheduler_for
-from tasks.models import System
-from tasks.retries import cluster_task
-from tasks.scheduler import QueueResources
-
-
-@cluster_task
-def query_resources(system: str) -> list[QueueResources]:
-    """One `sinfo` (or the embedded cluster's view): nodes allocated/idle/total, idle GPUs.
-
-    Example:
-        ```python
-        query_resources("ls6")  # [QueueResources(queue='gpu-a100', nodes_idle=12, gpus_idle=36, ...), ...]
-        ```
-    """
-    return scheduler_for(system).resources()
+from tacc_jobs.models import System
+from tacc_jobs.schedulers import QueueResources
+from tasks.resources import query_resources
 
 
 @flow(name="cluster-resources", flow_run_name="cluster-resources/{system}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.models import DatasetId, Priority, System
-from tasks.staging_tasks import stage_dataset_to_scratch
-from tasks.store import DatasetStaging, open_staging_store
+from blocks.database import open_staging_store
+from tacc_jobs.models import DatasetId, Priority, System
+from tacc_jobs.store import DatasetStaging
+from tasks.staging import stage_dataset_to_scratch
 
 
 @flow(name="stage-dataset", flow_run_name="stage-dataset/{system}/{dataset_id}")

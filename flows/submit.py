@@ -3,42 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow, suspend_flow_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.client.schemas.objects import Flow, FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled
 from pydantic import Field
 
-from tasks.job_script import JobPaths
-from tasks.job_tasks import (
-    cancel_stored_job,
-    fail_unsubmitted_job,
-    plan_job_request,
-    record_new_job,
-    request_run_name,
-    run_logger,
-    submit_to_scheduler,
-    wait_for_job,
-)
-from tasks.models import JobRecord, JobRequest, JobStatus, Plan
-from tasks.staging_tasks import artifact_key, stage_dataset_to_scratch
-from tasks.store import open_job_store
-
-
-class JobFailed(RuntimeError):
-    """The scheduler job ended FAILED (non-zero exit, TIMEOUT, OUT_OF_MEMORY, ...)."""
-
-
-def cancel_scheduler_job(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """Flow hook (cancelled or crashed run): cancel the run's scheduler job, found in the job store."""
-    store = open_job_store()
-    record = store.find_by_flow_run(flow_run.id)
-    if record is not None and not record.status.is_terminal:
-        cancel_stored_job(store, record, f"flow run {flow_run.name} {state.name.lower()}")
-        run_logger().info("Cancelled job %s (%s) with its flow run", record.id, record.scheduler_job_id)
+from blocks.database import open_job_store
+from tacc_jobs.exceptions import JobFailed
+from tacc_jobs.models import JobRecord, JobRequest, JobStatus, Plan
+from tacc_jobs.schedulers.job_script import JobPaths
+from tasks.cancellation import cancel_scheduler_job
+from tasks.planning import plan_job_request
+from tasks.run_context import request_run_name, run_logger
+from tasks.staging import artifact_key, stage_dataset_to_scratch
+from tasks.submission import fail_unsubmitted_job, record_new_job, submit_to_scheduler
+from tasks.tracking import wait_for_job
 
 
 def is_top_level_deployment_run() -> bool:

@@ -2,56 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from prefect import flow
 
-from prefect import flow, get_run_logger
-from pydantic import BaseModel
-
-from tasks.clusters import scheduler_for
+from blocks.database import open_job_store
+from tacc_jobs.models import System
 from tasks.flow_run_sync import (
     cancel_jobs_of_cancelled_runs,
     resume_runs_of_started_jobs,
 )
-from tasks.job_tasks import announce
-from tasks.models import System
-from tasks.retries import cluster_task
-from tasks.store import open_job_store
-from tasks.tracking import TrackedJob, observe, record_observation
-
-
-class SystemSweep(BaseModel):
-    """What one sweep saw on one system."""
-
-    system: str
-    active: int
-    changed: int
-    statuses: dict[str, int]
-
-
-@cluster_task
-def sweep_system(system: str) -> SystemSweep:
-    """Observe all active jobs of `system` in one scheduler call and record what changed.
-
-    Example:
-        ```python
-        sweep_system("local").statuses  # {'RUNNING': 2, 'COMPLETED': 1}
-        ```
-    """
-    logger = get_run_logger()
-    store = open_job_store()
-    scheduler = scheduler_for(system)
-    records = store.active(system)
-    observations = observe(scheduler, [TrackedJob.from_record(record) for record in records])
-    changed, statuses = 0, Counter[str]()
-    for record, observation in zip(records, observations):
-        transition = record_observation(store, record, observation)
-        now = transition.record if transition else record
-        statuses[now.status.value] += 1
-        if transition is not None and transition.moved:
-            changed += 1
-            logger.info("%s job %s (%s): %s -> %s", system, now.scheduler_job_id, now.id, transition.previous.value, now.status.value)
-            announce(store, scheduler, transition)
-    return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses))
+from tasks.tracking import SystemSweep, sweep_system
 
 
 @flow(name="watch-jobs")

@@ -49,7 +49,7 @@ write_configs() {
   local before
   before=$(sha256sum </etc/slurm/slurm.conf 2>/dev/null || true)
   local partitions
-  # name max_nodes max_time: one line per TACC GPU queue (tasks/tacc_queues.csv)
+  # name max_nodes max_time: one line per TACC GPU queue (tacc_jobs/planning/tacc_queues.csv)
   partitions=$(cat <<PARTS
 gpu-a100 8 2-00:00:00
 gpu-a100-dev 2 02:00:00

@@ -36,7 +36,7 @@ up() {
     healthy || { log "the server did not become healthy; see $STATE/server.log"; exit 1; }
   fi
   "$PREFECT" work-pool inspect "$POOL" >/dev/null 2>&1 || "$PREFECT" work-pool create "$POOL" --type process >/dev/null
-  "$PREFECT" block register -m blocks.tacc >/dev/null
+  "$PREFECT" block register -m blocks.credentials >/dev/null
   "$PREFECT" block register -m prefect_sqlalchemy >/dev/null
   log "deploying every flow of prefect.yaml"
   "$PREFECT" --no-prompt deploy --all >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log" >&2; exit 1; }

@@ -1,1 +1,1 @@
-"""Units of work for tacc-orchestrator: Prefect tasks and the plain code they call."""
+"""Prefect tasks of tacc-orchestrator, one module per concern; the plain code they call is in `tacc_jobs`."""

@@ -21,11 +21,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import NotPausedError
 
-from tasks.job_tasks import JobAlreadyEnded, cancel_stored_job
-from tasks.models import JobRecord, JobStatus
+from blocks.database import open_job_store
+from tacc_jobs.exceptions import JobAlreadyEnded
+from tacc_jobs.models import JobRecord, JobStatus
+from tasks.cancellation import cancel_stored_job
+from tasks.policies import cluster_task
 from tasks.prefect_api import API_PAGE, read_every
-from tasks.retries import cluster_task
-from tasks.store import open_job_store
 
 SUBMIT_FLOW = "submit-job"
 

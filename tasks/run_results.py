@@ -4,7 +4,7 @@
 them; Prefect never removes them. Cleanup removes them with the job records they served.
 
 Removing an ended run's results is safe because no result file is shared between flow runs:
-every cached task is keyed by its flow run (`tasks.retries.once_per_flow_run`); a cache
+every cached task is keyed by its flow run (`tasks.policies.once_per_flow_run`); a cache
 policy without the run in its key would have to change that.
 """
 

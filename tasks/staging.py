@@ -1,150 +1,103 @@
-"""Staging: check a dataset at its source, estimate its transfer, move it, verify it.
-
-Plain code over a `Transfer`; the Prefect task that queues and records staging is in
-`tasks/staging_tasks.py`.
-"""
+"""Staging as a Prefect task: queue by priority, move the dataset, verify, record status."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from collections.abc import Callable
-from pathlib import Path
+import posixpath
+import re
+import time
+from datetime import datetime, timezone
 
-from pydantic import BaseModel
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks.transfer import Transfer, TransferStats, file_sha256
+from blocks.clusters import scheduler_for, transfer_for, transfer_host
+from blocks.database import open_staging_store
+from tacc_jobs.exceptions import StagingError
+from tacc_jobs.settings import get_settings
+from tacc_jobs.staging.datasets import (
+    inspect_dataset,
+    layout_advice,
+    stage,
+    transfer_seconds,
+)
+from tacc_jobs.store import DatasetStaging, StagingStatus
+from tasks.policies import ONCE_PER_FLOW_RUN, cluster_task
 
-MANY_SMALL_FILES = 1000
-SMALL_FILE_BYTES = 1 << 20
-LARGE_FILE_BYTES = 10 << 30
-
-
-class StagingError(RuntimeError):
-    """The dataset cannot be staged; the message says what is missing, unreadable or wrong."""
-
-
-class DatasetInventory(BaseModel):
-    """A dataset at its source: where, which files with which checksums, how big."""
-
-    dataset_id: str
-    source: str
-    manifest: dict[str, str]
-    sizes: dict[str, int]
-
-    @property
-    def digest(self) -> str:
-        """One hash of the whole dataset's content and layout."""
-        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
-
-    @property
-    def bytes(self) -> int:
-        """Total size in bytes."""
-        return sum(self.sizes.values())
+SLOT_POLL_SECONDS = 1.0
 
 
-class StagedDataset(BaseModel):
-    """A dataset in scratch, verified against its manifest."""
-
-    dataset_id: str
-    path: str
-    files: int
-    bytes: int
-    digest: str
-    copied: bool
-    transfer: TransferStats | None = None
-    repaired: list[str] = []
+def dataset_destination(system: str, dataset_id: str) -> str:
+    """Where a dataset lives in a system's scratch: `<scratch_root>/datasets/<dataset_id>`."""
+    return posixpath.join(scheduler_for(system).scratch_root, "datasets", dataset_id)
 
 
-def survey_dataset(dataset_root: Path, dataset_id: str) -> DatasetInventory:
-    """Check the dataset at its source and size it (no checksums), reporting every problem at once.
+def artifact_key(*parts: str) -> str:
+    """An artifact key from free text: lower-case letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
-    Raises:
-        StagingError: The dataset is missing, outside the root, empty, or has unreadable files
-            or symbolic links (all of them listed).
+
+@cluster_task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
+def stage_dataset_to_scratch(dataset_id: str, system: str, priority: str = "normal") -> DatasetStaging:
+    """Stage a dataset to a system's scratch: checked, estimated, queued by priority, moved
+    (rsync over the multiplexed SSH connection at TACC), verified by checksum, recorded.
 
     Example:
         ```python
-        survey_dataset(Path("datasets"), "VLASS2.1.eb123456").bytes  # 259042
+        stage_dataset_to_scratch("VLASS2.1.eb123456", "ls6", priority="high").status  # STAGED
         ```
     """
-    root = dataset_root.resolve()
-    source = (root / dataset_id).resolve()
-    if source.parent != root:
-        raise StagingError(f"dataset_id {dataset_id!r} points outside the dataset root {root}")
-    if not source.is_dir():
-        raise StagingError(f"dataset {dataset_id!r} not found: no directory {source}")
-    sizes, problems = {}, []
-    for path in sorted(source.rglob("*")):
-        name = path.relative_to(source).as_posix()
-        if path.is_symlink():
-            problems.append(f"{name}: symbolic link (copy the file in)")
-        elif path.is_file():
-            if not os.access(path, os.R_OK):
-                problems.append(f"{name}: not readable")
-            sizes[name] = path.stat().st_size
-    if problems:
-        raise StagingError(f"dataset {dataset_id!r} cannot be staged: " + "; ".join(problems))
-    if not sizes:
-        raise StagingError(f"dataset {dataset_id!r} is empty: {source} holds no files")
-    return DatasetInventory(dataset_id=dataset_id, source=str(source), manifest={}, sizes=sizes)
+    logger = get_run_logger()
+    settings = get_settings()
+    store = open_staging_store()
+    store.request(system, dataset_id, priority)
+    try:
+        inventory = inspect_dataset(settings.dataset_root, dataset_id)
+    except StagingError as error:
+        store.update(system, dataset_id, status=StagingStatus.FAILED, reason=str(error), finished_at=datetime.now(timezone.utc))
+        raise
+    transfer = transfer_for(system)
+    measured = store.bandwidth(transfer_host(system))
+    bandwidth = measured or settings.default_bandwidth_mb_per_s * 1e6
+    logger.info(
+        "Dataset %s: %d files, %d bytes; about %.0f s to %s at %.1f MB/s (%s)", dataset_id, len(inventory.sizes),
+        inventory.bytes, transfer_seconds(inventory.bytes, bandwidth), system, bandwidth / 1e6,
+        "measured" if measured else "default",
+    )
+    for advice in layout_advice(inventory):
+        logger.warning("Layout advice for %s: %s", dataset_id, advice)
+    waiting_logged = False
+    while not store.try_start(system, dataset_id, settings.staging_slots_per_system):
+        current = store.get(system, dataset_id)
+        if current is not None and current.status in (StagingStatus.STAGED, StagingStatus.FAILED):
+            store.request(system, dataset_id, priority)  # another stager finished it: ours only verifies
+            continue
+        if not waiting_logged:
+            logger.info("Waiting for a staging slot on %s (%d request(s) ahead, or the dataset is being staged)",
+                        system, store.waiting_ahead(system, dataset_id))
+            waiting_logged = True
+        time.sleep(SLOT_POLL_SECONDS)
+    artifact_id = create_progress_artifact(progress=0.0, key=artifact_key("staging", system, dataset_id),
+                                           description=f"Staging {dataset_id} to {system}")
+    last_reported = [0.0]
 
+    def on_progress(fraction: float) -> None:
+        if fraction - last_reported[0] >= 0.05 or fraction == 1.0:
+            last_reported[0] = fraction
+            update_progress_artifact(artifact_id, progress=fraction * 100)
+            store.update(system, dataset_id, progress=fraction)
 
-def inspect_dataset(dataset_root: Path, dataset_id: str) -> DatasetInventory:
-    """Survey the dataset, then checksum every file (the manifest staging verifies against)."""
-    inventory = survey_dataset(dataset_root, dataset_id)
-    source = Path(inventory.source)
-    return inventory.model_copy(update={"manifest": {name: file_sha256(source / name) for name in inventory.sizes}})
-
-
-def layout_advice(inventory: DatasetInventory) -> list[str]:
-    """What would make the dataset faster to move and to read on TACC's Lustre scratch."""
-    advice = []
-    small = sum(1 for size in inventory.sizes.values() if size < SMALL_FILE_BYTES)
-    if small >= MANY_SMALL_FILES:
-        advice.append(
-            f"{small} files under 1 MiB: pack them (tar, or HDF5) before transfer; Lustre and rsync pay per file."
-        )
-    large = [name for name, size in inventory.sizes.items() if size >= LARGE_FILE_BYTES]
-    if large:
-        advice.append(
-            f"{len(large)} file(s) of 10 GiB or more: stripe the scratch directory first "
-            "(lfs setstripe -c 8 <dir>) so reads spread over several storage targets."
-        )
-    return advice
-
-
-def transfer_seconds(size: int, bandwidth: float) -> float:
-    """Expected transfer time of `size` bytes at `bandwidth` bytes per second."""
-    return size / bandwidth if bandwidth > 0 else 0.0
-
-
-def stage(
-    inventory: DatasetInventory, transfer: Transfer, destination: str, on_progress: Callable[[float], None] | None = None
-) -> StagedDataset:
-    """Make `destination` hold the dataset, verified file by file against the source's checksums.
-
-    Nothing moves when the destination already matches (its manifest and its checksums). Files
-    that differ (changed at the source, or damaged in scratch) are transferred again. The
-    manifest is written last, so an interrupted staging is never taken for a complete one.
-
-    Raises:
-        StagingError: When the files in scratch still differ from the source after the transfer.
-    """
-    staged = StagedDataset(dataset_id=inventory.dataset_id, path=destination, files=len(inventory.manifest),
-                           bytes=inventory.bytes, digest=inventory.digest, copied=False)
-    present = transfer.checksums(destination)
-    differing = sorted(name for name, checksum in inventory.manifest.items() if present.get(name) != checksum)
-    if not differing and transfer.read_manifest(destination) == inventory.manifest:
-        if on_progress:
-            on_progress(1.0)
-        return staged
-    stats = transfer.push(Path(inventory.source), destination, on_progress)
-    after = transfer.checksums(destination)
-    corrupted = sorted(name for name, checksum in inventory.manifest.items() if after.get(name) != checksum)
-    if corrupted:
-        raise StagingError(f"checksum mismatch in {transfer.host}:{destination} after transfer: {', '.join(corrupted)}")
-    transfer.write_manifest(destination, inventory.manifest)
-    repaired = [name for name in differing if name in present]
-    return staged.model_copy(update={"copied": True, "transfer": stats, "repaired": repaired})
+    try:
+        staged = stage(inventory, transfer, dataset_destination(system, dataset_id), on_progress)
+    except Exception as error:
+        store.update(system, dataset_id, status=StagingStatus.FAILED, reason=str(error), finished_at=datetime.now(timezone.utc))
+        raise
+    store.update(system, dataset_id, status=StagingStatus.STAGED, reason=None, progress=1.0, path=staged.path,
+                 digest=staged.digest, files=staged.files, bytes=staged.bytes, finished_at=datetime.now(timezone.utc))
+    if staged.transfer is not None and staged.transfer.bytes_transferred:
+        store.record_transfer(transfer.host, staged.transfer.bytes_transferred, staged.transfer.seconds)
+    if staged.repaired:
+        logger.warning("Repaired %d file(s) of %s that differed in scratch: %s", len(staged.repaired), dataset_id, ", ".join(staged.repaired))
+    logger.info("Dataset %s %s at %s:%s", dataset_id, "staged" if staged.copied else "already staged, unchanged", system, staged.path)
+    result = store.get(system, dataset_id)
+    assert result is not None
+    return result

@@ -1,161 +1,96 @@
-"""Following jobs: observe many in one scheduler call, record what changed, pace the polling."""
+"""Tracking jobs as Prefect tasks: follow one job to its end, or sweep every active job of a system."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections import Counter
 
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel
 
-from tasks.catalog import find_queue
-from tasks.job_script import JobPaths
-from tasks.models import JobRecord, JobStatus
-from tasks.planner import charge_su
-from tasks.scheduler import Scheduler, SchedulerJobState
-from tasks.scheduler.states import map_slurm_state
-from tasks.store import IllegalTransition, JobStore, JobUpdate, Transition
+from blocks.clusters import scheduler_for
+from blocks.database import open_job_store
+from tacc_jobs.models import JobRecord
+from tacc_jobs.tracking import JobObservation, TrackedJob, observe, record_observation
+from tasks.notifications import announce
+from tasks.policies import cluster_task
+from tasks.submission import batch_job_for
+
+LOG_LINES_PER_POLL = 50
 
 
-class TrackedJob(BaseModel):
-    """One submitted job as the tracker follows it."""
+@cluster_task
+def wait_for_job(record: JobRecord, pending_timeout: float | None = None) -> JobRecord:
+    """Follow a submitted job to its end: store, progress artifact, log tail, events.
 
-    scheduler_job_id: str
-    progress_path: str
-    stdout_path: str | None = None
-    stdout_offset: int = 0
-
-    @classmethod
-    def from_record(cls, record: JobRecord) -> TrackedJob:
-        """Follow a stored job (its progress only; no log tail)."""
-        if record.scheduler_job_id is None or record.work_dir is None:
-            raise ValueError(f"job {record.id} has not been submitted")
-        return cls(scheduler_job_id=record.scheduler_job_id, progress_path=JobPaths.for_work_dir(record.work_dir).progress)
-
-
-class JobObservation(BaseModel):
-    """What one poll saw of one job."""
-
-    scheduler_job_id: str
-    state: SchedulerJobState | None = None
-    status: JobStatus | None = None
-    reason: str | None = None
-    progress: float | None = None
-    log: str = ""
-    next_stdout_offset: int = 0
-
-    @property
-    def ended(self) -> bool:
-        """Whether the scheduler reports the job finished."""
-        return self.status is not None and self.status.is_terminal
-
-
-def _parse_progress(text: str) -> float | None:
-    try:
-        return min(1.0, max(0.0, float(text.strip().splitlines()[-1])))
-    except (ValueError, IndexError):
-        return None
-
-
-def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObservation]:
-    """Observe every job with one `states` call and one `read_files` call, whatever their number.
-
-    Jobs the scheduler no longer knows come back with `state=None`: their status is left as is.
-    """
-    if not jobs:
-        return []
-    states = scheduler.states([job.scheduler_job_id for job in jobs])
-    offsets = {job.progress_path: 0 for job in jobs}
-    offsets.update({job.stdout_path: job.stdout_offset for job in jobs if job.stdout_path})
-    files = scheduler.read_files(offsets)
-    observations = []
-    for job in jobs:
-        state = states.get(job.scheduler_job_id)
-        observation = JobObservation(scheduler_job_id=job.scheduler_job_id, state=state)
-        if state is not None:
-            observation.status, observation.reason = map_slurm_state(state.state, state.exit_code, state.reason)
-        observation.progress = _parse_progress(files[job.progress_path].data)
-        if job.stdout_path:
-            observation.log = files[job.stdout_path].data
-            observation.next_stdout_offset = files[job.stdout_path].next_offset
-        observations.append(observation)
-    return observations
-
-
-def charged_su(record: JobRecord, start: datetime | None, end: datetime | None) -> float | None:
-    """TACC's charge for a finished job: whole nodes x max(hours used, 0.25) x queue rate."""
-    spec = find_queue(record.system, record.queue)
-    if spec is None or start is None or end is None:
-        return None
-    return charge_su(spec, record.nodes, end - start)
-
-
-def record_observation(store: JobStore, record: JobRecord, observation: JobObservation) -> Transition | None:
-    """Apply one observation to the store; None when the scheduler did not report the job."""
-    state = observation.state
-    if state is None or observation.status is None:
-        return None
-    status = observation.status
-    progress = 1.0 if status is JobStatus.COMPLETED else observation.progress
-    update = JobUpdate(reason=observation.reason, progress=progress, started_at=state.start)
-    if status.is_terminal:
-        update.completed_at = state.end
-        update.charged_su = charged_su(record, state.start, state.end)
-    try:
-        return store.transition(record.id, status, update)
-    except IllegalTransition:
-        current = store.get(record.id)
-        if current.status.is_terminal:  # ended in the store first (a cancel): a late RUNNING/COMPLETING changes nothing
-            return Transition(record=current, previous=current.status)
-        raise
-
-
-def read_result(scheduler: Scheduler, result_path: str) -> dict[str, object] | None:
-    """The agent's result JSON, or None when it wrote none (or nothing valid)."""
-    text = scheduler.read_files({result_path: 0})[result_path].data
-    try:
-        result = json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return None
-    return result if isinstance(result, dict) else None
-
-
-def next_poll_interval(
-    current: float, changed: bool, status: JobStatus | None, seconds_left: float | None, minimum: float, maximum: float
-) -> float:
-    """Adaptive polling: short after a change and near the end, growing while a job waits.
+    Args:
+        record: The submitted job (read again from the store: a sweep may have moved it).
+        pending_timeout: Return early, still QUEUING, when the job waits in the queue this long.
 
     Example:
-        >>> next_poll_interval(10, False, JobStatus.QUEUING, None, 5, 300)
-        20
-        >>> next_poll_interval(60, False, JobStatus.RUNNING, 30, 5, 300)
-        7.5
+        ```python
+        final = wait_for_job(record)
+        final.status  # JobStatus.COMPLETED
+        ```
     """
-    if changed:
-        return minimum
-    grown = current * (2 if status is JobStatus.QUEUING else 1.5)
-    if status is JobStatus.RUNNING and seconds_left is not None:
-        grown = min(grown, seconds_left / 4)
-    return max(minimum, min(grown, maximum))
+    logger = get_run_logger()
+    store = open_job_store()
+    record = store.get(record.id)
+    run = batch_job_for(record).attach(record.scheduler_job_id or "")
+    artifact_id = create_progress_artifact(
+        progress=record.progress * 100,
+        key=f"job-{record.id}",
+        description=f"{record.agent} on {record.dataset_id}: {record.system}/{record.queue} job {record.scheduler_job_id}",
+    )
+
+    def on_poll(observation: JobObservation) -> None:
+        nonlocal record
+        for line in observation.log.splitlines()[-LOG_LINES_PER_POLL:]:
+            logger.info("[%s %s] %s", record.system, record.scheduler_job_id, line)
+        transition = record_observation(store, record, observation)
+        if transition is None:
+            return
+        if transition.moved or transition.record.reason != record.reason:
+            reason = f" ({transition.record.reason})" if transition.record.reason else ""
+            logger.info("Job %s: %s -> %s%s", record.scheduler_job_id, transition.previous.value, transition.record.status.value, reason)
+        if transition.record.progress != record.progress:
+            update_progress_artifact(artifact_id, progress=transition.record.progress * 100)
+        record = announce(store, run.scheduler, transition)
+
+    run.wait_for_completion(on_poll=on_poll, pending_timeout=pending_timeout)
+    return store.get(record.id)
 
 
-def job_event_payload(record: JobRecord) -> dict[str, object]:
-    """What a job state change or a webhook tells the outside world about a job."""
-    return {
-        "id": str(record.id),
-        "status": record.status.value,
-        "reason": record.reason,
-        "progress": record.progress,
-        "system": record.system,
-        "queue": record.queue,
-        "scheduler_job_id": record.scheduler_job_id,
-        "metrics": record.result or {},
-        "output_location": JobPaths.for_work_dir(record.work_dir).output_dir if record.work_dir else None,
-        "charged_su": record.charged_su,
-    }
+class SystemSweep(BaseModel):
+    """What one sweep saw on one system."""
+
+    system: str
+    active: int
+    changed: int
+    statuses: dict[str, int]
 
 
-def job_resource(job_id: uuid.UUID) -> str:
-    """The Prefect event resource id of a job."""
-    return f"tacc.job.{job_id}"
+@cluster_task
+def sweep_system(system: str) -> SystemSweep:
+    """Observe all active jobs of `system` in one scheduler call and record what changed.
+
+    Example:
+        ```python
+        sweep_system("local").statuses  # {'RUNNING': 2, 'COMPLETED': 1}
+        ```
+    """
+    logger = get_run_logger()
+    store = open_job_store()
+    scheduler = scheduler_for(system)
+    records = store.active(system)
+    observations = observe(scheduler, [TrackedJob.from_record(record) for record in records])
+    changed, statuses = 0, Counter[str]()
+    for record, observation in zip(records, observations):
+        transition = record_observation(store, record, observation)
+        now = transition.record if transition else record
+        statuses[now.status.value] += 1
+        if transition is not None and transition.moved:
+            changed += 1
+            logger.info("%s job %s (%s): %s -> %s", system, now.scheduler_job_id, now.id, transition.previous.value, now.status.value)
+            announce(store, scheduler, transition)
+    return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses))

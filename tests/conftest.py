@@ -18,9 +18,9 @@ import pytest
 from pydantic import BaseModel, SecretStr
 from sqlalchemy import Engine, create_engine
 
-from blocks.tacc import TaccCredentials
-from tasks.scheduler.slurm import SlurmScheduler
-from tasks.ssh import SshConnection
+from blocks.credentials import TaccCredentials
+from tacc_jobs.schedulers.slurm import SlurmScheduler
+from tacc_jobs.ssh import SshConnection
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get("TACC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -65,7 +65,7 @@ def postgres_url() -> str:
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """The same tests on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
-        from tasks.store.engine import sqlite_engine
+        from tacc_jobs.store.engine import sqlite_engine
 
         engine = sqlite_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
     else:

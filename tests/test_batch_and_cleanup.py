@@ -17,15 +17,15 @@ from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_se
 from prefect.states import Completed, Running
 from sqlalchemy import update
 
+from blocks.database import open_job_store
 from flows.batch import submit_batch
 from flows.cleanup import cleanup_expired
 from flows.submit import submit_job
+from tacc_jobs.exceptions import PlanRefused
+from tacc_jobs.models import JobRecord, JobStatus
+from tacc_jobs.store.tables import JobRow
 from tasks import prefect_api
-from tasks.models import JobRecord, JobStatus
-from tasks.planner import PlanRefused
 from tasks.run_results import ResultFile, locate, persisted_result_files
-from tasks.store import open_job_store
-from tasks.store.tables import JobRow
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -14,11 +14,11 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr, ValidationError
 
-from blocks.tacc import TaccCredentials
+from blocks.clusters import ssh_session_slot
+from blocks.credentials import TaccCredentials
 from flows.resources import cluster_resources
-from tasks.clusters import ssh_session_slot
-from tasks.scheduler import PermanentSchedulerError, TransientSchedulerError
-from tasks.scheduler.slurm import scheduler_error
+from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
+from tacc_jobs.schedulers.slurm import scheduler_error
 from tests.conftest import Sandbox
 
 

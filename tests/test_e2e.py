@@ -15,12 +15,12 @@ import httpx
 import psycopg
 import pytest
 
-from tasks.job_script import scheduler_job_name
-from tasks.models import JobRecord, JobStatus
-from tasks.scheduler import JobSubmission
-from tasks.scheduler.local import LocalScheduler
-from tasks.store import JobStore, migrate
-from tasks.store.engine import sqlite_engine
+from tacc_jobs.models import JobRecord, JobStatus
+from tacc_jobs.schedulers import JobSubmission
+from tacc_jobs.schedulers.job_script import scheduler_job_name
+from tacc_jobs.schedulers.local import LocalScheduler
+from tacc_jobs.store import JobStore, migrate
+from tacc_jobs.store.engine import sqlite_engine
 from tests.conftest import POSTGRES_ADMIN_URL, REPO, Webhook, wait_until
 
 PORT = 4317

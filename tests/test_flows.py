@@ -22,15 +22,16 @@ from prefect.states import Cancelled
 from prefect_sqlalchemy import SqlAlchemyConnector
 from sqlalchemy import create_engine
 
+from blocks.clusters import scheduler_for
+from blocks.database import open_job_store
 from flows.cancel import cancel_job
 from flows.plan import plan_job
-from flows.submit import JobFailed, cancel_scheduler_job, submit_job
+from flows.submit import submit_job
 from flows.watch import watch_jobs
-from tasks.clusters import scheduler_for
-from tasks.job_tasks import JobAlreadyEnded
-from tasks.models import JobStatus
-from tasks.planner import PlanRefused
-from tasks.store import JobStore, open_job_store
+from tacc_jobs.exceptions import JobAlreadyEnded, JobFailed, PlanRefused
+from tacc_jobs.models import JobStatus
+from tacc_jobs.store import JobStore
+from tasks.cancellation import cancel_scheduler_job
 from tests.conftest import Webhook, wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -196,3 +197,18 @@ def test_webhooks_to_private_addresses_are_refused_before_anything_is_written(mo
     with pytest.raises(PlanRefused, match="webhook_url: 169.254.169.254 is a link-local address"):
         submit_job(user)
     assert open_job_store().history(user["user_id"]).total == 0
+
+
+def test_plan_needs_no_saved_block_and_says_what_a_block_added(ls6_block: Any) -> None:
+    with get_client(sync_client=True) as client:
+        client.delete_block_document(client.read_block_document_by_name("ls6", "tacc-credentials").id)
+    without = plan_job(request(system="ls6", gpu_count=4, max_runtime="01:00:00"))
+    assert (without.queue, without.nodes, without.estimated_su, without.account) == ("gpu-a100", 2, 8.0, None)
+    assert "-A" not in without.sbatch_args
+    assert any("no TaccCredentials block 'ls6' saved" in source for source in without.based_on)
+    with pytest.raises(PlanRefused, match=r"^max_runtime: .*48 h"):
+        plan_job(request(system="vista", gpu_count=4, max_runtime="49h"))
+    ls6_block.save("ls6", overwrite=True)
+    with_block = plan_job(request(system="ls6", gpu_count=4, max_runtime="01:00:00"))
+    assert with_block.account == ls6_block.allocation and with_block.sbatch_args[-2:] == ["-A", ls6_block.allocation]
+    assert any(f"allocation {ls6_block.allocation}" in source for source in with_block.based_on)

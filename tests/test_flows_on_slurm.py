@@ -11,11 +11,12 @@ from prefect import get_client
 from prefect.exceptions import ParameterTypeError
 from prefect.states import Cancelled
 
+from blocks.database import open_job_store
 from flows.stage import stage_dataset, staging_status
 from flows.submit import cancel_scheduler_job, submit_job
 from flows.watch import watch_jobs
-from tasks.models import JobStatus
-from tasks.store import StagingStatus, open_job_store
+from tacc_jobs.models import JobStatus
+from tacc_jobs.store import StagingStatus
 from tests.conftest import SCRATCH, Sandbox, wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "ls6_block")

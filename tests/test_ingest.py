@@ -23,17 +23,17 @@ from sqlalchemy import Engine, create_engine, func, inspect, select
 from bench.synthetic import synthetic_sacct_rows
 from flows.ingest import ingest_job_metadata
 from flows.report import usage_report
-from tasks.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
-from tasks.accounting.normalize import CostRates, normalize_records
-from tasks.accounting.sources import file_frames
-from tasks.accounting.warehouse import Warehouse
-from tasks.scheduler import JobSubmission
-from tasks.scheduler.slurm import SlurmScheduler
-from tasks.store import migrate
-from tasks.store.tables import IngestRunRow, JobUsageRow, QuarantineRow, TeamRow
+from tacc_jobs.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
+from tacc_jobs.accounting.normalize import CostRates, normalize_records
+from tacc_jobs.accounting.sources import file_frames
+from tacc_jobs.accounting.warehouse import Warehouse
+from tacc_jobs.schedulers import JobSubmission
+from tacc_jobs.schedulers.slurm import SlurmScheduler
+from tacc_jobs.store import migrate
+from tacc_jobs.store.tables import IngestRunRow, JobUsageRow, QuarantineRow, TeamRow
 from tests.conftest import REPO, wait_until
 
-SAMPLE = REPO / "tasks" / "accounting" / "sample"
+SAMPLE = REPO / "tacc_jobs" / "accounting" / "sample"
 NOV = (datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 16, tzinfo=timezone.utc))
 
 
@@ -194,9 +194,9 @@ import sys, time
 from datetime import datetime, timezone
 from sqlalchemy import create_engine
 from bench.synthetic import synthetic_sacct_rows
-from tasks.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
-from tasks.accounting.normalize import CostRates
-from tasks.accounting.warehouse import Warehouse
+from tacc_jobs.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
+from tacc_jobs.accounting.normalize import CostRates
+from tacc_jobs.accounting.warehouse import Warehouse
 warehouse = Warehouse(create_engine(sys.argv[1]))
 window = (datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 16, tzinfo=timezone.utc))
 run_id = warehouse.start_run("sacct", "killed", *window)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.agents import AGENTS_DIR
-from tasks.job_script import AgentRuntime, JobPaths, render_job_script
-from tasks.models import parse_request
-from tasks.planner import PlanningContext, plan_request
-from tasks.scheduler import JobSubmission
-from tasks.scheduler.local import LocalScheduler
+from tacc_jobs.agents import AGENTS_DIR
+from tacc_jobs.models import parse_request
+from tacc_jobs.planning.planner import PlanningContext, plan_request
+from tacc_jobs.schedulers import JobSubmission
+from tacc_jobs.schedulers.job_script import AgentRuntime, JobPaths, render_job_script
+from tacc_jobs.schedulers.local import LocalScheduler
 from tests.conftest import wait_until
 
 HOSTILE = "$(touch {marker}); `touch {marker}`; ' \" ; touch {marker} #"
@@ -61,8 +61,8 @@ def test_hostile_params_reach_the_agent_as_text(tmp_path: Path) -> None:
 
 
 def test_slurm_job_block_triggers_waits_and_fetches_the_result(tmp_path: Path) -> None:
-    from blocks.slurm_job import SlurmJob, SlurmJobFailed
-    from tasks.clusters import scheduler_for
+    from blocks.clusters import scheduler_for
+    from blocks.jobs import BatchJob, JobFailed
 
     scratch = scheduler_for("local").scratch_root
     script, paths, _ = render(Path(scratch), {"rfi_strategy": "high", "step_seconds": 0})
@@ -70,8 +70,8 @@ def test_slurm_job_block_triggers_waits_and_fetches_the_result(tmp_path: Path) -
     dataset.mkdir(parents=True, exist_ok=True)
     (dataset / "chunk-000.csv").write_text("channel,real,imag\n1,1.0,0.5\n2,0.5,1.0\n3,9.0,9.0\n")
 
-    def block(body: str) -> SlurmJob:
-        return SlurmJob(system="local", progress_path=paths.progress, result_path=paths.result, poll_min_seconds=0.2,
+    def block(body: str) -> BatchJob:
+        return BatchJob(system="local", progress_path=paths.progress, result_path=paths.result, poll_min_seconds=0.2,
                         submission=JobSubmission(name="t", script=body, work_dir=paths.work_dir, stdout_path=paths.stdout,
                                                  stderr_path=paths.stderr, sbatch_args=["-p", "local-gpu", "-t", "00:01:00"]))
 
@@ -82,13 +82,13 @@ def test_slurm_job_block_triggers_waits_and_fetches_the_result(tmp_path: Path) -
     assert run.fetch_result()["samples"] == 3
     failing = block("#!/bin/bash\nexit 3\n").trigger()
     failing.wait_for_completion()
-    with pytest.raises(SlurmJobFailed, match="exit code 3"):
+    with pytest.raises(JobFailed, match="exit code 3"):
         failing.fetch_result()
 
 
 def test_slurm_job_run_returns_early_while_the_job_waits_in_the_queue(tmp_path: Path) -> None:
-    from blocks.slurm_job import SlurmJob
-    from tasks.clusters import scheduler_for
+    from blocks.clusters import scheduler_for
+    from blocks.jobs import BatchJob
 
     cluster = scheduler_for("local")
 
@@ -99,7 +99,7 @@ def test_slurm_job_run_returns_early_while_the_job_waits_in_the_queue(tmp_path: 
 
     blocker = cluster.submit(submission("blocker", cluster.total_nodes))
     wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING")
-    job = SlurmJob(system="local", submission=submission("queued", 1), progress_path=str(tmp_path / "p"),
+    job = BatchJob(system="local", submission=submission("queued", 1), progress_path=str(tmp_path / "p"),
                    result_path=str(tmp_path / "r"), poll_min_seconds=0.2, poll_max_seconds=0.4)
     run = job.trigger()
     try:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.scheduler import SACCT_FIELDS, JobSubmission, PermanentSchedulerError
-from tasks.scheduler.local import LocalScheduler
+from tacc_jobs.exceptions import PermanentSchedulerError
+from tacc_jobs.schedulers import SACCT_FIELDS, JobSubmission
+from tacc_jobs.schedulers.local import LocalScheduler
 from tests.conftest import wait_until
 
 ENDED = ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL")
@@ -89,7 +90,7 @@ def test_cancel_while_running_kills_the_process_group(cluster: LocalScheduler, t
 
 def test_jobs_outlive_the_process_that_submitted_them(cluster: LocalScheduler) -> None:
     script = (
-        "import sys; from pathlib import Path; from tasks.scheduler.local import LocalScheduler;"
+        "import sys; from pathlib import Path; from tacc_jobs.schedulers.local import LocalScheduler;"
         "from tests.test_local_scheduler import submission;"
         "c = LocalScheduler(Path(sys.argv[1])); print(c.submit(submission(c, 'sleep 2; echo done')))"
     )

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from bench.synthetic import synthetic_sacct_rows
-from tasks.accounting.normalize import CostRates, normalize_records, normalize_sacct
-from tasks.accounting.sources import sacct_frames
+from tacc_jobs.accounting.normalize import CostRates, normalize_records, normalize_sacct
+from tacc_jobs.accounting.sources import sacct_frames
 
 ROWS = """\
 123|tacc-abc|jdoe|ml-research|gpu-a100|COMPLETED|0:0|2026-11-01T10:00:00|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00|4|billing=4,cpu=512,node=4

@@ -4,9 +4,11 @@ from datetime import timedelta
 
 import pytest
 
-from tasks.catalog import find_queue, load_catalog
-from tasks.models import parse_request
-from tasks.planner import PlanningContext, PlanRefused, charge_su, plan_request
+from tacc_jobs.exceptions import PlanRefused
+from tacc_jobs.models import parse_request
+from tacc_jobs.planning.catalog import find_queue, load_catalog
+from tacc_jobs.planning.charges import charge_su
+from tacc_jobs.planning.planner import PlanningContext, plan_request
 
 BASE = {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "max_runtime": "10:00:00", "user_id": "jdoe"}
 

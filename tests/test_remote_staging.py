@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ssh import SshConnection
-from tasks.staging import inspect_dataset, stage
-from tasks.transfer import MANIFEST_NAME, RsyncOverSsh
+from tacc_jobs.ssh import SshConnection
+from tacc_jobs.staging.datasets import inspect_dataset, stage
+from tacc_jobs.staging.transfer import MANIFEST_NAME, RsyncOverSsh
 from tests.conftest import Sandbox, wait_until
 
 

@@ -4,8 +4,9 @@ from datetime import timedelta
 
 import pytest
 
-from tasks.models import InvalidJobRequest, JobRequest, parse_request
-from tasks.walltime import format_walltime, parse_walltime
+from tacc_jobs.exceptions import InvalidJobRequest
+from tacc_jobs.models import JobRequest, parse_request
+from tacc_jobs.walltime import format_walltime, parse_walltime
 
 VALID = {
     "agent": "AlphaCal",

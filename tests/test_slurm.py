@@ -10,16 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.models import JobStatus
-from tasks.scheduler import (
-    SACCT_FIELDS,
-    JobSubmission,
-    PermanentSchedulerError,
-    TransientSchedulerError,
-)
-from tasks.scheduler.slurm import SlurmScheduler
-from tasks.scheduler.states import map_slurm_state
-from tasks.ssh import SshConnection
+from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
+from tacc_jobs.models import JobStatus
+from tacc_jobs.schedulers import SACCT_FIELDS, JobSubmission
+from tacc_jobs.schedulers.slurm import SlurmScheduler
+from tacc_jobs.schedulers.states import map_slurm_state
+from tacc_jobs.ssh import SshConnection
 from tests.conftest import Sandbox, wait_until
 
 HOSTILE = "$(touch {marker}); `touch {marker}`; touch {marker} #'\""

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks.staging import (
+from tacc_jobs.exceptions import StagingError
+from tacc_jobs.staging.datasets import (
     DatasetInventory,
-    StagingError,
     inspect_dataset,
     layout_advice,
     stage,
     survey_dataset,
 )
-from tasks.transfer import MANIFEST_NAME, LocalCopy, TransferStats
+from tacc_jobs.staging.transfer import MANIFEST_NAME, LocalCopy, TransferStats
 
 
 @pytest.fixture

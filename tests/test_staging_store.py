@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
-from tasks.store import StagingStatus, StagingStore, migrate
+from tacc_jobs.store import StagingStatus, StagingStore, migrate
 
 
 @pytest.fixture

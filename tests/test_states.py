@@ -2,8 +2,9 @@
 
 import pytest
 
-from tasks.models import JobStatus
-from tasks.scheduler.states import UnknownSlurmState, map_slurm_state
+from tacc_jobs.exceptions import UnknownSlurmState
+from tacc_jobs.models import JobStatus
+from tacc_jobs.schedulers.states import map_slurm_state
 
 Q, R, C, F, X = JobStatus.QUEUING, JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
 

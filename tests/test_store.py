@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import IntegrityError
 
-from tasks.models import JobRequest, JobStatus, parse_request
-from tasks.planner import PlanningContext, plan_request
-from tasks.store import IllegalTransition, JobNotFound, JobStore, JobUpdate, migrate
+from tacc_jobs.exceptions import IllegalTransition, JobNotFound
+from tacc_jobs.models import JobRequest, JobStatus, parse_request
+from tacc_jobs.planning.planner import PlanningContext, plan_request
+from tacc_jobs.store import JobStore, JobUpdate, migrate
 
 
 def request(**fields: object) -> JobRequest:

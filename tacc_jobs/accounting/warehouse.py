@@ -1,0 +1,175 @@
+"""Accounted usage in the database: teams, idempotent bulk upserts, quarantine, ingestion runs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from pydantic import BaseModel
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    MetaData,
+    Table,
+    and_,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tacc_jobs.accounting.normalize import USAGE_COLUMNS
+from tacc_jobs.store.tables import IngestRunRow, JobUsageRow, QuarantineRow, TeamRow
+
+KEYS = ("system", "job_id")
+COMPARED = [column for column in USAGE_COLUMNS if column not in KEYS]
+STAGED = [*USAGE_COLUMNS, "run_id", "ingested_at"]
+
+
+class UpsertCounts(BaseModel):
+    """What one upsert did to the rows it was given."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def __add__(self, other: UpsertCounts) -> UpsertCounts:
+        return UpsertCounts(inserted=self.inserted + other.inserted, updated=self.updated + other.updated,
+                            unchanged=self.unchanged + other.unchanged)
+
+
+TIMES = ("submit_time", "start_time", "end_time", "ingested_at")
+EPOCH = pd.Timestamp(0, tz="UTC")
+
+
+def _staging_table(postgres: bool) -> Table:
+    """A temporary table shaped like `job_usage`; on PostgreSQL its times are epoch seconds,
+    which COPY loads far faster than formatted timestamps (`to_timestamp` converts them)."""
+    usage = JobUsageRow.__table__
+    columns = (Column(name, Float() if postgres and name in TIMES else usage.c[name].type) for name in STAGED)
+    return Table("usage_staging", MetaData(), *columns, prefixes=["TEMPORARY"])
+
+
+def copy_into(connection: Connection, table: str, frame: pd.DataFrame) -> None:
+    """COPY a frame into a PostgreSQL table (its times as epoch seconds), serialized by Arrow."""
+    frame = frame.assign(**{name: (frame[name] - EPOCH).dt.total_seconds() for name in TIMES if name in frame})
+    buffer = pa.BufferOutputStream()
+    pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer,
+                     pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
+        copy.write(buffer.getvalue().to_pybytes())
+
+
+class Warehouse:
+    """Usage tables in PostgreSQL (COPY into a staging table) or SQLite (executemany).
+
+    Example:
+        ```python
+        warehouse = Warehouse(open_engine())
+        counts = warehouse.upsert(normalized.usage, run_id)
+        ```
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
+        self.insert = postgresql.insert if self.postgres else sqlite.insert
+
+    def ensure_teams(self, names: set[str], budgets: dict[str, float] | None = None, descriptions: dict[str, str] | None = None) -> None:
+        """Create teams that do not exist yet; set budgets and descriptions when given."""
+        rows = [{"name": name, "budget_usd": (budgets or {}).get(name), "description": (descriptions or {}).get(name)}
+                for name in sorted(names) if name]
+        if not rows:
+            return
+        statement = self.insert(TeamRow.__table__).values(rows)
+        given = {"budget_usd": func.coalesce(statement.excluded.budget_usd, TeamRow.__table__.c.budget_usd),
+                 "description": func.coalesce(statement.excluded.description, TeamRow.__table__.c.description)}
+        with self.engine.begin() as connection:
+            connection.execute(statement.on_conflict_do_update(index_elements=["name"], set_=given))
+
+    def _load_staging(self, connection: Connection, staging: Table, frame: pd.DataFrame) -> None:
+        if self.postgres:
+            copy_into(connection, staging.name, frame)
+        else:
+            records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+            connection.execute(staging.insert(), records)
+
+    def upsert(self, usage: pd.DataFrame, run_id: uuid.UUID) -> UpsertCounts:
+        """Upsert one chunk by (system, job_id) with ON CONFLICT DO UPDATE, in one transaction.
+
+        Rows already stored with the same values are left untouched and counted unchanged.
+        """
+        frame = usage.drop_duplicates(list(KEYS), keep="last").copy()
+        if frame.empty:
+            return UpsertCounts()
+        frame["run_id"] = str(run_id) if self.postgres else run_id
+        frame["ingested_at"] = pd.Timestamp.now(tz="UTC")
+        target, staging = JobUsageRow.__table__, _staging_table(self.postgres)
+        joined = staging.join(target, and_(*(target.c[key] == staging.c[key] for key in KEYS)))
+        differs = or_(*(target.c[column].is_distinct_from(staging.c[column]) for column in COMPARED))
+        with self.engine.begin() as connection:
+            staging.create(connection)
+            self._load_staging(connection, staging, frame[STAGED])
+            values = [func.to_timestamp(staging.c[name]) if self.postgres and name in TIMES else staging.c[name] for name in STAGED]
+            statement = self.insert(target).from_select(STAGED, select(*values).where(true()))
+            statement = statement.on_conflict_do_update(
+                index_elements=list(KEYS),
+                set_={name: statement.excluded[name] for name in STAGED if name not in KEYS},
+                where=or_(*(target.c[column].is_distinct_from(statement.excluded[column]) for column in COMPARED)),
+            )
+            if self.postgres:
+                # one statement: the upsert reports which rows it inserted (xmax = 0) and updated
+                written = statement.returning(literal_column("xmax = 0").label("inserted")).cte("written")
+                inserted, updated = connection.execute(select(
+                    func.count().filter(written.c.inserted), func.count().filter(~written.c.inserted))).one()
+            else:
+                existing = connection.scalar(select(func.count()).select_from(joined)) or 0
+                updated = connection.scalar(select(func.count()).select_from(joined).where(differs)) or 0
+                connection.execute(statement)
+                inserted = len(frame) - existing
+            staging.drop(connection)
+        return UpsertCounts(inserted=inserted, updated=updated, unchanged=len(frame) - inserted - updated)
+
+    def quarantine(self, rows: pd.DataFrame, source: str, run_id: uuid.UUID) -> int:
+        """Keep bad input rows with their reasons; returns how many."""
+        if rows.empty:
+            return 0
+        now = datetime.now(timezone.utc)
+        records = [{"run_id": run_id, "source": source, "raw": raw, "reason": reason, "created_at": now}
+                   for raw, reason in zip(rows["raw"], rows["reason"])]
+        with self.engine.begin() as connection:
+            connection.execute(QuarantineRow.__table__.insert(), records)
+        return len(records)
+
+    def start_run(self, source: str, system: str, window_start: datetime, window_end: datetime) -> uuid.UUID:
+        """Record an ingestion run as RUNNING; returns its id."""
+        run_id = uuid.uuid4()
+        with self.engine.begin() as connection:
+            connection.execute(IngestRunRow.__table__.insert().values(
+                id=run_id, source=source, system=system, window_start=window_start, window_end=window_end,
+                status="RUNNING", rows_read=0, inserted=0, updated=0, unchanged=0, failed=0, steps_folded=0,
+                started_at=datetime.now(timezone.utc)))
+        return run_id
+
+    def finish_run(self, run_id: uuid.UUID, status: str, error: str | None = None, **counts: int) -> None:
+        """Record how a run ended, with its counts."""
+        with self.engine.begin() as connection:
+            connection.execute(update(IngestRunRow.__table__).where(IngestRunRow.id == run_id).values(
+                status=status, error=error, finished_at=datetime.now(timezone.utc), **counts))
+
+    def watermark(self, source: str, system: str) -> datetime | None:
+        """The end of the newest successful run's window: where the next nightly run resumes."""
+        with self.engine.connect() as connection:
+            return connection.scalar(
+                select(func.max(IngestRunRow.window_end)).where(
+                    IngestRunRow.source == source, IngestRunRow.system == system, IngestRunRow.status == "COMPLETED")
+            )

@@ -1,0 +1,69 @@
+"""Every error the project raises, under one base class.
+
+`TransientError` marks what may succeed if tried again (a dropped connection, a timeout, an
+unreachable controller): Prefect tasks retry those and nothing else (`tasks.policies`). Every
+other error is permanent: retrying cannot fix it, and its message says what to change.
+
+Example:
+    >>> issubclass(TransientSchedulerError, TransientError), issubclass(PlanRefused, TransientError)
+    (True, False)
+"""
+
+from __future__ import annotations
+
+
+class TaccOrchestratorError(Exception):
+    """Base class of the project's errors."""
+
+
+class TransientError(TaccOrchestratorError):
+    """A failure worth retrying: the same call may succeed later."""
+
+
+class InvalidJobRequest(TaccOrchestratorError, ValueError):
+    """A request that cannot be accepted; the message names each field and what is allowed."""
+
+
+class PlanRefused(TaccOrchestratorError, ValueError):
+    """The request cannot run as asked; the message names the field and what is allowed."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class JobNotFound(TaccOrchestratorError, LookupError):
+    """No job with that id is in the store."""
+
+
+class IllegalTransition(TaccOrchestratorError, ValueError):
+    """A status change the job's lifecycle does not allow (e.g. COMPLETED -> RUNNING)."""
+
+
+class JobAlreadyEnded(TaccOrchestratorError, ValueError):
+    """The job has already ended, so there is nothing to cancel."""
+
+
+class JobFailed(TaccOrchestratorError, RuntimeError):
+    """The scheduler job ended in another state than COMPLETED (non-zero exit, TIMEOUT,
+    OUT_OF_MEMORY, ...), so it has no result."""
+
+
+class SchedulerError(TaccOrchestratorError, RuntimeError):
+    """A scheduler command failed."""
+
+
+class TransientSchedulerError(SchedulerError, TransientError):
+    """A scheduler failure worth retrying: a timeout, a dropped connection, an unreachable controller."""
+
+
+class PermanentSchedulerError(SchedulerError):
+    """A refusal that retrying cannot fix: a bad account, partition or option."""
+
+
+class UnknownSlurmState(TaccOrchestratorError, ValueError):
+    """Slurm reported a state the mapping does not know."""
+
+
+class StagingError(TaccOrchestratorError, RuntimeError):
+    """A dataset cannot be staged as it is (missing, unreadable, a link, or failed verification)."""

@@ -1,0 +1,1 @@
+"""Planning: the TACC queue catalog (data), the SU charge rule, the planner."""

@@ -1,0 +1,49 @@
+"""TACC's charge rule, the one place it is written: whole nodes x max(hours used, 0.25) x the
+queue's SU rate. Billing is on time used, not time requested; every job pays 15 minutes at least.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TypeVar
+
+import numpy as np
+
+from tacc_jobs.planning.catalog import QueueSpec
+
+MINIMUM_CHARGE = timedelta(minutes=15)
+MINIMUM_CHARGE_HOURS = MINIMUM_CHARGE.total_seconds() / 3600
+
+Amount = TypeVar("Amount")
+
+
+def billed_hours(duration: timedelta) -> float:
+    """Hours TACC bills for a duration: every job at least 15 minutes.
+
+    Example:
+        >>> billed_hours(timedelta(minutes=5)), billed_hours(timedelta(hours=2))
+        (0.25, 2.0)
+    """
+    return max(duration, MINIMUM_CHARGE).total_seconds() / 3600
+
+
+def service_units(nodes: Amount, hours: Amount, su_per_node_hour: Amount) -> Amount:
+    """SUs for `nodes` whole nodes used `hours` in a queue charging `su_per_node_hour`; works on
+    numbers and, element by element, on pandas columns (accounting charges a million jobs at once).
+
+    Example:
+        >>> float(service_units(4, 5 / 60, 4.0))
+        4.0
+    """
+    return nodes * np.maximum(hours, MINIMUM_CHARGE_HOURS) * su_per_node_hour  # type: ignore[operator]
+
+
+def charge_su(spec: QueueSpec, nodes: int, used: timedelta) -> float:
+    """TACC's charge for one job in `spec`'s queue, rounded to 4 decimals.
+
+    Example:
+        >>> from tacc_jobs.planning.catalog import find_queue
+        >>> charge_su(find_queue("ls6", "gpu-a100"), 4, timedelta(minutes=5))
+        4.0
+    """
+    return round(float(service_units(nodes, used.total_seconds() / 3600, spec.su_per_node_hour)), 4)

@@ -1,0 +1,80 @@
+"""The one small interface every cluster backend implements, and the models it speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+SACCT_FIELDS = ("JobID", "JobName", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Start", "End",
+                "Elapsed", "NNodes", "AllocTRES")
+"""The accounting fields every backend reports, in this order (`sacct --format`)."""
+
+
+class JobSubmission(BaseModel):
+    """A rendered job script and where and how to submit it."""
+
+    name: str = Field(description="Slurm job name; carries the job's idempotency key")
+    script: str
+    work_dir: str = Field(description="Per-job directory on the cluster; the script is written there")
+    stdout_path: str
+    stderr_path: str
+    sbatch_args: list[str] = Field(description="Planned options, e.g. ['-p', 'gpu-a100', '-N', '2', ...]")
+
+
+class SchedulerJobState(BaseModel):
+    """A job as the scheduler reports it, in Slurm's words."""
+
+    job_id: str
+    state: str = Field(description="Slurm state, e.g. PENDING, RUNNING, 'CANCELLED by 1000'")
+    reason: str | None = Field(default=None, description="Pending reason, e.g. Resources, Priority")
+    exit_code: str | None = Field(default=None, description="Slurm's 'code:signal', e.g. '3:0'")
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class QueueResources(BaseModel):
+    """How busy one queue is right now."""
+
+    queue: str
+    nodes_total: int
+    nodes_allocated: int
+    nodes_idle: int
+    gpus_idle: int
+
+
+class FileTail(BaseModel):
+    """What a file held past a given offset, and the offset to read from next time."""
+
+    data: str
+    next_offset: int
+
+
+class Scheduler(Protocol):
+    """Submit, observe many jobs at once, cancel, account and show resources.
+
+    Every method is one round trip to the cluster, whatever the number of jobs.
+    """
+
+    scratch_root: str
+
+    def submit(self, job: JobSubmission) -> str:
+        """Write the script into `job.work_dir`, submit it, return the scheduler's job id."""
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, SchedulerJobState]:
+        """The state of every listed job, in one call; unknown ids are left out."""
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job; cancelling an ended job does nothing."""
+
+    def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
+        """Accounting rows of the jobs in `[start, end)`, streamed: the `SACCT_FIELDS` as
+        `sacct --parsable2` prints them (times in UTC, job steps as rows of their own)."""
+
+    def resources(self) -> list[QueueResources]:
+        """Allocated and idle nodes and idle GPUs per queue."""
+
+    def read_files(self, offsets: Mapping[str, int], limit: int = 65536) -> dict[str, FileTail]:
+        """Read each file from its offset (at most `limit` bytes, the newest kept), in one call."""

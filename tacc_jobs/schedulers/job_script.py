@@ -1,0 +1,106 @@
+"""Job scripts: the per-job paths on the cluster and the batch script rendered for an agent."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+import uuid
+
+from pydantic import BaseModel
+
+from tacc_jobs.agents import agent_template
+from tacc_jobs.models import JobRequest, Plan
+
+
+class JobPaths(BaseModel):
+    """Where one job's files live on the cluster (POSIX paths under the scratch root)."""
+
+    work_dir: str
+    dataset_dir: str
+    output_dir: str
+    stdout: str
+    stderr: str
+    progress: str
+    result: str
+    params: str
+
+    @classmethod
+    def for_job(cls, scratch_root: str, job_id: uuid.UUID, dataset_id: str) -> JobPaths:
+        """The layout `<scratch>/jobs/<job id>/...`, with the dataset under `<scratch>/datasets/`.
+
+        Example:
+            >>> JobPaths.for_job("/scratch/u", uuid.UUID(int=1), "d1").progress
+            '/scratch/u/jobs/00000000-0000-0000-0000-000000000001/output/progress'
+        """
+        return cls.for_work_dir(
+            posixpath.join(scratch_root, "jobs", str(job_id)), posixpath.join(scratch_root, "datasets", dataset_id)
+        )
+
+    @classmethod
+    def for_work_dir(cls, work_dir: str, dataset_dir: str = "") -> JobPaths:
+        """The layout inside a job's work directory."""
+        output_dir = posixpath.join(work_dir, "output")
+        return cls(
+            work_dir=work_dir,
+            dataset_dir=dataset_dir,
+            output_dir=output_dir,
+            stdout=posixpath.join(work_dir, "stdout.log"),
+            stderr=posixpath.join(work_dir, "stderr.log"),
+            progress=posixpath.join(output_dir, "progress"),
+            result=posixpath.join(output_dir, "result.json"),
+            params=posixpath.join(work_dir, "params.json"),
+        )
+
+
+class AgentRuntime(BaseModel):
+    """How agents run on a system: the interpreter, the agents' directory, a container image."""
+
+    python: str = "python3"
+    agent_home: str
+    image: str | None = None
+
+
+def scheduler_job_name(job_id: uuid.UUID) -> str:
+    """The Slurm job name, which doubles as the submission's idempotency key."""
+    return f"tacc-{job_id.hex}"
+
+
+def render_job_script(job_id: uuid.UUID, request: JobRequest, plan: Plan, paths: JobPaths, runtime: AgentRuntime) -> str:
+    """Render the batch script: `#!/bin/bash`, every `#SBATCH` line, quoted exports, the agent's body.
+
+    Every value that reaches the shell goes through `shlex.quote`; identifiers were validated
+    against strict patterns before the script is rendered.
+
+    Example:
+        ```python
+        script = render_job_script(record.id, request, plan, paths, AgentRuntime(agent_home="/opt/agents"))
+        ```
+    """
+    directives = [
+        f"#SBATCH -J {scheduler_job_name(job_id)}",
+        f"#SBATCH -o {paths.stdout}",
+        f"#SBATCH -e {paths.stderr}",
+        *plan.sbatch_directives,
+    ]
+    exports = {
+        "TACC_ORCH_JOB_ID": str(job_id),
+        "TACC_JOB_DIR": paths.work_dir,
+        "TACC_DATASET_DIR": paths.dataset_dir,
+        "TACC_OUTPUT_DIR": paths.output_dir,
+        "TACC_PROGRESS_FILE": paths.progress,
+        "TACC_PARAMS_FILE": paths.params,
+        "TACC_PYTHON": runtime.python,
+        "TACC_AGENT_HOME": runtime.agent_home,
+        "TACC_AGENT_IMAGE": runtime.image or "",
+    }
+    params = json.dumps(request.params.model_dump(mode="json"), sort_keys=True)
+    lines = [
+        "#!/bin/bash",
+        *directives,
+        f"# {request.agent} on {request.dataset_id} for {request.user_id}, rendered by tacc-orchestrator",
+        *(f"export {name}={shlex.quote(value)}" for name, value in exports.items()),
+        f"printf '%s\\n' {shlex.quote(params)} > \"$TACC_PARAMS_FILE\"",
+        agent_template(request.agent),
+    ]
+    return "\n".join(lines)

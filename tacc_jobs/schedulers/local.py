@@ -1,0 +1,292 @@
+"""The embedded cluster: job scripts run as detached local processes with Slurm's semantics.
+
+State lives on disk under one directory, so jobs outlive the orchestrator process:
+
+    <root>/jobs/<id>/job.json     what was submitted (partition, nodes, time limit, paths)
+    <root>/jobs/<id>/state.json   PENDING -> RUNNING -> COMPLETED | FAILED | CANCELLED | TIMEOUT
+    <root>/scratch/               the cluster's scratch file system
+
+A supervisor process per job (`tacc_jobs.schedulers.local_supervisor`) waits for free nodes,
+runs the script, enforces the wall time and records the exit code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tacc_jobs.exceptions import PermanentSchedulerError
+from tacc_jobs.planning.catalog import system_queues
+from tacc_jobs.schedulers.base import (
+    FileTail,
+    JobSubmission,
+    QueueResources,
+    SchedulerJobState,
+)
+from tacc_jobs.walltime import format_walltime, parse_walltime, utcnow
+
+TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+_SUPPORTED_OPTIONS = {"-p", "-N", "-t", "-A", "-J", "--ntasks-per-node", "-n"}
+
+
+class LocalJob(BaseModel):
+    """What was submitted to the embedded cluster."""
+
+    job_id: str
+    name: str
+    user: str
+    account: str | None
+    partition: str
+    nodes: int
+    time_limit_seconds: float
+    work_dir: str
+    script_path: str
+    stdout_path: str
+    stderr_path: str
+    submit: datetime
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(data, default=str))
+    os.replace(partial, path)
+
+
+def parse_sbatch_args(arguments: Sequence[str]) -> dict[str, str]:
+    """Read the planned sbatch options, refusing what TACC's sbatch refuses.
+
+    Raises:
+        PermanentSchedulerError: For `--gres`, `--mem` or an option the embedded cluster lacks.
+    """
+    if len(arguments) % 2:
+        raise PermanentSchedulerError(f"sbatch: options come in flag/value pairs, got {list(arguments)}")
+    options = dict(zip(arguments[::2], arguments[1::2]))
+    for flag in options:
+        if flag.startswith(("--gres", "--gpus", "--mem")):
+            raise PermanentSchedulerError(f"sbatch: error: {flag} is not supported at TACC; request whole nodes with -N")
+        if flag not in _SUPPORTED_OPTIONS:
+            raise PermanentSchedulerError(f"sbatch: error: unrecognized option {flag!r}")
+    return options
+
+
+class LocalScheduler:
+    """The embedded default cluster (`system="local"`), one machine, Slurm's behaviour.
+
+    Example:
+        ```python
+        cluster = LocalScheduler(Path("~/.tacc-orchestrator/local-cluster").expanduser())
+        job_id = cluster.submit(submission)
+        cluster.states([job_id])[job_id].state  # 'PENDING', then 'RUNNING', ...
+        ```
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.jobs_dir = root / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        (root / "scratch").mkdir(exist_ok=True)
+        self.scratch_root = str(root / "scratch")
+        self.queues = {spec.queue: spec for spec in system_queues("local")}
+        self.total_nodes = max(spec.max_nodes for spec in self.queues.values())
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cluster-wide lock (the embedded slurmctld's)."""
+        with (self.root / "cluster.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def job_dir(self, job_id: str) -> Path:
+        """The directory holding one job's submission and state."""
+        return self.jobs_dir / job_id
+
+    def load_job(self, job_id: str) -> LocalJob:
+        """What was submitted as `job_id`."""
+        return LocalJob.model_validate_json((self.job_dir(job_id) / "job.json").read_text())
+
+    def read_state(self, job_id: str) -> dict[str, Any]:
+        """The job's state record."""
+        return json.loads((self.job_dir(job_id) / "state.json").read_text())
+
+    def write_state(self, job_id: str, state: dict[str, Any]) -> None:
+        """Replace the job's state record atomically (hold `locked()`)."""
+        _write_json(self.job_dir(job_id) / "state.json", state)
+
+    def _job_ids(self) -> list[str]:
+        return sorted((p.name for p in self.jobs_dir.iterdir() if (p / "state.json").exists()), key=int)
+
+    def submit(self, job: JobSubmission) -> str:
+        """Write the script, record the job PENDING and start its supervisor."""
+        options = parse_sbatch_args(job.sbatch_args)
+        partition = options.get("-p", next(iter(self.queues)))
+        spec = self.queues.get(partition)
+        if spec is None:
+            raise PermanentSchedulerError(f"sbatch: error: invalid partition specified: {partition}")
+        nodes = int(options.get("-N", "1"))
+        if nodes > spec.max_nodes:
+            raise PermanentSchedulerError(
+                f"sbatch: error: job violates accounting/QOS policy: {nodes} nodes > {spec.max_nodes} in {partition}"
+            )
+        time_limit = parse_walltime(options.get("-t", f"{spec.max_wall_hours:g}h"))
+        work_dir = Path(job.work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        script_path = work_dir / "job.sbatch"
+        script_path.write_text(job.script)
+        with self.locked():
+            counter = self.root / "next_job_id"
+            job_id = counter.read_text().strip() if counter.exists() else "1"
+            counter.write_text(str(int(job_id) + 1))
+            self.job_dir(job_id).mkdir()
+            record = LocalJob(
+                job_id=job_id,
+                name=options.get("-J", job.name),
+                user=os.environ.get("USER", str(os.getuid())),
+                account=options.get("-A"),
+                partition=partition,
+                nodes=nodes,
+                time_limit_seconds=time_limit.total_seconds(),
+                work_dir=str(work_dir),
+                script_path=str(script_path),
+                stdout_path=job.stdout_path,
+                stderr_path=job.stderr_path,
+                submit=utcnow(),
+            )
+            _write_json(self.job_dir(job_id) / "job.json", record.model_dump(mode="json"))
+            self.write_state(job_id, {"state": "PENDING", "reason": "None"})
+        with (self.job_dir(job_id) / "supervisor.log").open("w") as supervisor_log:
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "tacc_jobs.schedulers.local_supervisor", str(self.root), job_id],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=supervisor_log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        with self.locked():
+            state = self.read_state(job_id)
+            state["supervisor_pid"] = supervisor.pid
+            self.write_state(job_id, state)
+        return job_id
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, SchedulerJobState]:
+        """Every listed job's state, read from disk in one pass."""
+        found = {}
+        for job_id in job_ids:
+            if not job_id.isdigit() or not (self.job_dir(job_id) / "state.json").exists():
+                continue
+            state = self.read_state(job_id)
+            if state["state"] == "RUNNING" and not _alive(state.get("supervisor_pid")):
+                state = self.read_state(job_id)  # it may have recorded the end just before exiting
+                if state["state"] == "RUNNING":
+                    state = {**state, "state": "NODE_FAIL", "reason": "supervisor lost"}
+            found[job_id] = SchedulerJobState(
+                job_id=job_id,
+                state=state["state"],
+                reason=state.get("reason"),
+                exit_code=state.get("exit_code"),
+                start=state.get("start"),
+                end=state.get("end"),
+            )
+        return found
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a pending or running job (SIGTERM to its process group); ended or already
+        cancelled jobs are left alone."""
+        with self.locked():
+            state = self.read_state(job_id)
+            if state["state"] in TERMINAL_STATES or state["state"].startswith("CANCELLED"):
+                return
+            pgid = state.get("pgid")
+            state.update(state=f"CANCELLED by {os.getuid()}", end=utcnow().isoformat(), reason="None")
+            state.setdefault("exit_code", "0:15")
+            self.write_state(job_id, state)
+        if pgid:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
+        """Jobs submitted, or ended, inside `[start, end)`, as sacct prints them."""
+        for job_id in self._job_ids():
+            job, state = self.load_job(job_id), self.read_state(job_id)
+            started, ended = _parse_time(state.get("start")), _parse_time(state.get("end"))
+            if not (start <= job.submit < end or (ended and start <= ended < end)):
+                continue
+            elapsed = int(((ended or utcnow()) - started).total_seconds()) if started else 0
+            gpus = job.nodes * self.queues[job.partition].gpus_per_node
+            yield [
+                job_id, job.name, job.user, job.account or "", job.partition, state["state"], state.get("exit_code") or "0:0",
+                _sacct_time(job.submit), _sacct_time(started), _sacct_time(ended), format_walltime(timedelta(seconds=elapsed)),
+                str(job.nodes), f"billing={job.nodes},node={job.nodes},gres/gpu={gpus}",
+            ]
+
+    def allocated_nodes(self) -> int:
+        """Nodes held by running jobs (hold `locked()` for a consistent answer)."""
+        running = [j for j in self._job_ids() if self.read_state(j)["state"] == "RUNNING"]
+        return sum(self.load_job(j).nodes for j in running)
+
+    def resources(self) -> list[QueueResources]:
+        """Nodes and GPUs of the one simulated node pool, seen through each local queue."""
+        with self.locked():
+            allocated = self.allocated_nodes()
+        idle = self.total_nodes - allocated
+        return [
+            QueueResources(
+                queue=spec.queue, nodes_total=self.total_nodes, nodes_allocated=allocated,
+                nodes_idle=idle, gpus_idle=idle * spec.gpus_per_node,
+            )
+            for spec in self.queues.values()
+        ]
+
+    def read_files(self, offsets: Mapping[str, int], limit: int = 65536) -> dict[str, FileTail]:
+        """Read each file from its offset; a missing file reads as empty."""
+        tails = {}
+        for path, offset in offsets.items():
+            try:
+                with open(path, "rb") as handle:
+                    size = handle.seek(0, os.SEEK_END)
+                    handle.seek(max(offset, size - limit))
+                    data = handle.read()
+            except FileNotFoundError:
+                data, size = b"", offset
+            tails[path] = FileTail(data=data.decode(errors="replace"), next_offset=size)
+        return tails
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return status != "Z"
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _sacct_time(value: datetime | None) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") if value else "Unknown"

@@ -1,0 +1,86 @@
+"""Process-wide settings, read from `TACC_ORCH_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class OrchestratorSettings(BaseSettings):
+    """Settings of the orchestrator itself (not of a cluster: those live in blocks).
+
+    Example:
+        ```bash
+        export TACC_ORCH_HOME=/var/lib/tacc-orchestrator
+        export TACC_ORCH_SU_BUDGETS='{"jdoe": 500}'
+        ```
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TACC_ORCH_", extra="ignore")
+
+    home: Path = Field(
+        default=Path.home() / ".tacc-orchestrator",
+        description="Where the embedded default keeps its SQLite job store and local cluster.",
+    )
+    dataset_root: Path = Field(
+        default=REPO_ROOT / "datasets",
+        description="Local directory holding one sub-directory per dataset id.",
+    )
+    database_block: str = Field(
+        default="tacc-jobs-db",
+        description="Name of the SqlAlchemyConnector block for the job store; SQLite when absent.",
+    )
+    usd_per_gpu_hour: float = Field(default=0.35, ge=0)
+    cost_warning_usd: float = Field(
+        default=100.0, ge=0, description="Estimates above this carry a cost warning."
+    )
+    su_budgets: dict[str, float] = Field(
+        default_factory=dict, description="Per-user SU budgets; users not listed have none."
+    )
+    allow_private_webhooks: bool = Field(
+        default=False, description="Let webhook_url point at loopback, private or link-local addresses"
+    )
+    poll_min_seconds: float = Field(default=1.0, gt=0, description="Poll floor on the embedded cluster")
+    remote_poll_min_seconds: float = Field(
+        default=30.0, gt=0, description="Poll floor on TACC: login nodes are shared, no tight squeue loops"
+    )
+    poll_max_seconds: float = Field(default=300.0, gt=0)
+    ssh_sessions_per_host: int = Field(
+        default=8, ge=1,
+        description="Concurrent SSH sessions per login host (below OpenSSH's MaxSessions of 10), for the "
+        "global concurrency limit ssh-sessions-<host> when it is first created; change it later in the UI",
+    )
+
+    default_bandwidth_mb_per_s: float = Field(
+        default=50.0, gt=0, description="Transfer estimate for a host with no measured transfers (MB/s)"
+    )
+    staging_slots_per_system: int = Field(default=2, ge=1, description="Concurrent stagings per system")
+
+    usd_per_gpu_hour_by_type: dict[str, float] = Field(
+        default_factory=dict, description="Dollar rates per GPU type (e.g. {\"h100\": 0.65}); others use usd_per_gpu_hour"
+    )
+    teams_file: Path = Field(
+        default=REPO_ROOT / "tacc_jobs" / "accounting" / "sample" / "teams.json",
+        description="JSON list of teams (name, description, budget_usd) to create with their budgets",
+    )
+    ingest_overlap_hours: float = Field(default=24.0, ge=0, description="A nightly run re-reads this much before its watermark")
+    ingest_chunk_rows: int = Field(default=100_000, ge=1, description="Rows per chunk (memory stays flat)")
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The embedded job store's database file."""
+        return self.home / "jobs.db"
+
+    @property
+    def local_cluster_dir(self) -> Path:
+        """The embedded cluster's state directory (jobs, scratch)."""
+        return self.home / "local-cluster"
+
+
+def get_settings() -> OrchestratorSettings:
+    """Read the settings from the environment now (tests change it between calls)."""
+    return OrchestratorSettings()

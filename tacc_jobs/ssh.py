@@ -1,0 +1,154 @@
+"""One multiplexed OpenSSH connection to a cluster login node (TACC requires MFA: log in once).
+
+Commands are argv lists; each argument is quoted with `shlex.quote` for the remote shell.
+The first command opens a ControlMaster; later commands reuse it until `close()`. With
+`control_path`, commands reuse a master an operator opened interactively (answering MFA).
+Each command (a session on the master) runs inside `session_slot()`, so a cap on concurrent
+sessions per login host can span processes (Prefect's global concurrency limits do).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
+
+SSH_CONNECTION_FAILED = 255
+_REFUSED_LOGIN = re.compile(r"Host key verification failed|Permission denied|REMOTE HOST IDENTIFICATION HAS CHANGED|No such file or directory")
+
+
+class SshConnection:
+    """A cluster login over OpenSSH with ControlMaster/ControlPersist.
+
+    Example:
+        ```python
+        with TaccCredentials.load("ls6").get_client() as connection:
+            connection.run(["squeue", "--me"]).stdout
+        ```
+    """
+
+    def __init__(
+        self,
+        host: str,
+        username: str,
+        port: int = 22,
+        private_key: SecretStr | None = None,
+        private_key_path: Path | None = None,
+        known_hosts: str | None = None,
+        connect_timeout: float = 20.0,
+        command_timeout: float = 120.0,
+        control_persist_seconds: int = 600,
+        control_path: str | None = None,
+        session_slot: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ) -> None:
+        self.host, self.username, self.port = host, username, port
+        self.session_slot = session_slot
+        self.command_timeout = command_timeout
+        self.commands_run = 0
+        self._dir = Path(tempfile.mkdtemp(prefix="tacc-ssh-"))
+        os.chmod(self._dir, 0o700)
+        self._owns_master = control_path is None
+        options = {
+            "BatchMode": "yes",
+            "ConnectTimeout": str(int(connect_timeout)),
+            "ControlMaster": "auto",
+            "ControlPath": os.path.expanduser(control_path) if control_path else str(self._dir / "cm-%C"),
+            "ControlPersist": str(control_persist_seconds),
+            "StrictHostKeyChecking": "yes",
+            "ServerAliveInterval": "30",
+            "LogLevel": "ERROR",
+        }
+        if known_hosts:
+            options["UserKnownHostsFile"] = str(self._write_private("known_hosts", known_hosts + "\n"))
+        identity = self._write_private("id_key", private_key.get_secret_value().strip() + "\n") if private_key else private_key_path
+        if identity:
+            options.update(IdentityFile=str(identity), IdentitiesOnly="yes")
+        self._base = ["ssh", "-p", str(port), *(f"-o{key}={value}" for key, value in options.items()), f"{username}@{host}"]
+
+    @property
+    def ssh_argv(self) -> list[str]:
+        """The ssh command with every option (multiplexing, keys), without the target."""
+        return self._base[:-1]
+
+    @property
+    def target(self) -> str:
+        """`user@host` of the login node."""
+        return self._base[-1]
+
+    def _write_private(self, name: str, text: str) -> Path:
+        path = self._dir / name
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        return path
+
+    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Run one remote command; every argument is quoted for the remote shell.
+
+        Raises:
+            TransientSchedulerError: When SSH itself fails (connection refused, reset, timed out).
+            PermanentSchedulerError: When the login is refused (key, host key, user name).
+        """
+        command = [*self._base, "--", shlex.join(argv)]
+        self.commands_run += 1
+        try:
+            with self.session_slot():
+                completed = subprocess.run(
+                    command, input=stdin, capture_output=True, text=True, timeout=timeout or self.command_timeout
+                )
+        except subprocess.TimeoutExpired:
+            raise TransientSchedulerError(f"ssh {self.host}: {argv[0]} timed out") from None
+        if completed.returncode == SSH_CONNECTION_FAILED:
+            message = f"ssh {self.username}@{self.host}:{self.port}: {completed.stderr.strip() or 'connection failed'}"
+            if _REFUSED_LOGIN.search(completed.stderr):
+                raise PermanentSchedulerError(f"{message} (check the block's key, known_hosts and user name)")
+            raise TransientSchedulerError(message)
+        return completed
+
+    def stream(self, argv: Sequence[str]) -> Iterator[str]:
+        """Run one remote command and yield its output lines as they arrive (memory stays flat).
+
+        Raises:
+            TransientSchedulerError: When SSH itself fails.
+            subprocess.CalledProcessError: When the command exits non-zero (with its stderr).
+        """
+        self.commands_run += 1
+        with self.session_slot():
+            process = subprocess.Popen([*self._base, "--", shlex.join(argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert process.stdout is not None and process.stderr is not None
+            try:
+                for line in process.stdout:
+                    yield line.rstrip("\n")
+            finally:
+                process.stdout.close()
+                stderr = process.stderr.read()
+                returncode = process.wait(timeout=self.command_timeout)
+        if returncode == SSH_CONNECTION_FAILED:
+            raise TransientSchedulerError(f"ssh {self.username}@{self.host}:{self.port}: {stderr.strip() or 'connection failed'}")
+        if returncode != 0:
+            raise subprocess.CalledProcessError(returncode, list(argv), stderr=stderr)
+
+    def close(self) -> None:
+        """Close the master connection this object opened, and delete the key material.
+
+        A master opened by an operator (`control_path`, after an MFA login) is left open.
+        """
+        if self._owns_master:
+            subprocess.run([*self.ssh_argv, "-O", "exit", self.target], capture_output=True, timeout=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> SshConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Staging datasets to a cluster's scratch: survey, transfer, verification."""

@@ -1,0 +1,294 @@
+"""The job repository: create, read, search and move jobs through their lifecycle."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Engine, Select, func, select, update
+from sqlalchemy import delete as sa_delete
+from sqlalchemy.orm import Session
+
+from tacc_jobs.exceptions import IllegalTransition, JobNotFound
+from tacc_jobs.models import (
+    ACTIVE_STATUSES,
+    JobRecord,
+    JobRequest,
+    JobStatus,
+    Page,
+    Plan,
+)
+from tacc_jobs.store.tables import JobRow
+from tacc_jobs.walltime import utcnow
+
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.QUEUING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.QUEUING: frozenset({JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.QUEUING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class JobUpdate(BaseModel):
+    """Fields a status transition may set; None leaves a field as it is."""
+
+    reason: str | None = None
+    progress: float | None = None
+    scheduler_job_id: str | None = None
+    work_dir: str | None = None
+    result: dict[str, Any] | None = None
+    notes: str | None = None
+    charged_su: float | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class Transition(BaseModel):
+    """The outcome of `JobStore.transition`: the record now, and the status it had before."""
+
+    record: JobRecord
+    previous: JobStatus
+
+    @property
+    def moved(self) -> bool:
+        """Whether this call changed the status (only one of several racing callers does)."""
+        return self.previous != self.record.status
+
+
+class JobStore:
+    """Jobs in a relational database, through one SQLAlchemy engine.
+
+    Example:
+        ```python
+        engine = create_engine("sqlite:///jobs.db")
+        migrate(engine)
+        store = JobStore(engine)
+        record = store.create(request, plan)
+        store.transition(record.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="123"))
+        store.history("jdoe").items
+        ```
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, request: JobRequest, plan: Plan, flow_run_id: uuid.UUID | None = None) -> JobRecord:
+        """Record a new job, QUEUED, from its request and plan."""
+        now = utcnow()
+        row = JobRow(
+            id=uuid.uuid4(),
+            user_id=request.user_id,
+            agent=request.agent,
+            dataset_id=request.dataset_id,
+            system=request.system.value,
+            queue=plan.queue,
+            status=JobStatus.QUEUED.value,
+            progress=0.0,
+            params=request.params.model_dump(mode="json"),
+            estimated_runtime_minutes=plan.expected_runtime_minutes,
+            estimated_su=plan.estimated_su,
+            gpu_count=request.gpu_count,
+            nodes=plan.nodes,
+            priority=request.priority.value,
+            webhook_url=str(request.webhook_url) if request.webhook_url else None,
+            flow_run_id=flow_run_id,
+            retention_days=request.retention_days,
+            created_at=now,
+            updated_at=now,
+        )
+        with Session(self.engine) as session, session.begin():
+            session.add(row)
+            session.flush()
+            return JobRecord.model_validate(row)
+
+    def get(self, job_id: uuid.UUID | str) -> JobRecord:
+        """One job by id.
+
+        Raises:
+            JobNotFound: When no job has that id.
+        """
+        with Session(self.engine) as session:
+            row = session.get(JobRow, uuid.UUID(str(job_id)))
+            if row is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            return JobRecord.model_validate(row)
+
+    def find_by_flow_run(self, flow_run_id: uuid.UUID) -> JobRecord | None:
+        """The job a flow run submitted, if any."""
+        return self._first(select(JobRow).where(JobRow.flow_run_id == flow_run_id))
+
+    def job_ids_by_flow_run(self, flow_run_ids: set[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
+        """Every job each of these flow runs recorded (a `submit-batch` run records many)."""
+        jobs: dict[uuid.UUID, set[uuid.UUID]] = {flow_run_id: set() for flow_run_id in flow_run_ids}
+        with Session(self.engine) as session:
+            for job_id, flow_run_id in session.execute(select(JobRow.id, JobRow.flow_run_id).where(JobRow.flow_run_id.in_(flow_run_ids))):
+                jobs[flow_run_id].add(job_id)
+        return jobs
+
+    def find_by_scheduler_id(self, system: str, scheduler_job_id: str) -> JobRecord | None:
+        """The job a scheduler knows as `scheduler_job_id` on `system`, if any."""
+        return self._first(
+            select(JobRow).where(JobRow.system == system, JobRow.scheduler_job_id == scheduler_job_id)
+        )
+
+    def _first(self, query: Select[tuple[JobRow]]) -> JobRecord | None:
+        with Session(self.engine) as session:
+            row = session.scalars(query.limit(1)).first()
+            return JobRecord.model_validate(row) if row else None
+
+    def search(
+        self,
+        *,
+        user_id: str | None = None,
+        agent: str | None = None,
+        dataset_id: str | None = None,
+        status: JobStatus | None = None,
+        system: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """Jobs matching every given filter, newest first, one page at a time.
+
+        `dataset_id` matches as a prefix (`VLASS2.1` finds every VLASS 2.1 block).
+        """
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise ValueError("limit must be 1-1000 and offset >= 0")
+        conditions = [
+            column == value
+            for column, value in (
+                (JobRow.user_id, user_id),
+                (JobRow.agent, agent),
+                (JobRow.status, status.value if status else None),
+                (JobRow.system, system),
+            )
+            if value is not None
+        ]
+        if dataset_id is not None:
+            escaped = dataset_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(JobRow.dataset_id.like(f"{escaped}%", escape="\\"))
+        if created_from is not None:
+            conditions.append(JobRow.created_at >= created_from)
+        if created_to is not None:
+            conditions.append(JobRow.created_at < created_to)
+        with Session(self.engine) as session:
+            total = session.scalar(select(func.count()).select_from(JobRow).where(*conditions)) or 0
+            rows = session.scalars(
+                select(JobRow).where(*conditions).order_by(JobRow.created_at.desc(), JobRow.id).offset(offset).limit(limit)
+            ).all()
+            items = [JobRecord.model_validate(row) for row in rows]
+        return Page(items=items, total=total, has_more=offset + len(items) < total)
+
+    def history(self, user_id: str, limit: int = 50, offset: int = 0) -> Page:
+        """One user's jobs, newest first."""
+        return self.search(user_id=user_id, limit=limit, offset=offset)
+
+    def by_status(self, status: JobStatus, limit: int = 50, offset: int = 0) -> Page:
+        """Jobs in one status, newest first."""
+        return self.search(status=status, limit=limit, offset=offset)
+
+    def active(self, system: str | None = None) -> list[JobRecord]:
+        """Submitted jobs that have not ended (QUEUING or RUNNING), oldest first."""
+        query = select(JobRow).where(
+            JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
+            JobRow.scheduler_job_id.is_not(None),
+        )
+        if system is not None:
+            query = query.where(JobRow.system == system)
+        with Session(self.engine) as session:
+            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+
+    def active_count(self, user_id: str, system: str, queue: str) -> int:
+        """How many of the user's jobs are in a queue now (submitted, not ended)."""
+        with Session(self.engine) as session:
+            return session.scalar(select(func.count()).select_from(JobRow).where(
+                JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
+                JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))) or 0
+
+    def agents(self, system: str) -> dict[uuid.UUID, str]:
+        """Job id -> agent of every job on a system (accounting names models after agents)."""
+        with Session(self.engine) as session:
+            return dict(session.execute(select(JobRow.id, JobRow.agent).where(JobRow.system == system)).all())
+
+    def past_runtimes_minutes(self, user_id: str, agent: str, limit: int = 20) -> list[float]:
+        """Runtimes of the user's most recent completed runs of `agent`."""
+        query = (
+            select(JobRow.started_at, JobRow.completed_at)
+            .where(
+                JobRow.user_id == user_id,
+                JobRow.agent == agent,
+                JobRow.status == JobStatus.COMPLETED.value,
+                JobRow.started_at.is_not(None),
+                JobRow.completed_at.is_not(None),
+            )
+            .order_by(JobRow.completed_at.desc())
+            .limit(limit)
+        )
+        with Session(self.engine) as session:
+            return [(end - start).total_seconds() / 60 for start, end in session.execute(query)]
+
+    def su_committed(self, user_id: str) -> float:
+        """SUs the user has been charged plus the estimates of the user's active jobs."""
+        active = [status.value for status in ACTIVE_STATUSES]
+        charged = func.coalesce(func.sum(JobRow.charged_su), 0.0)
+        estimated = func.coalesce(func.sum(JobRow.estimated_su), 0.0)
+        with Session(self.engine) as session:
+            used = session.scalar(select(charged).where(JobRow.user_id == user_id)) or 0.0
+            running = session.scalar(
+                select(estimated).where(JobRow.user_id == user_id, JobRow.status.in_(active))
+            ) or 0.0
+        return float(used) + float(running)
+
+    def expired(self, default_days: int, now: datetime | None = None) -> list[JobRecord]:
+        """Ended jobs whose retention (their own, else `default_days`; at least a day) has run out."""
+        now = now or utcnow()
+        ended = [status.value for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)]
+        with Session(self.engine) as session:
+            ended_at = func.coalesce(JobRow.completed_at, JobRow.updated_at)
+            rows = session.scalars(select(JobRow).where(JobRow.status.in_(ended), ended_at <= now - timedelta(days=1)))
+            records = [JobRecord.model_validate(row) for row in rows]
+        return [
+            record for record in records
+            if (record.completed_at or record.updated_at) + timedelta(days=record.retention_days or default_days) <= now
+        ]
+
+    def delete(self, job_ids: list[uuid.UUID]) -> int:
+        """Remove job records; returns how many were removed."""
+        with self.engine.begin() as connection:
+            return connection.execute(sa_delete(JobRow).where(JobRow.id.in_(job_ids))).rowcount
+
+    def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None) -> Transition:
+        """Move a job to `status` (or update it in place when it is already there).
+
+        The change is a conditional UPDATE on the status read, so two trackers racing on the
+        same job cannot both apply a move. A terminal job accepts no move, only added fields
+        (its result, its charge).
+
+        Raises:
+            IllegalTransition: For a move the lifecycle forbids, e.g. COMPLETED -> RUNNING.
+            JobNotFound: When no job has that id.
+        """
+        fields = (update_fields or JobUpdate()).model_dump(exclude_none=True)
+        for _ in range(3):
+            current = self.get(job_id)
+            if current.status == status and status.is_terminal:
+                fields = {name: value for name, value in fields.items() if getattr(current, name) is None}
+            if current.status == status and not fields:
+                return Transition(record=current, previous=current.status)
+            if current.status != status and status not in ALLOWED_TRANSITIONS[current.status]:
+                raise IllegalTransition(f"job {job_id}: {current.status.value} -> {status.value} is not allowed")
+            values = {**fields, "status": status.value, "updated_at": utcnow()}
+            with self.engine.begin() as connection:
+                changed = connection.execute(
+                    update(JobRow)
+                    .where(JobRow.id == current.id, JobRow.status == current.status.value)
+                    .values(**values)
+                ).rowcount
+            if changed:
+                return Transition(record=self.get(job_id), previous=current.status)
+        raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")

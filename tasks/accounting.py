@@ -1,0 +1,86 @@
+"""Ingestion as a Prefect task: one window of one source into the warehouse."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from prefect import get_run_logger
+
+from blocks.clusters import scheduler_for
+from blocks.database import open_engine
+from tacc_jobs.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
+from tacc_jobs.accounting.normalize import CostRates, Normalized, normalize_records
+from tacc_jobs.accounting.sources import file_frames, http_frames
+from tacc_jobs.accounting.warehouse import Warehouse
+from tacc_jobs.schedulers.job_script import scheduler_job_name
+from tacc_jobs.settings import OrchestratorSettings, get_settings
+from tacc_jobs.store import JobStore
+from tasks.policies import cluster_task
+
+
+def cost_rates(settings: OrchestratorSettings) -> CostRates:
+    """The dollar rates configured for this orchestrator."""
+    return CostRates(usd_per_gpu_hour=settings.usd_per_gpu_hour, usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type)
+
+
+def team_budgets(settings: OrchestratorSettings) -> dict[str, float]:
+    """Budgets (USD) of the teams listed in the teams file."""
+    if not settings.teams_file.exists():
+        return {}
+    return {team["name"]: team["budget_usd"] for team in json.loads(settings.teams_file.read_text()) if team.get("budget_usd") is not None}
+
+
+def normalized_chunks(source: str, system: str, start: datetime, end: datetime, path: str | None, url: str | None,
+                      job_store: JobStore) -> Iterator[Normalized]:
+    """The chosen source's rows, chunk by chunk, normalized."""
+    settings = get_settings()
+    rates = cost_rates(settings)
+    if source == "sacct":
+        agents = {scheduler_job_name(job_id): agent for job_id, agent in job_store.agents(system).items()}
+        yield from sacct_chunks(scheduler_for(system).accounting(start, end), system, rates, agents, settings.ingest_chunk_rows)
+    elif source == "file":
+        if not path:
+            raise ValueError("path: a .csv, .json or .jsonl file is required for source='file'")
+        for frame in file_frames(Path(path), settings.ingest_chunk_rows):
+            yield normalize_records(frame, "file", rates)
+    elif source == "http":
+        if not url:
+            raise ValueError("url: an http(s) URL is required for source='http'")
+        with httpx.Client(timeout=30.0, transport=httpx.HTTPTransport(retries=3)) as client:
+            for frame in http_frames(url, client, start, end):
+                yield normalize_records(frame, "http", rates)
+    else:
+        raise ValueError(f"source: {source!r} is not one of 'sacct', 'file', 'http'")
+
+
+@cluster_task
+def ingest_window(source: str, system: str, start: datetime, end: datetime, path: str | None = None, url: str | None = None) -> IngestSummary:
+    """Ingest one window of one source: normalize, create teams, upsert, quarantine, record the run.
+
+    The run's window becomes the next nightly run's watermark only when it completes.
+
+    Example:
+        ```python
+        ingest_window("sacct", "ls6", datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 2, tzinfo=timezone.utc))
+        ```
+    """
+    logger = get_run_logger()
+    engine = open_engine()
+    warehouse = Warehouse(engine)
+    run_id = warehouse.start_run(source, system, start, end)
+    summary = IngestSummary(run_id=run_id, source=source, system=system, window_start=start, window_end=end)
+    try:
+        with closing(normalized_chunks(source, system, start, end, path, url, JobStore(engine))) as chunks:  # a failure ends the sacct stream (and its SSH session) here
+            ingest_chunks(warehouse, chunks, summary, team_budgets(get_settings()))
+    except Exception as error:
+        warehouse.finish_run(run_id, "FAILED", error=str(error)[:2000], rows_read=summary.rows_read, failed=summary.failed)
+        raise
+    counts = summary.model_dump(include={"rows_read", "inserted", "updated", "unchanged", "failed", "steps_folded"})
+    warehouse.finish_run(run_id, "COMPLETED", **counts)
+    logger.info("Ingested %s/%s %s..%s: %s in %.1f s", source, system, start, end, counts, summary.seconds)
+    return summary

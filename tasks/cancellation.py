@@ -1,0 +1,62 @@
+"""Cancelling jobs: in their scheduler and in the store, from a flow, a hook or a sweep."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from prefect.client.schemas.objects import Flow, FlowRun, State
+
+from blocks.clusters import scheduler_for
+from blocks.database import open_job_store
+from tacc_jobs.exceptions import JobAlreadyEnded
+from tacc_jobs.models import JobRecord, JobStatus
+from tacc_jobs.store import JobStore, JobUpdate
+from tacc_jobs.walltime import utcnow
+from tasks.notifications import announce
+from tasks.policies import cluster_task
+from tasks.run_context import run_logger
+
+
+def cancel_stored_job(store: JobStore, record: JobRecord, reason: str) -> JobRecord:
+    """Cancel a job in its scheduler (when submitted) and in the store; idempotent for cancelled jobs.
+
+    Raises:
+        JobAlreadyEnded: When the job completed or failed before the cancel.
+    """
+    if record.status.is_terminal:
+        if record.status is JobStatus.CANCELLED:
+            return record
+        raise JobAlreadyEnded(
+            f"job {record.id} already ended {record.status.value} at {record.completed_at or record.updated_at:%Y-%m-%d %H:%M:%S} UTC; nothing to cancel"
+        )
+    scheduler = scheduler_for(record.system)
+    if record.scheduler_job_id:
+        scheduler.cancel(record.scheduler_job_id)
+    transition = store.transition(
+        record.id, JobStatus.CANCELLED, JobUpdate(reason=reason, completed_at=utcnow())
+    )
+    return announce(store, scheduler, transition)
+
+
+@cluster_task
+def cancel_job_run(job_id: uuid.UUID, reason: str = "cancelled by user") -> JobRecord:
+    """Cancel one job by its id.
+
+    Example:
+        ```python
+        cancel_job_run(uuid.UUID("..."))
+        ```
+    """
+    store = open_job_store()
+    return cancel_stored_job(store, store.get(job_id), reason)
+
+
+def cancel_scheduler_job(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Flow hook (cancelled or crashed run): cancel the run's scheduler job, found in the job store."""
+    store = open_job_store()
+    record = store.find_by_flow_run(flow_run.id)
+    if record is not None and not record.status.is_terminal:
+        cancel_stored_job(store, record, f"flow run {flow_run.name} {state.name.lower()}")
+        run_logger().info("Cancelled job %s (%s) with its flow run", record.id, record.scheduler_job_id)
+

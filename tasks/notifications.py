@@ -1,0 +1,57 @@
+"""Telling the world a job changed: a Prefect event per status change, the result kept, the webhook called."""
+
+from __future__ import annotations
+
+import httpx
+from prefect.events import emit_event
+from prefect.tasks import exponential_backoff
+
+from tacc_jobs.models import JobRecord, JobStatus
+from tacc_jobs.schedulers import Scheduler
+from tacc_jobs.schedulers.job_script import JobPaths
+from tacc_jobs.settings import get_settings
+from tacc_jobs.store import JobStore, JobUpdate, Transition
+from tacc_jobs.tracking import job_event_payload, job_resource, read_result
+from tacc_jobs.webhooks import private_webhook_reason
+from tasks.policies import cluster_task
+from tasks.run_context import run_logger
+
+
+def announce(store: JobStore, scheduler: Scheduler, transition: Transition) -> JobRecord:
+    """After a status change: emit a Prefect event; when it ended the job, keep its result and
+    call its webhook. Only the caller whose transition moved the job does this."""
+    record = transition.record
+    if not transition.moved:
+        return record
+    if record.status is JobStatus.COMPLETED and record.work_dir:
+        result = read_result(scheduler, JobPaths.for_work_dir(record.work_dir).result)
+        if result is not None:
+            record = store.transition(record.id, record.status, JobUpdate(result=result)).record
+    emit_event(
+        event=f"tacc.job.{record.status.value.lower()}",
+        resource={"prefect.resource.id": job_resource(record.id), "prefect.resource.name": f"{record.agent}/{record.dataset_id}"},
+        payload={**job_event_payload(record), "previous_status": transition.previous.value},
+    )
+    if record.status.is_terminal and record.webhook_url:
+        state = send_job_webhook(record, return_state=True)
+        if state.is_failed():
+            run_logger().warning("Webhook for job %s failed after retries: %s", record.id, state.message)
+    return record
+
+
+@cluster_task(retry_delay_seconds=exponential_backoff(backoff_factor=1))
+def send_job_webhook(record: JobRecord) -> int:
+    """POST the job's outcome (id, status, progress, metrics, output location) to its webhook.
+
+    Example:
+        ```python
+        send_job_webhook(record)  # 200
+        ```
+    """
+    if not record.webhook_url:
+        raise ValueError(f"job {record.id} has no webhook_url")
+    if not get_settings().allow_private_webhooks and (reason := private_webhook_reason(record.webhook_url)):
+        raise ValueError(reason)
+    response = httpx.post(record.webhook_url, json=job_event_payload(record), timeout=10.0)
+    response.raise_for_status()
+    return response.status_code

@@ -1,0 +1,108 @@
+"""Submitting jobs: record the request, render and submit its script, record the scheduler's id."""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect import runtime, task
+
+from blocks.clusters import (
+    agent_runtime,
+    poll_floor_seconds,
+    scheduler_for,
+    transfer_for,
+)
+from blocks.database import open_job_store
+from blocks.jobs import BatchJob
+from tacc_jobs.agents import AGENTS_DIR
+from tacc_jobs.models import JobRecord, JobRequest, JobStatus, Plan
+from tacc_jobs.schedulers import JobSubmission
+from tacc_jobs.schedulers.job_script import (
+    JobPaths,
+    render_job_script,
+    scheduler_job_name,
+)
+from tacc_jobs.settings import get_settings
+from tacc_jobs.store import JobUpdate
+from tacc_jobs.walltime import utcnow
+from tasks.notifications import announce
+from tasks.policies import ONCE_PER_FLOW_RUN, cluster_task
+
+
+@task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
+def record_new_job(request: JobRequest, plan: Plan) -> JobRecord:
+    """Record the job QUEUED, tied to the current flow run (so its hooks can find it).
+
+    Cached per flow run: a resumed run gets the same record back, not a second job.
+
+    Example:
+        ```python
+        record = record_new_job(request, plan)
+        ```
+    """
+    flow_run_id = runtime.flow_run.id
+    return open_job_store().create(request, plan, flow_run_id=uuid.UUID(flow_run_id) if flow_run_id else None)
+
+
+def batch_job_for(record: JobRecord, request: JobRequest | None = None, plan: Plan | None = None) -> BatchJob:
+    """The `BatchJob` block of a stored job; with its request and plan, the script is rendered too."""
+    settings = get_settings()
+    scheduler = scheduler_for(record.system)
+    paths = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id)
+    script = render_job_script(record.id, request, plan, paths, agent_runtime(record.system)) if request and plan else ""
+    return BatchJob(
+        system=record.system,
+        submission=JobSubmission(
+            name=scheduler_job_name(record.id),
+            script=script,
+            work_dir=paths.work_dir,
+            stdout_path=paths.stdout,
+            stderr_path=paths.stderr,
+            sbatch_args=plan.sbatch_args if plan else [],
+        ),
+        progress_path=paths.progress,
+        result_path=paths.result,
+        time_limit_seconds=plan.wall_time.total_seconds() if plan else None,
+        poll_min_seconds=poll_floor_seconds(record.system),
+        poll_max_seconds=settings.poll_max_seconds,
+    )
+
+
+@cluster_task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
+def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> JobRecord:
+    """Render the job script, submit it (`BatchJob.trigger()`), record the job QUEUING.
+
+    At TACC the agents' programs are synced to `<scratch>/agents` first (rsync: a no-op when unchanged).
+
+    If the job cannot be recorded (it was cancelled meanwhile, or the database failed), the new
+    scheduler job is cancelled: no job runs untracked. Cached per flow run, so a resumed run does
+    not submit again (and Slurm adopts a job of the same name rather than submitting twice).
+
+    Example:
+        ```python
+        record = submit_to_scheduler(record, request, plan)
+        record.scheduler_job_id
+        ```
+    """
+    job = batch_job_for(record, request, plan)
+    if record.system != "local":
+        transfer_for(record.system).push(AGENTS_DIR, agent_runtime(record.system).agent_home)
+    run = job.trigger()
+    store = open_job_store()
+    try:
+        return store.transition(
+            record.id, JobStatus.QUEUING,
+            JobUpdate(scheduler_job_id=run.scheduler_job_id, work_dir=job.submission.work_dir),
+        ).record
+    except Exception:  # cancelled meanwhile, or not recorded: an untracked job must not run and cost SUs
+        run.scheduler.cancel(run.scheduler_job_id)
+        raise
+
+
+def fail_unsubmitted_job(record: JobRecord, reason: str) -> JobRecord:
+    """Record a job that never reached the scheduler (staging or submission failed) as FAILED."""
+    store = open_job_store()
+    if store.get(record.id).status.is_terminal:  # cancelled meanwhile: keep that
+        return store.get(record.id)
+    transition = store.transition(record.id, JobStatus.FAILED, JobUpdate(reason=reason, completed_at=utcnow()))
+    return announce(store, scheduler_for(record.system), transition)
