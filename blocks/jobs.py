@@ -11,19 +11,18 @@ from prefect.blocks.abstract import JobBlock, JobRun
 from pydantic import Field
 
 from blocks.clusters import scheduler_for
-from tacc_jobs.exceptions import JobFailed, SchedulerError, TransientSchedulerError
+from tacc_jobs.exceptions import JobFailed, TransientSchedulerError
 from tacc_jobs.models import JobStatus
 from tacc_jobs.schedulers import JobSubmission, Scheduler
 from tacc_jobs.tracking import (
     JobObservation,
     TrackedJob,
+    TrackingPolicy,
     next_poll_interval,
     observe,
     read_result,
 )
-
-MAX_POLLS_UNSEEN = 5
-MAX_TRANSIENT_FAILURES = 20
+from tacc_jobs.walltime import utcnow
 
 
 class BatchJob(JobBlock[dict[str, Any]]):
@@ -47,6 +46,7 @@ class BatchJob(JobBlock[dict[str, Any]]):
     time_limit_seconds: float | None = Field(default=None, description="Wall time, to poll faster near the end")
     poll_min_seconds: float = Field(default=1.0, gt=0)
     poll_max_seconds: float = Field(default=300.0, gt=0)
+    tracking: TrackingPolicy = Field(default_factory=TrackingPolicy, description="When an unseen job is lost; transient failures sat out")
 
     def trigger(self) -> BatchJobRun:
         """Submit the job and return its run."""
@@ -65,9 +65,8 @@ class BatchJobRun(JobRun[dict[str, Any]]):
 
     def __init__(self, job: BatchJob, scheduler: Scheduler, scheduler_job_id: str) -> None:
         self.job, self.scheduler, self.scheduler_job_id = job, scheduler, scheduler_job_id
-        self.tracked = TrackedJob(
-            scheduler_job_id=scheduler_job_id, progress_path=job.progress_path, stdout_path=job.submission.stdout_path
-        )
+        self.tracked = TrackedJob(scheduler_job_id=scheduler_job_id, name=job.submission.name,
+                                  progress_path=job.progress_path, stdout_path=job.submission.stdout_path)
         self.last: JobObservation | None = None
 
     def wait_for_completion(
@@ -79,32 +78,41 @@ class BatchJobRun(JobRun[dict[str, Any]]):
         waits in the queue that many seconds after the wait began: the caller may stop holding
         a process for a job that can sit in a TACC queue for days.
 
-        Transient failures (a dropped connection, an unreachable controller) are retried with a
-        growing interval, up to `MAX_TRANSIENT_FAILURES` in a row.
+        What an observation means is the job's `TrackingPolicy`'s decision: transient failures
+        (a dropped connection, an unreachable controller) are sat out with a growing interval,
+        up to `max_transient_failures` in a row; a job the scheduler stops reporting (a
+        controller restart, slurmdbd down) is waited for, and ends FAILED as lost only after
+        `unseen_grace_seconds`.
 
         Raises:
-            SchedulerError: When the scheduler stops reporting the job for several polls.
+            TransientSchedulerError: After too many transient failures in a row.
         """
-        interval, unseen, failures, started = self.job.poll_min_seconds, 0, 0, None
+        policy = self.job.tracking
+        interval, failures, started, unseen_since = self.job.poll_min_seconds, 0, None, None
         waiting_since = time.monotonic()
         while True:
             try:
                 observation = observe(self.scheduler, [self.tracked])[0]
             except TransientSchedulerError as error:  # a login-node hiccup must not end a two-day wait
                 failures += 1
-                if failures >= MAX_TRANSIENT_FAILURES:
+                if failures >= policy.max_transient_failures:
                     raise
                 interval = min(interval * 2, self.job.poll_max_seconds)
                 self.logger.warning("Polling job %s failed (%s); retrying in %.0f s", self.scheduler_job_id, error, interval)
                 time.sleep(interval)
                 continue
-            failures = 0
+            failures, now = 0, utcnow()
+            if observation.unseen:
+                unseen_since = unseen_since or now
+                if policy.is_lost(unseen_since, now):
+                    observation.status, observation.reason = JobStatus.FAILED, policy.lost_reason(self.scheduler_job_id, unseen_since)
+            else:
+                unseen_since = None
+            if observation.not_understood:
+                self.logger.warning("Job %s: %s; its status is kept", self.scheduler_job_id, observation.reason)
             self.tracked.stdout_offset = observation.next_stdout_offset
             changed = self.last is None or (observation.status, observation.reason) != (self.last.status, self.last.reason)
             self.last = observation
-            unseen = unseen + 1 if observation.state is None else 0
-            if unseen >= MAX_POLLS_UNSEEN:
-                raise SchedulerError(f"{self.job.system} no longer reports job {self.scheduler_job_id}")
             if on_poll is not None:
                 on_poll(observation)
             if observation.ended:

@@ -15,10 +15,10 @@ from blocks.clusters import poll_floor_seconds
 from blocks.database import open_job_store
 from tacc_jobs.models import JobRecord, JobRequest, Plan, Priority
 from tacc_jobs.planning.catalog import find_queue
-from tacc_jobs.store import JobStore
+from tacc_jobs.store import DatasetStaging, JobStore
 from tasks.planning import plan_job_request
 from tasks.staging import stage_dataset_to_scratch
-from tasks.submission import fail_unsubmitted_job, record_new_job, submit_to_scheduler
+from tasks.submission import end_unsubmitted_job, record_new_job, submit_to_scheduler
 from tasks.tracking import sweep_system
 
 
@@ -64,19 +64,19 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     while True:
         for system in systems:
             sweep_system(system)
-        launching: list[tuple[JobRecord, PrefectFuture[JobRecord]]] = []
+        launching: list[tuple[JobRecord, PrefectFuture[DatasetStaging], PrefectFuture[JobRecord]]] = []
         for record, request, plan in list(pending):
             if len(launching) == parallel_limit:
                 break
             if has_slot(store, record, [item[0] for item in launching]):
                 staged = stage_dataset_to_scratch.submit(record.dataset_id, record.system, record.priority)
-                launching.append((record, submit_to_scheduler.submit(record, request, plan, wait_for=[staged])))
+                launching.append((record, staged, submit_to_scheduler.submit(record, request, plan, wait_for=[staged])))
                 pending.remove((record, request, plan))
-        for record, future in launching:
+        for record, staged, future in launching:
             try:
                 future.result()
             except Exception as error:  # one job's failure does not stop the batch
-                fail_unsubmitted_job(record, f"not submitted: {error}")
+                end_unsubmitted_job(record, error, sbatch_attempted=staged.state.is_completed())
                 logger.warning("Job %s of the batch was not submitted: %s", record.id, error)
         current = [store.get(record.id) for record in records]
         if not pending and (not wait or all(record.status.is_terminal for record in current)):

@@ -19,7 +19,7 @@ from tasks.cancellation import cancel_scheduler_job
 from tasks.planning import plan_job_request
 from tasks.run_context import request_run_name, run_logger
 from tasks.staging import artifact_key, stage_dataset_to_scratch
-from tasks.submission import fail_unsubmitted_job, record_new_job, submit_to_scheduler
+from tasks.submission import end_unsubmitted_job, record_new_job, submit_to_scheduler
 from tasks.tracking import wait_for_job
 
 
@@ -98,10 +98,13 @@ def submit_job(request: JobRequest, wait: bool = True, suspend_after_seconds: An
     record = record_new_job(request, plan)
     try:
         stage_dataset_to_scratch(record.dataset_id, record.system, record.priority)
-        record = submit_to_scheduler(record, request, plan)
     except Exception as error:
-        if not open_job_store().get(record.id).status.is_terminal:
-            fail_unsubmitted_job(record, f"not submitted: {error}")
+        end_unsubmitted_job(record, error, sbatch_attempted=False)
+        raise
+    try:
+        record = submit_to_scheduler(record, request, plan)
+    except Exception as error:  # a lost answer leaves the job QUEUED for watch-jobs, never FAILED on a guess
+        end_unsubmitted_job(record, error, sbatch_attempted=True)
         raise
     if not wait:
         return record

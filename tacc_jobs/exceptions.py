@@ -61,9 +61,5 @@ class PermanentSchedulerError(SchedulerError):
     """A refusal that retrying cannot fix: a bad account, partition or option."""
 
 
-class UnknownSlurmState(TaccOrchestratorError, ValueError):
-    """Slurm reported a state the mapping does not know."""
-
-
 class StagingError(TaccOrchestratorError, RuntimeError):
     """A dataset cannot be staged as it is (missing, unreadable, a link, or failed verification)."""

@@ -247,6 +247,8 @@ class JobRecord(BaseModel):
     work_dir: str | None = None
     flow_run_id: uuid.UUID | None = None
     retention_days: int | None = None
+    attempt: int = Field(default=1, description="1, then one more each time Slurm requeues the job")
+    unseen_since: datetime | None = Field(default=None, description="Since when the scheduler has not reported the job")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

@@ -55,6 +55,18 @@ class OrchestratorSettings(BaseSettings):
         "global concurrency limit ssh-sessions-<host> when it is first created; change it later in the UI",
     )
 
+    unseen_grace_seconds: float = Field(
+        default=900.0, gt=0, description="A job neither squeue nor accounting reports for this long ends FAILED as lost"
+    )
+    unsubmitted_grace_seconds: float = Field(
+        default=300.0, ge=0, description="watch-jobs looks up by name a job recorded this long ago that has no scheduler id"
+    )
+    unsubmitted_timeout_seconds: float = Field(
+        default=86400.0, gt=0,
+        description="A job with no scheduler id, none found by name, and a flow run that still looks alive is "
+        "abandoned (its name fenced, its record FAILED) after this long; at once when its flow run has ended",
+    )
+
     default_bandwidth_mb_per_s: float = Field(
         default=50.0, gt=0, description="Transfer estimate for a host with no measured transfers (MB/s)"
     )

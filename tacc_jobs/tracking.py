@@ -1,28 +1,36 @@
-"""Following jobs: observe many in one scheduler call, record what changed, pace the polling."""
+"""Following jobs: observe many in one scheduler call, decide what each observation means (the
+one tracking policy, used by a run waiting on its job and by the watch-jobs sweep alike), record
+what changed, pace the polling."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tacc_jobs.exceptions import IllegalTransition
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.planning.catalog import find_queue
 from tacc_jobs.planning.charges import charge_su
 from tacc_jobs.schedulers import Scheduler, SchedulerJobState
-from tacc_jobs.schedulers.job_script import JobPaths
+from tacc_jobs.schedulers.job_script import JobPaths, scheduler_job_name
 from tacc_jobs.schedulers.states import map_slurm_state
+from tacc_jobs.settings import OrchestratorSettings
 from tacc_jobs.store import JobStore, JobUpdate, Transition
+from tacc_jobs.walltime import utcnow
+
+NAME_LOOKUP_MARGIN = timedelta(hours=1)
+"""Look-ups by name start this long before the record was created (clocks of hosts differ)."""
 
 
 class TrackedJob(BaseModel):
     """One submitted job as the tracker follows it."""
 
     scheduler_job_id: str
+    name: str = Field(description="The job name (idempotency key): with the id, the job's identity")
     progress_path: str
     stdout_path: str | None = None
     stdout_offset: int = 0
@@ -32,7 +40,8 @@ class TrackedJob(BaseModel):
         """Follow a stored job (its progress only; no log tail)."""
         if record.scheduler_job_id is None or record.work_dir is None:
             raise ValueError(f"job {record.id} has not been submitted")
-        return cls(scheduler_job_id=record.scheduler_job_id, progress_path=JobPaths.for_work_dir(record.work_dir).progress)
+        return cls(scheduler_job_id=record.scheduler_job_id, name=scheduler_job_name(record.id),
+                   progress_path=JobPaths.for_work_dir(record.work_dir).progress)
 
 
 class JobObservation(BaseModel):
@@ -48,8 +57,68 @@ class JobObservation(BaseModel):
 
     @property
     def ended(self) -> bool:
-        """Whether the scheduler reports the job finished."""
+        """Whether the job has finished (the scheduler says so, or it was lost)."""
         return self.status is not None and self.status.is_terminal
+
+    @property
+    def unseen(self) -> bool:
+        """The scheduler did not report the job at all (neither squeue nor accounting)."""
+        return self.state is None and self.status is None
+
+    @property
+    def not_understood(self) -> bool:
+        """The scheduler reported a state the mapping does not know: the job keeps its status."""
+        return self.state is not None and self.status is None
+
+
+class TrackingPolicy(BaseModel):
+    """The one place that decides what an observation means: ended, requeued, unseen for a
+    while (and when that makes a job lost), a state not understood, and how many transient
+    failures in a row a waiting run sits out.
+
+    Example:
+        >>> policy = TrackingPolicy(unseen_grace_seconds=60)
+        >>> start = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+        >>> policy.is_lost(start, start + timedelta(seconds=59)), policy.is_lost(start, start + timedelta(seconds=60))
+        (False, True)
+    """
+
+    unseen_grace_seconds: float = Field(
+        default=900.0, gt=0,
+        description="A job neither squeue nor accounting reports for this long is lost (FAILED); shorter absences "
+        "(a controller restart, slurmdbd down) change nothing",
+    )
+    max_transient_failures: int = Field(
+        default=20, ge=1, description="Polls in a row a waiting run may fail (dropped connection, controller down) before it stops waiting"
+    )
+
+    @classmethod
+    def from_settings(cls, settings: OrchestratorSettings) -> TrackingPolicy:
+        """The policy configured for this orchestrator (`TACC_ORCH_UNSEEN_GRACE_SECONDS`)."""
+        return cls(unseen_grace_seconds=settings.unseen_grace_seconds)
+
+    def is_lost(self, unseen_since: datetime | None, now: datetime) -> bool:
+        """Whether a job unseen since `unseen_since` has been gone too long to be coming back."""
+        return unseen_since is not None and (now - unseen_since).total_seconds() >= self.unseen_grace_seconds
+
+    @staticmethod
+    def requeued(previous: JobStatus, previous_start: datetime | None, observation: JobObservation) -> bool:
+        """Whether Slurm requeued a running job: it waits again, or it runs from a new start.
+
+        Example:
+            >>> TrackingPolicy.requeued(JobStatus.RUNNING, None, JobObservation(scheduler_job_id="1", status=JobStatus.QUEUING))
+            True
+        """
+        if previous is not JobStatus.RUNNING or observation.status is None:
+            return False
+        start = observation.state.start if observation.state else None
+        restarted = start is not None and previous_start is not None and start - previous_start > timedelta(seconds=1)
+        return observation.status is JobStatus.QUEUING or restarted
+
+    def lost_reason(self, scheduler_job_id: str, unseen_since: datetime) -> str:
+        """Why a lost job ended FAILED."""
+        return (f"lost: the scheduler has not reported job {scheduler_job_id} (neither squeue nor accounting) since "
+                f"{unseen_since:%Y-%m-%d %H:%M:%S} UTC, {self.unseen_grace_seconds:.0f} s or more")
 
 
 def _parse_progress(text: str) -> float | None:
@@ -66,7 +135,7 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
     """
     if not jobs:
         return []
-    states = scheduler.states([job.scheduler_job_id for job in jobs])
+    states = scheduler.states({job.scheduler_job_id: job.name for job in jobs})
     offsets = {job.progress_path: 0 for job in jobs}
     offsets.update({job.stdout_path: job.stdout_offset for job in jobs if job.stdout_path})
     files = scheduler.read_files(offsets)
@@ -75,7 +144,7 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
         state = states.get(job.scheduler_job_id)
         observation = JobObservation(scheduler_job_id=job.scheduler_job_id, state=state)
         if state is not None:
-            observation.status, observation.reason = map_slurm_state(state.state, state.exit_code, state.reason)
+            observation.status, observation.reason = map_slurm_state(state.state, state.exit_code, state.reason, state.in_queue)
         observation.progress = _parse_progress(files[job.progress_path].data)
         if job.stdout_path:
             observation.log = files[job.stdout_path].data
@@ -92,17 +161,46 @@ def charged_su(record: JobRecord, start: datetime | None, end: datetime | None) 
     return charge_su(spec, record.nodes, end - start)
 
 
-def record_observation(store: JobStore, record: JobRecord, observation: JobObservation) -> Transition | None:
-    """Apply one observation to the store; None when the scheduler did not report the job."""
-    state = observation.state
-    if state is None or observation.status is None:
+def record_observation(store: JobStore, record: JobRecord, observation: JobObservation,
+                       policy: TrackingPolicy, now: datetime | None = None) -> Transition | None:
+    """Apply one observation to the store, as the tracking policy reads it.
+
+    - Unseen: the first time, note since when (one write); past the policy's grace, FAILED as lost.
+    - Not understood: the status stays; the reason quotes Slurm's raw state.
+    - Requeued: back to QUEUING (or RUNNING from a new start), one attempt more, reason says so.
+    - Otherwise the status Slurm reports, with its end and its SU charge once ended.
+
+    Returns:
+        The transition, or None when nothing about the job's status was decided.
+    """
+    now = now or utcnow()
+    if observation.unseen:
+        if record.unseen_since is None:
+            store.mark_unseen(record.id, now)
+        elif policy.is_lost(record.unseen_since, now):
+            return _apply(store, record, JobStatus.FAILED, JobUpdate(
+                reason=policy.lost_reason(record.scheduler_job_id or "?", record.unseen_since), completed_at=now))
         return None
+    if record.unseen_since is not None:
+        store.mark_unseen(record.id, None)
+    if observation.not_understood:
+        return _apply(store, record, record.status, JobUpdate(reason=observation.reason))
     status = observation.status
-    progress = 1.0 if status is JobStatus.COMPLETED else observation.progress
-    update = JobUpdate(reason=observation.reason, progress=progress, started_at=state.start)
+    assert status is not None
+    state = observation.state
+    update = JobUpdate(reason=observation.reason, progress=1.0 if status is JobStatus.COMPLETED else observation.progress,
+                       started_at=state.start if state else None)
+    if policy.requeued(record.status, record.started_at, observation):
+        update.attempt = record.attempt + 1
+        update.reason = f"requeued by Slurm (attempt {update.attempt})" + (f": {observation.reason}" if observation.reason else "")
     if status.is_terminal:
-        update.completed_at = state.end
-        update.charged_su = charged_su(record, state.start, state.end)
+        end = (state.end if state else None) or now
+        update.completed_at = end
+        update.charged_su = charged_su(record, state.start, end) if state else None
+    return _apply(store, record, status, update)
+
+
+def _apply(store: JobStore, record: JobRecord, status: JobStatus, update: JobUpdate) -> Transition:
     try:
         return store.transition(record.id, status, update)
     except IllegalTransition:
@@ -110,6 +208,51 @@ def record_observation(store: JobStore, record: JobRecord, observation: JobObser
         if current.status.is_terminal:  # ended in the store first (a cancel): a late RUNNING/COMPLETING changes nothing
             return Transition(record=current, previous=current.status)
         raise
+
+
+ADOPTED_REASON = "adopted by watch-jobs: its submitter did not record it"
+NEVER_SUBMITTED_REASON = "never reached the scheduler: no job of this name, and its name is now fenced"
+
+
+def reconcile_unsubmitted(store: JobStore, scheduler: Scheduler, records: Sequence[JobRecord], policy: TrackingPolicy,
+                          submitter_gone: Callable[[JobRecord], bool], timeout: timedelta,
+                          now: datetime | None = None) -> list[Transition]:
+    """Settle jobs recorded QUEUED with no scheduler id (their submitter may have died between
+    `sbatch` and recording its answer): each is looked up by its name, in one call for all.
+
+    A job found is adopted: its real id recorded, then its state applied. A job not found is
+    abandoned once its submitter is gone (its flow run ended) or `timeout` after it was
+    recorded: under the name's lock the scheduler either finds it after all (adopted) or fences
+    the name, so no later submission can run it, and the record ends FAILED with a reason that
+    says so. A job whose submitter may still be at work (staging a large dataset) is left alone.
+
+    Returns:
+        The transitions made, in order (an adoption may make two: QUEUING, then the job's state).
+    """
+    now = now or utcnow()
+    if not records:
+        return []
+    since = min(record.created_at for record in records) - NAME_LOOKUP_MARGIN
+    found = scheduler.find([scheduler_job_name(record.id) for record in records], since)
+    transitions: list[Transition] = []
+    for record in records:
+        name = scheduler_job_name(record.id)
+        work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
+        state = found.get(name)
+        if state is None and (submitter_gone(record) or now - record.created_at >= timeout):
+            state = scheduler.abandon(name, work_dir, record.created_at - NAME_LOOKUP_MARGIN)
+            if state is None:
+                transitions.append(_apply(store, record, JobStatus.FAILED, JobUpdate(reason=NEVER_SUBMITTED_REASON, completed_at=now)))
+                continue
+        if state is None:
+            continue
+        adopted = _apply(store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=state.job_id, work_dir=work_dir, reason=ADOPTED_REASON))
+        transitions.append(adopted)
+        if adopted.record.scheduler_job_id == state.job_id and not adopted.record.status.is_terminal:
+            status, reason = map_slurm_state(state.state, state.exit_code, state.reason, state.in_queue)
+            observation = JobObservation(scheduler_job_id=state.job_id, state=state, status=status, reason=reason)
+            transitions.append(record_observation(store, adopted.record, observation, policy, now) or adopted)
+    return transitions
 
 
 def read_result(scheduler: Scheduler, result_path: str) -> dict[str, object] | None:

@@ -11,7 +11,9 @@ from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
 from tacc_jobs.exceptions import JobAlreadyEnded
 from tacc_jobs.models import JobRecord, JobStatus
+from tacc_jobs.schedulers.job_script import JobPaths, scheduler_job_name
 from tacc_jobs.store import JobStore, JobUpdate
+from tacc_jobs.tracking import NAME_LOOKUP_MARGIN
 from tacc_jobs.walltime import utcnow
 from tasks.notifications import announce
 from tasks.policies import cluster_task
@@ -19,7 +21,11 @@ from tasks.run_context import run_logger
 
 
 def cancel_stored_job(store: JobStore, record: JobRecord, reason: str) -> JobRecord:
-    """Cancel a job in its scheduler (when submitted) and in the store; idempotent for cancelled jobs.
+    """Cancel a job in its scheduler and in the store; idempotent for cancelled jobs.
+
+    A job with no recorded scheduler id (its submitter may be between `sbatch` and recording the
+    answer, or dead there) is cancelled by name: under the name's lock the scheduler finds the
+    job, which is cancelled, or fences the name so that no later submission runs it.
 
     Raises:
         JobAlreadyEnded: When the job completed or failed before the cancel.
@@ -31,10 +37,15 @@ def cancel_stored_job(store: JobStore, record: JobRecord, reason: str) -> JobRec
             f"job {record.id} already ended {record.status.value} at {record.completed_at or record.updated_at:%Y-%m-%d %H:%M:%S} UTC; nothing to cancel"
         )
     scheduler = scheduler_for(record.system)
-    if record.scheduler_job_id:
-        scheduler.cancel(record.scheduler_job_id)
+    scheduler_job_id = record.scheduler_job_id
+    if scheduler_job_id is None:
+        work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
+        found = scheduler.abandon(scheduler_job_name(record.id), work_dir, record.created_at - NAME_LOOKUP_MARGIN)
+        scheduler_job_id = found.job_id if found else None
+    if scheduler_job_id:
+        scheduler.cancel(scheduler_job_id)
     transition = store.transition(
-        record.id, JobStatus.CANCELLED, JobUpdate(reason=reason, completed_at=utcnow())
+        record.id, JobStatus.CANCELLED, JobUpdate(reason=reason, completed_at=utcnow(), scheduler_job_id=scheduler_job_id)
     )
     return announce(store, scheduler, transition)
 

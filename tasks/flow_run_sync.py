@@ -31,6 +31,28 @@ from tasks.prefect_api import API_PAGE, read_every
 SUBMIT_FLOW = "submit-job"
 
 
+FINAL_STATE_TYPES = (StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED)
+
+
+def ended_flow_runs(flow_run_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these flow runs have ended (or are unknown to the server): their process can no
+    longer submit anything. One paged read, whatever their number.
+
+    Example:
+        ```python
+        ended_flow_runs({run_a, run_b})  # {run_b}
+        ```
+    """
+    ids = list(flow_run_ids)
+    alive: set[uuid.UUID] = set()
+    with get_client(sync_client=True) as client:
+        for start in range(0, len(ids), API_PAGE):
+            runs = FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + API_PAGE]))
+            alive |= {run.id for run in read_every(client.read_flow_runs, flow_run_filter=runs)
+                      if run.state is None or run.state.type not in FINAL_STATE_TYPES}
+    return flow_run_ids - alive
+
+
 @cluster_task
 def resume_runs_of_started_jobs() -> list[uuid.UUID]:
     """Resume every suspended `submit-job` run whose job no longer waits in the queue.

@@ -15,6 +15,7 @@ from blocks.clusters import (
 from blocks.database import open_job_store
 from blocks.jobs import BatchJob
 from tacc_jobs.agents import AGENTS_DIR
+from tacc_jobs.exceptions import JobAlreadyEnded, TaccOrchestratorError, TransientError
 from tacc_jobs.models import JobRecord, JobRequest, JobStatus, Plan
 from tacc_jobs.schedulers import JobSubmission
 from tacc_jobs.schedulers.job_script import (
@@ -24,6 +25,7 @@ from tacc_jobs.schedulers.job_script import (
 )
 from tacc_jobs.settings import get_settings
 from tacc_jobs.store import JobUpdate
+from tacc_jobs.tracking import NAME_LOOKUP_MARGIN, TrackingPolicy
 from tacc_jobs.walltime import utcnow
 from tasks.notifications import announce
 from tasks.policies import ONCE_PER_FLOW_RUN, cluster_task
@@ -59,12 +61,14 @@ def batch_job_for(record: JobRecord, request: JobRequest | None = None, plan: Pl
             stdout_path=paths.stdout,
             stderr_path=paths.stderr,
             sbatch_args=plan.sbatch_args if plan else [],
+            not_before=record.created_at - NAME_LOOKUP_MARGIN,
         ),
         progress_path=paths.progress,
         result_path=paths.result,
         time_limit_seconds=plan.wall_time.total_seconds() if plan else None,
         poll_min_seconds=poll_floor_seconds(record.system),
         poll_max_seconds=settings.poll_max_seconds,
+        tracking=TrackingPolicy.from_settings(settings),
     )
 
 
@@ -84,25 +88,49 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
         record.scheduler_job_id
         ```
     """
+    store = open_job_store()
+    current = store.get(record.id)
+    if current.status is not JobStatus.QUEUED:  # cancelled or abandoned meanwhile: submit nothing
+        raise JobAlreadyEnded(f"job {record.id} is {current.status.value} ({current.reason}); it is not submitted")
     job = batch_job_for(record, request, plan)
     if record.system != "local":
         transfer_for(record.system).push(AGENTS_DIR, agent_runtime(record.system).agent_home)
     run = job.trigger()
-    store = open_job_store()
     try:
         return store.transition(
             record.id, JobStatus.QUEUING,
             JobUpdate(scheduler_job_id=run.scheduler_job_id, work_dir=job.submission.work_dir),
         ).record
-    except Exception:  # cancelled meanwhile, or not recorded: an untracked job must not run and cost SUs
-        run.scheduler.cancel(run.scheduler_job_id)
+    except Exception:
+        current = store.get(record.id)
+        if current.scheduler_job_id == run.scheduler_job_id:  # a watch-jobs sweep adopted it first
+            return current
+        run.scheduler.cancel(run.scheduler_job_id)  # cancelled meanwhile, or not recorded: none runs untracked
         raise
 
 
-def fail_unsubmitted_job(record: JobRecord, reason: str) -> JobRecord:
-    """Record a job that never reached the scheduler (staging or submission failed) as FAILED."""
+def end_unsubmitted_job(record: JobRecord, error: BaseException, sbatch_attempted: bool) -> JobRecord:
+    """After staging or submission failed: FAILED when certainly nothing reached the scheduler
+    (staging failed first, or a permanent refusal such as sbatch rejecting the options);
+    otherwise (a lost answer, a time-out) the job stays QUEUED with the reason, for watch-jobs to
+    find by name or to end for certain. It is never marked FAILED on a guess.
+
+    Args:
+        record: The job.
+        error: What failed.
+        sbatch_attempted: Whether submission was under way (else staging failed before it).
+
+    Example:
+        ```python
+        end_unsubmitted_job(record, error, sbatch_attempted=True)
+        ```
+    """
     store = open_job_store()
-    if store.get(record.id).status.is_terminal:  # cancelled meanwhile: keep that
-        return store.get(record.id)
-    transition = store.transition(record.id, JobStatus.FAILED, JobUpdate(reason=reason, completed_at=utcnow()))
+    current = store.get(record.id)
+    if current.status is not JobStatus.QUEUED:  # submitted after all, cancelled, or ended meanwhile: keep that
+        return current
+    if sbatch_attempted and (isinstance(error, TransientError) or not isinstance(error, TaccOrchestratorError)):
+        reason = f"submission unconfirmed ({error}); watch-jobs will find the job by name or end this record"
+        return store.transition(record.id, JobStatus.QUEUED, JobUpdate(reason=reason)).record
+    transition = store.transition(record.id, JobStatus.FAILED, JobUpdate(reason=f"not submitted: {error}", completed_at=utcnow()))
     return announce(store, scheduler_for(record.system), transition)

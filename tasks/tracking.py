@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -11,7 +12,19 @@ from pydantic import BaseModel
 from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
 from tacc_jobs.models import JobRecord
-from tacc_jobs.tracking import JobObservation, TrackedJob, observe, record_observation
+from tacc_jobs.settings import get_settings
+from tacc_jobs.tracking import (
+    ADOPTED_REASON,
+    NEVER_SUBMITTED_REASON,
+    JobObservation,
+    TrackedJob,
+    TrackingPolicy,
+    observe,
+    reconcile_unsubmitted,
+    record_observation,
+)
+from tacc_jobs.walltime import utcnow
+from tasks.flow_run_sync import ended_flow_runs
 from tasks.notifications import announce
 from tasks.policies import cluster_task
 from tasks.submission import batch_job_for
@@ -36,7 +49,8 @@ def wait_for_job(record: JobRecord, pending_timeout: float | None = None) -> Job
     logger = get_run_logger()
     store = open_job_store()
     record = store.get(record.id)
-    run = batch_job_for(record).attach(record.scheduler_job_id or "")
+    job = batch_job_for(record)
+    run = job.attach(record.scheduler_job_id or "")
     artifact_id = create_progress_artifact(
         progress=record.progress * 100,
         key=f"job-{record.id}",
@@ -47,7 +61,7 @@ def wait_for_job(record: JobRecord, pending_timeout: float | None = None) -> Job
         nonlocal record
         for line in observation.log.splitlines()[-LOG_LINES_PER_POLL:]:
             logger.info("[%s %s] %s", record.system, record.scheduler_job_id, line)
-        transition = record_observation(store, record, observation)
+        transition = record_observation(store, record, observation, job.tracking)
         if transition is None:
             return
         if transition.moved or transition.record.reason != record.reason:
@@ -68,11 +82,18 @@ class SystemSweep(BaseModel):
     active: int
     changed: int
     statuses: dict[str, int]
+    adopted: int = 0
+    abandoned: int = 0
 
 
 @cluster_task
 def sweep_system(system: str) -> SystemSweep:
-    """Observe all active jobs of `system` in one scheduler call and record what changed.
+    """Observe all active jobs of `system` in one scheduler call and record what changed, as the
+    tracking policy reads it (requeues, unseen jobs, states not understood).
+
+    Before that, jobs recorded QUEUED with no scheduler id past a grace period (their submitter
+    may have died between `sbatch` and recording its answer) are looked up by name: adopted
+    when found, abandoned for certain when their flow run has ended or they are too old.
 
     Example:
         ```python
@@ -80,17 +101,34 @@ def sweep_system(system: str) -> SystemSweep:
         ```
     """
     logger = get_run_logger()
+    settings = get_settings()
+    policy = TrackingPolicy.from_settings(settings)
     store = open_job_store()
     scheduler = scheduler_for(system)
+    now = utcnow()
+    unsubmitted = store.unsubmitted(system, created_before=now - timedelta(seconds=settings.unsubmitted_grace_seconds))
+    ended_runs = ended_flow_runs({record.flow_run_id for record in unsubmitted if record.flow_run_id}) if unsubmitted else set()
+    settled = reconcile_unsubmitted(store, scheduler, unsubmitted, policy,
+                                    lambda record: record.flow_run_id is None or record.flow_run_id in ended_runs,
+                                    timedelta(seconds=settings.unsubmitted_timeout_seconds), now)
+    for transition in settled:
+        logger.warning("%s job %s: %s -> %s (%s)", system, transition.record.id, transition.previous.value,
+                       transition.record.status.value, transition.record.reason)
+        announce(store, scheduler, transition)
     records = store.active(system)
     observations = observe(scheduler, [TrackedJob.from_record(record) for record in records])
     changed, statuses = 0, Counter[str]()
     for record, observation in zip(records, observations):
-        transition = record_observation(store, record, observation)
-        now = transition.record if transition else record
-        statuses[now.status.value] += 1
+        if observation.not_understood:
+            logger.warning("%s job %s (%s): %s; its status is kept", system, record.scheduler_job_id, record.id, observation.reason)
+        transition = record_observation(store, record, observation, policy, now)
+        current = transition.record if transition else record
+        statuses[current.status.value] += 1
         if transition is not None and transition.moved:
             changed += 1
-            logger.info("%s job %s (%s): %s -> %s", system, now.scheduler_job_id, now.id, transition.previous.value, now.status.value)
+            logger.info("%s job %s (%s): %s -> %s", system, current.scheduler_job_id, current.id, transition.previous.value,
+                        current.status.value)
             announce(store, scheduler, transition)
-    return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses))
+    return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses),
+                       adopted=sum(t.record.reason == ADOPTED_REASON and t.moved for t in settled),
+                       abandoned=sum(t.record.reason == NEVER_SUBMITTED_REASON for t in settled))

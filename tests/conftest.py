@@ -19,6 +19,8 @@ from pydantic import BaseModel, SecretStr
 from sqlalchemy import Engine, create_engine
 
 from blocks.credentials import TaccCredentials
+from tacc_jobs.schedulers import SchedulerJobState
+from tacc_jobs.schedulers.local import LocalScheduler
 from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.ssh import SshConnection
 
@@ -85,6 +87,11 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, interval:
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def state_of(cluster: LocalScheduler, job_id: str) -> SchedulerJobState:
+    """One embedded-cluster job's state (its name, half of its identity, read from the cluster's record)."""
+    return cluster.states({job_id: cluster.load_job(job_id).name})[job_id]
 
 
 class Sandbox(BaseModel):

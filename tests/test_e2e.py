@@ -21,7 +21,7 @@ from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.schedulers.local import LocalScheduler
 from tacc_jobs.store import JobStore, migrate
 from tacc_jobs.store.engine import sqlite_engine
-from tests.conftest import POSTGRES_ADMIN_URL, REPO, Webhook, wait_until
+from tests.conftest import POSTGRES_ADMIN_URL, REPO, Webhook, state_of, wait_until
 
 PORT = 4317
 
@@ -101,7 +101,7 @@ def test_cancelling_a_deployment_run_cancels_its_scheduler_job(stack: dict[str, 
     cancel = prefect_cli(stack, "flow-run", "cancel", str(record.flow_run_id))
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     cluster = LocalScheduler(Path(stack["TACC_ORCH_HOME"]) / "local-cluster")
-    wait_until(lambda: cluster.states([record.scheduler_job_id])[record.scheduler_job_id].state.startswith("CANCELLED"), timeout=90, interval=1)
+    wait_until(lambda: state_of(cluster, record.scheduler_job_id).state.startswith("CANCELLED"), timeout=90, interval=1)
     assert wait_until(lambda: store.get(record.id).status is JobStatus.CANCELLED, timeout=30, interval=1)
     wait_until(lambda: read_flow_run(stack, record.flow_run_id)["state_type"] == "CANCELLED", timeout=90, interval=1)
 
@@ -111,11 +111,11 @@ def full_local_cluster(env: dict[str, str]) -> Iterator[LocalScheduler]:
     """Every node of the stack's embedded cluster taken by a sleeping job: new jobs wait in the queue."""
     cluster = LocalScheduler(Path(env["TACC_ORCH_HOME"]) / "local-cluster")
     work = Path(env["TACC_ORCH_HOME"]) / f"blocker-{uuid.uuid4().hex[:6]}"
-    blocker = cluster.submit(JobSubmission(name="blocker", script="#!/bin/bash\nsleep 600\n", work_dir=str(work),
+    blocker = cluster.submit(JobSubmission(name=f"blocker-{uuid.uuid4().hex[:8]}", script="#!/bin/bash\nsleep 600\n", work_dir=str(work),
                                            stdout_path=str(work / "out"), stderr_path=str(work / "err"),
                                            sbatch_args=["-p", "local-gpu", "-N", str(cluster.total_nodes), "-t", "00:15:00"]))
     try:
-        wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING", timeout=30)
+        wait_until(lambda: state_of(cluster, blocker).state == "RUNNING", timeout=30)
         yield cluster
     finally:
         cluster.cancel(blocker)
@@ -153,7 +153,7 @@ def test_a_queued_job_suspends_its_run_and_watch_jobs_resumes_it_without_a_secon
         record = suspended_submission(stack, user)
         sweep(stack)  # still queued: the run stays suspended
         assert read_flow_run(stack, record.flow_run_id)["state_name"] == "Suspended"
-    wait_until(lambda: cluster.states([record.scheduler_job_id])[record.scheduler_job_id].state != "PENDING", timeout=30)
+    wait_until(lambda: state_of(cluster, record.scheduler_job_id).state != "PENDING", timeout=30)
     sweep(stack)
     flow_run = wait_until(lambda: (run := read_flow_run(stack, record.flow_run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED") and run,
                           timeout=240, interval=1)
@@ -173,7 +173,7 @@ def test_cancelling_a_suspended_run_cancels_its_queued_job(stack: dict[str, str]
         cancel = prefect_cli(stack, "flow-run", "cancel", str(record.flow_run_id))
         assert cancel.returncode == 0, cancel.stdout + cancel.stderr
         sweep(stack)
-        assert cluster.states([record.scheduler_job_id])[record.scheduler_job_id].state.startswith("CANCELLED")
+        assert state_of(cluster, record.scheduler_job_id).state.startswith("CANCELLED")
         assert stack_store(stack).get(record.id).status is JobStatus.CANCELLED
 
 

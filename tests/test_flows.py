@@ -32,7 +32,7 @@ from tacc_jobs.exceptions import JobAlreadyEnded, JobFailed, PlanRefused
 from tacc_jobs.models import JobStatus
 from tacc_jobs.store import JobStore
 from tasks.cancellation import cancel_scheduler_job
-from tests.conftest import Webhook, wait_until
+from tests.conftest import Webhook, state_of, wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -44,7 +44,7 @@ def request(**fields: Any) -> dict[str, Any]:
 
 
 def scheduler_state(record) -> str:
-    return scheduler_for("local").states([record.scheduler_job_id])[record.scheduler_job_id].state
+    return state_of(scheduler_for("local"), record.scheduler_job_id).state
 
 
 def test_submit_job_runs_to_completed_with_real_progress_and_logs() -> None:

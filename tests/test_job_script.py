@@ -15,7 +15,7 @@ from tacc_jobs.planning.planner import PlanningContext, plan_request
 from tacc_jobs.schedulers import JobSubmission
 from tacc_jobs.schedulers.job_script import AgentRuntime, JobPaths, render_job_script
 from tacc_jobs.schedulers.local import LocalScheduler
-from tests.conftest import wait_until
+from tests.conftest import state_of, wait_until
 
 HOSTILE = "$(touch {marker}); `touch {marker}`; ' \" ; touch {marker} #"
 
@@ -50,9 +50,9 @@ def test_hostile_params_reach_the_agent_as_text(tmp_path: Path) -> None:
     dataset.mkdir(parents=True)
     (dataset / "chunk-000.csv").write_text("channel,real,imag\n1,1.0,0.5\n2,0.5,1.0\n")
     cluster = LocalScheduler(tmp_path / "cluster")
-    job_id = cluster.submit(JobSubmission(name="t", script=script, work_dir=paths.work_dir, stdout_path=paths.stdout,
+    job_id = cluster.submit(JobSubmission(name=f"t-{uuid.uuid4().hex[:8]}", script=script, work_dir=paths.work_dir, stdout_path=paths.stdout,
                                           stderr_path=paths.stderr, sbatch_args=["-p", "local-gpu", "-t", "00:01:00"]))
-    state = wait_until(lambda: (s := cluster.states([job_id])[job_id]).state in ("COMPLETED", "FAILED") and s)
+    state = wait_until(lambda: (s := state_of(cluster, job_id)).state in ("COMPLETED", "FAILED") and s)
     assert state.state == "COMPLETED", Path(paths.stderr).read_text()
     assert json.loads(Path(paths.params).read_text())["label"] == hostile
     assert not marker.exists()
@@ -72,7 +72,7 @@ def test_slurm_job_block_triggers_waits_and_fetches_the_result(tmp_path: Path) -
 
     def block(body: str) -> BatchJob:
         return BatchJob(system="local", progress_path=paths.progress, result_path=paths.result, poll_min_seconds=0.2,
-                        submission=JobSubmission(name="t", script=body, work_dir=paths.work_dir, stdout_path=paths.stdout,
+                        submission=JobSubmission(name=f"t-{uuid.uuid4().hex[:8]}", script=body, work_dir=paths.work_dir, stdout_path=paths.stdout,
                                                  stderr_path=paths.stderr, sbatch_args=["-p", "local-gpu", "-t", "00:01:00"]))
 
     run = block(script).trigger()
@@ -98,7 +98,7 @@ def test_slurm_job_run_returns_early_while_the_job_waits_in_the_queue(tmp_path: 
                              stderr_path=str(work / "err"), sbatch_args=["-p", "local-gpu", "-N", str(nodes), "-t", "00:01:00"])
 
     blocker = cluster.submit(submission("blocker", cluster.total_nodes))
-    wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING")
+    wait_until(lambda: state_of(cluster, blocker).state == "RUNNING")
     job = BatchJob(system="local", submission=submission("queued", 1), progress_path=str(tmp_path / "p"),
                    result_path=str(tmp_path / "r"), poll_min_seconds=0.2, poll_max_seconds=0.4)
     run = job.trigger()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from tacc_jobs.exceptions import PermanentSchedulerError
 from tacc_jobs.schedulers import SACCT_FIELDS, JobSubmission
 from tacc_jobs.schedulers.local import LocalScheduler
-from tests.conftest import wait_until
+from tests.conftest import state_of, wait_until
 
 ENDED = ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL")
 
@@ -23,8 +24,9 @@ def cluster(tmp_path: Path) -> LocalScheduler:
     return LocalScheduler(tmp_path / "cluster")
 
 
-def submission(cluster: LocalScheduler, body: str, *, time_limit: str = "00:01:00", nodes: int = 1, name: str = "t") -> JobSubmission:
-    work_dir = Path(cluster.scratch_root) / "jobs" / f"{name}-{len(list(Path(cluster.scratch_root).glob('jobs/*')))}"
+def submission(cluster: LocalScheduler, body: str, *, time_limit: str = "00:01:00", nodes: int = 1, name: str | None = None) -> JobSubmission:
+    name = name or f"t-{uuid.uuid4().hex[:12]}"
+    work_dir = Path(cluster.scratch_root) / "jobs" / name
     return JobSubmission(
         name=name, script=f"#!/bin/bash\n{body}\n", work_dir=str(work_dir),
         stdout_path=str(work_dir / "stdout.log"), stderr_path=str(work_dir / "stderr.log"),
@@ -33,7 +35,7 @@ def submission(cluster: LocalScheduler, body: str, *, time_limit: str = "00:01:0
 
 
 def final_state(cluster: LocalScheduler, job_id: str, timeout: float = 30):
-    return wait_until(lambda: (s := cluster.states([job_id])[job_id]).state.split()[0] in ENDED and s, timeout)
+    return wait_until(lambda: (s := state_of(cluster, job_id)).state.split()[0] in ENDED and s, timeout)
 
 
 def test_job_completes_with_output_and_times(cluster: LocalScheduler) -> None:
@@ -61,29 +63,29 @@ def test_wall_time_is_enforced(cluster: LocalScheduler) -> None:
 
 def test_jobs_wait_for_free_nodes_and_cancel_while_pending(cluster: LocalScheduler) -> None:
     blocker = cluster.submit(submission(cluster, "sleep 60", nodes=2))
-    wait_until(lambda: cluster.states([blocker])[blocker].state == "RUNNING")
+    wait_until(lambda: state_of(cluster, blocker).state == "RUNNING")
     waiting = cluster.submit(submission(cluster, "echo never"))
-    wait_until(lambda: cluster.states([waiting])[waiting].reason == "Resources")
-    assert cluster.states([waiting])[waiting].state == "PENDING"
+    wait_until(lambda: state_of(cluster, waiting).reason == "Resources")
+    assert state_of(cluster, waiting).state == "PENDING"
     assert [(q.queue, q.nodes_idle, q.gpus_idle) for q in cluster.resources()][0] == ("local-gpu", 0, 0)
     cluster.cancel(waiting)
     cluster.cancel(blocker)
     assert final_state(cluster, waiting).state.startswith("CANCELLED by ")
     assert final_state(cluster, blocker).state.startswith("CANCELLED by ")
-    assert cluster.states([waiting])[waiting].start is None
+    assert state_of(cluster, waiting).start is None
     assert not Path(cluster.load_job(waiting).stdout_path).exists()
 
 
 def test_cancel_while_running_kills_the_process_group(cluster: LocalScheduler, tmp_path: Path) -> None:
     marker = tmp_path / "survived"
     job_id = cluster.submit(submission(cluster, f"(sleep 3; touch {marker}) & sleep 60"))
-    wait_until(lambda: cluster.states([job_id])[job_id].state == "RUNNING")
+    wait_until(lambda: state_of(cluster, job_id).state == "RUNNING")
     cluster.cancel(job_id)
     state = final_state(cluster, job_id)
     assert state.state.startswith("CANCELLED") and state.end is not None
-    ended = cluster.states([job_id])[job_id]
+    ended = state_of(cluster, job_id)
     cluster.cancel(job_id)  # idempotent: nothing rewritten, nothing signalled
-    assert cluster.states([job_id])[job_id] == ended
+    assert state_of(cluster, job_id) == ended
     time.sleep(4)
     assert not marker.exists(), "a child of the cancelled job kept running"
 
@@ -96,7 +98,7 @@ def test_jobs_outlive_the_process_that_submitted_them(cluster: LocalScheduler) -
     )
     job_id = subprocess.run([sys.executable, "-c", script, str(cluster.root)], capture_output=True, text=True, check=True).stdout.strip()
     restarted = LocalScheduler(cluster.root)
-    assert restarted.states([job_id])[job_id].state in ("PENDING", "RUNNING")
+    assert state_of(restarted, job_id).state in ("PENDING", "RUNNING")
     assert final_state(restarted, job_id).state == "COMPLETED"
 
 
@@ -104,7 +106,8 @@ def test_states_reports_many_jobs_and_skips_unknown_ids(cluster: LocalScheduler)
     ids = [cluster.submit(submission(cluster, "true")) for _ in range(3)]
     for job_id in ids:
         final_state(cluster, job_id)
-    assert set(cluster.states([*ids, "999", "x; rm -rf /"])) == set(ids)
+    names = {job_id: cluster.load_job(job_id).name for job_id in ids}
+    assert set(cluster.states({**names, "999": "t", "x; rm -rf /": "t", ids[0]: "another-job"})) == set(ids[1:])
 
 
 def test_tacc_refusals(cluster: LocalScheduler) -> None:

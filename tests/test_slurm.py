@@ -30,9 +30,24 @@ def job(slurm: SlurmScheduler, body: str, *args: str, name: str | None = None, t
     )
 
 
+NAMES: dict[str, str] = {}
+"""Job id -> name of every job these tests submitted (a job's identity is both)."""
+
+
+def submit(slurm: SlurmScheduler, submission: JobSubmission) -> str:
+    """Submit, remembering the job's name."""
+    job_id = slurm.submit(submission)
+    NAMES[job_id] = submission.name
+    return job_id
+
+
+def state_of(slurm: SlurmScheduler, job_id: str):
+    return slurm.states({job_id: NAMES[job_id]}).get(job_id)
+
+
 def ended(slurm: SlurmScheduler, job_id: str, timeout: float = 60):
     def check():
-        state = slurm.states([job_id]).get(job_id)
+        state = state_of(slurm, job_id)
         return state if state and map_slurm_state(state.state, state.exit_code)[0].is_terminal else None
 
     return wait_until(check, timeout=timeout, interval=0.5)
@@ -46,7 +61,7 @@ def names_in_queue(sandbox: Sandbox, name: str) -> list[str]:
 
 def test_submit_over_ssh_and_poll_to_completed(slurm: SlurmScheduler) -> None:
     submission = job(slurm, 'echo "job $SLURM_JOB_ID in $SLURM_JOB_PARTITION"; sleep 1')
-    job_id = slurm.submit(submission)
+    job_id = submit(slurm, submission)
     state = ended(slurm, job_id)
     assert map_slurm_state(state.state, state.exit_code) == (JobStatus.COMPLETED, None)
     assert state.start is not None and state.end >= state.start and state.start.tzinfo is not None
@@ -56,22 +71,22 @@ def test_submit_over_ssh_and_poll_to_completed(slurm: SlurmScheduler) -> None:
 
 
 def test_failing_job_keeps_its_exit_code(slurm: SlurmScheduler) -> None:
-    state = ended(slurm, slurm.submit(job(slurm, "exit 3")))
+    state = ended(slurm, submit(slurm, job(slurm, "exit 3")))
     assert (state.state, state.exit_code) == ("FAILED", "3:0")
     assert map_slurm_state(state.state, state.exit_code) == (JobStatus.FAILED, "exit code 3")
 
 
 def test_job_over_its_wall_time_times_out(slurm: SlurmScheduler) -> None:
-    state = ended(slurm, slurm.submit(job(slurm, "sleep 300", time_limit="00:01:00")), timeout=150)
+    state = ended(slurm, submit(slurm, job(slurm, "sleep 300", time_limit="00:01:00")), timeout=150)
     assert map_slurm_state(state.state, state.exit_code) == (JobStatus.FAILED, "TIMEOUT")
 
 
 def test_cancel_while_pending_and_while_running(slurm: SlurmScheduler) -> None:
-    held = slurm.submit(job(slurm, "echo never", "--hold"))
-    running = slurm.submit(job(slurm, "sleep 120"))
-    pending = wait_until(lambda: slurm.states([held]).get(held))
+    held = submit(slurm, job(slurm, "echo never", "--hold"))
+    running = submit(slurm, job(slurm, "sleep 120"))
+    pending = wait_until(lambda: state_of(slurm, held))
     assert map_slurm_state(pending.state, reason=pending.reason) == (JobStatus.QUEUING, "JobHeldUser")
-    wait_until(lambda: slurm.states([running])[running].state == "RUNNING", timeout=30)
+    wait_until(lambda: state_of(slurm, running).state == "RUNNING", timeout=30)
     slurm.cancel(held)
     slurm.cancel(running)
     for job_id in (held, running):
@@ -104,11 +119,11 @@ def test_dropped_connection_after_sbatch_gives_exactly_one_job(sandbox: Sandbox)
     slurm = SlurmScheduler(transport, "ls6", f"/home/{sandbox.user}/scratch/drop-{uuid.uuid4().hex[:6]}")
     submission = job(slurm, "sleep 2")
     with pytest.raises(TransientSchedulerError):
-        slurm.submit(submission)
+        submit(slurm, submission)
     transport.inner = sandbox.connect()  # the retry logs in again
-    adopted = slurm.submit(submission)
+    adopted = submit(slurm, submission)
     assert names_in_queue(sandbox, submission.name) == [adopted]
-    assert slurm.submit(submission) == adopted
+    assert submit(slurm, submission) == adopted
     ended(slurm, adopted)
     transport.inner.close()
 
@@ -116,9 +131,9 @@ def test_dropped_connection_after_sbatch_gives_exactly_one_job(sandbox: Sandbox)
 def test_one_scheduler_command_per_poll_cycle(slurm: SlurmScheduler, sandbox_connection: SshConnection) -> None:
     counts = {}
     for active in (1, 20, 200):
-        ids = [slurm.submit(job(slurm, "sleep 30", "--hold")) for _ in range(active)]
+        ids = [submit(slurm, job(slurm, "sleep 30", "--hold")) for _ in range(active)]
         before = sandbox_connection.commands_run
-        states = slurm.states(ids)
+        states = slurm.states({job_id: NAMES[job_id] for job_id in ids})
         counts[active] = sandbox_connection.commands_run - before
         assert len(states) == active and all(s.state == "PENDING" for s in states.values())
         for job_id in ids:
@@ -127,12 +142,12 @@ def test_one_scheduler_command_per_poll_cycle(slurm: SlurmScheduler, sandbox_con
     # jobs that have left the queue: one squeue, then one sacct for all of them
     def accounted() -> bool:
         in_queue = set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
-        states = slurm.states(ids)
+        states = slurm.states({job_id: NAMES[job_id] for job_id in ids})
         return not set(ids) & in_queue and {s.state.split()[0] for s in states.values()} == {"CANCELLED"}
 
     wait_until(accounted, timeout=90, interval=1)
     before = sandbox_connection.commands_run
-    assert len(slurm.states(ids)) == 200
+    assert len(slurm.states({job_id: NAMES[job_id] for job_id in ids})) == 200
     assert sandbox_connection.commands_run - before == 2
 
 
@@ -142,26 +157,26 @@ def test_shell_injection_reaches_slurm_as_inert_text(slurm: SlurmScheduler, tmp_
     submission = job(slurm, f"printf '%s' {subprocess.list2cmdline([hostile])!s} >/dev/null; exit 0")
     work_dir = f"{slurm.scratch_root}/dir with $(touch {marker}) and ;"
     submission = submission.model_copy(update={"work_dir": work_dir, "stdout_path": f"{work_dir}/out `touch {marker}`.log"})
-    state = ended(slurm, slurm.submit(submission))
+    state = ended(slurm, submit(slurm, submission))
     assert state.state in ("COMPLETED", "FAILED")
     files = slurm.read_files({submission.stdout_path: 0, f"{marker}; touch {marker}": 0})
     assert files[f"{marker}; touch {marker}"].data == "", "the hostile path was read as a name, not run"
     with pytest.raises(PermanentSchedulerError, match="not a safe Slurm job name"):
-        slurm.submit(submission.model_copy(update={"name": f"x; touch {marker}"}))
+        submit(slurm, submission.model_copy(update={"name": f"x; touch {marker}"}))
     with pytest.raises(PermanentSchedulerError, match="not a Slurm job id"):
         slurm.cancel(f"1; touch {marker}")
-    assert slurm.states([f"1; touch {marker}"]) == {}
+    assert slurm.states({f"1; touch {marker}": "x"}) == {}
     assert not Path(marker).exists()
     assert Path(work_dir).is_dir()
 
 
 def test_permanent_errors_say_what_to_fix(slurm: SlurmScheduler) -> None:
     with pytest.raises(PermanentSchedulerError, match=r"(?s)Invalid account.*\(check the allocation"):
-        slurm.submit(job(slurm, "true", "-A", "nosuchproject"))
+        submit(slurm, job(slurm, "true", "-A", "nosuchproject"))
     with pytest.raises(PermanentSchedulerError, match=r"(?s)invalid partition.*\(the queue does not exist"):
-        slurm.submit(job(slurm, "true").model_copy(update={"sbatch_args": ["-p", "nosuchqueue", "-t", "00:01:00"]}))
+        submit(slurm, job(slurm, "true").model_copy(update={"sbatch_args": ["-p", "nosuchqueue", "-t", "00:01:00"]}))
     with pytest.raises(PermanentSchedulerError, match="time limit"):
-        slurm.submit(job(slurm, "true").model_copy(update={"sbatch_args": ["-p", "gpu-a100-dev", "-t", "03:00:00"]}))
+        submit(slurm, job(slurm, "true").model_copy(update={"sbatch_args": ["-p", "gpu-a100-dev", "-t", "03:00:00"]}))
 
 
 def test_refused_login_is_permanent_and_unreachable_host_transient(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -181,7 +196,7 @@ def test_resources_and_accounting(slurm: SlurmScheduler) -> None:
     assert queues["gpu-a100"].gpus_idle == queues["gpu-a100"].nodes_idle * 3
     start = datetime.now(timezone.utc) - timedelta(seconds=5)
     submission = job(slurm, "sleep 1")
-    job_id = slurm.submit(submission)
+    job_id = submit(slurm, submission)
     ended(slurm, job_id)
     # slurmdbd records a job's eligible time a moment after it ends; windowed sacct catches up
     def accounted() -> list[dict[str, str]]:

@@ -2,7 +2,6 @@
 
 import pytest
 
-from tacc_jobs.exceptions import UnknownSlurmState
 from tacc_jobs.models import JobStatus
 from tacc_jobs.schedulers.states import map_slurm_state
 
@@ -17,6 +16,8 @@ Q, R, C, F, X = JobStatus.QUEUING, JobStatus.RUNNING, JobStatus.COMPLETED, JobSt
         ("PENDING", None, "None", (Q, None)),
         ("CONFIGURING", None, None, (Q, "CONFIGURING")),
         ("REQUEUED", None, None, (Q, "REQUEUED")),
+        ("REQUEUE_HOLD", None, "JobHeldAdmin", (Q, "REQUEUE_HOLD")),
+        ("SPECIAL_EXIT", "3:0", None, (Q, "SPECIAL_EXIT")),
         ("RUNNING", None, None, (R, None)),
         ("R", None, None, (R, None)),
         ("COMPLETING", None, None, (R, None)),
@@ -40,7 +41,13 @@ def test_slurm_states(state: str, exit_code: str | None, reason: str | None, exp
     assert map_slurm_state(state, exit_code, reason) == expected
 
 
-@pytest.mark.parametrize("state", ["", "EXPLODED"])
-def test_unknown_states_are_reported(state: str) -> None:
-    with pytest.raises(UnknownSlurmState):
-        map_slurm_state(state)
+@pytest.mark.parametrize("state", ["NODE_FAIL", "PREEMPTED", "NF"])
+def test_an_end_slurm_may_requeue_is_waiting_while_the_controller_holds_the_job(state: str) -> None:
+    assert map_slurm_state(state, in_queue=True)[0] is Q
+    assert map_slurm_state(state, in_queue=False)[0] is F
+
+
+@pytest.mark.parametrize("state", ["", "EXPLODED", "LAUNCH_FAILED", "RECONFIG_FAIL", "POWER_UP_NODE", "UPDATE_DB", "EXPEDITING"])
+def test_unknown_states_keep_the_job_as_it_is_and_quote_slurm(state: str) -> None:
+    status, reason = map_slurm_state(state)
+    assert status is None and (state in (reason or "") or reason == "empty Slurm state")

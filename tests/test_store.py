@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import IntegrityError
 
 from tacc_jobs.exceptions import IllegalTransition, JobNotFound
 from tacc_jobs.models import JobRequest, JobStatus, parse_request
@@ -92,13 +91,14 @@ def test_racing_transitions_move_once(store: JobStore) -> None:
     assert sorted(outcomes) == [False, False, False, True]
 
 
-def test_scheduler_job_id_is_unique_per_system(store: JobStore) -> None:
-    first, second, other = create(store), create(store), create(store, system="frontera", gpu_count=4)
-    store.transition(first.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="55"))
-    store.transition(other.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="55"))
-    with pytest.raises(IntegrityError):
-        store.transition(second.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="55"))
-    assert store.find_by_scheduler_id("ls6", "55").id == first.id
+def test_a_reused_scheduler_job_id_is_another_job(store: JobStore) -> None:
+    """Slurm restarts its ids after a controller reset: an old record and a new one may share one."""
+    old, new = create(store), create(store)
+    store.transition(old.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="55"))
+    store.transition(old.id, JobStatus.COMPLETED)
+    assert store.transition(new.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="55")).moved
+    assert [record.id for record in store.active("ls6")] == [new.id]
+    assert store.get(old.id).status is JobStatus.COMPLETED
 
 
 def test_history_is_paginated(store: JobStore) -> None:

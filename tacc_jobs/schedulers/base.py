@@ -22,17 +22,25 @@ class JobSubmission(BaseModel):
     stdout_path: str
     stderr_path: str
     sbatch_args: list[str] = Field(description="Planned options, e.g. ['-p', 'gpu-a100', '-N', '2', ...]")
+    not_before: datetime | None = Field(
+        default=None, description="When the job was recorded: a look-up by name need not look earlier (a day when None)"
+    )
 
 
 class SchedulerJobState(BaseModel):
     """A job as the scheduler reports it, in Slurm's words."""
 
     job_id: str
+    name: str | None = Field(default=None, description="The job name (the idempotency key), where the answer gives it")
     state: str = Field(description="Slurm state, e.g. PENDING, RUNNING, 'CANCELLED by 1000'")
     reason: str | None = Field(default=None, description="Pending reason, e.g. Resources, Priority")
     exit_code: str | None = Field(default=None, description="Slurm's 'code:signal', e.g. '3:0'")
     start: datetime | None = None
     end: datetime | None = None
+    submit: datetime | None = Field(default=None, description="When the job (this attempt) was submitted")
+    in_queue: bool = Field(
+        default=False, description="Whether the controller still holds the job (squeue lists it): an end it shows may be followed by a requeue"
+    )
 
 
 class QueueResources(BaseModel):
@@ -55,7 +63,8 @@ class FileTail(BaseModel):
 class Scheduler(Protocol):
     """Submit, observe many jobs at once, cancel, account and show resources.
 
-    Every method is one round trip to the cluster, whatever the number of jobs.
+    Every method is one round trip to the cluster, whatever the number of jobs. A job's identity
+    is (system, scheduler job id, job name): ids repeat after a controller reset, names do not.
     """
 
     scratch_root: str
@@ -63,8 +72,16 @@ class Scheduler(Protocol):
     def submit(self, job: JobSubmission) -> str:
         """Write the script into `job.work_dir`, submit it, return the scheduler's job id."""
 
-    def states(self, job_ids: Sequence[str]) -> dict[str, SchedulerJobState]:
-        """The state of every listed job, in one call; unknown ids are left out."""
+    def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
+        """The state of every job (scheduler job id -> job name), in one call; a job the scheduler
+        does not know, or knows only under another name (a reused id), is left out."""
+
+    def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
+        """The newest job of each name submitted since `since`, in one call; names with none are left out."""
+
+    def abandon(self, name: str, work_dir: str, since: datetime) -> SchedulerJobState | None:
+        """Make sure no job of this name will run untracked: the job when one was submitted,
+        else None, and from then on a submission of the name is refused (atomic with `submit`)."""
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job; cancelling an ended job does nothing."""

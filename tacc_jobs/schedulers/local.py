@@ -36,6 +36,8 @@ from tacc_jobs.schedulers.base import (
 )
 from tacc_jobs.walltime import format_walltime, parse_walltime, utcnow
 
+ABANDONED = ".abandoned"
+"""In a job directory: watch-jobs ended the record before the job was submitted; never submit it."""
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 _SUPPORTED_OPTIONS = {"-p", "-N", "-t", "-A", "-J", "--ntasks-per-node", "-n"}
 
@@ -145,8 +147,12 @@ class LocalScheduler:
         work_dir = Path(job.work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         script_path = work_dir / "job.sbatch"
-        script_path.write_text(job.script)
-        with self.locked():
+        with self.locked():  # exactly once: a job of this name is adopted, an abandoned name refused
+            if (found := self._find_locked([job.name])).get(job.name):
+                return found[job.name].job_id
+            if (work_dir / ABANDONED).exists():
+                raise PermanentSchedulerError(f"sbatch: {job.name} was abandoned by watch-jobs (its record ended before the job was submitted)")
+            script_path.write_text(job.script)
             counter = self.root / "next_job_id"
             job_id = counter.read_text().strip() if counter.exists() else "1"
             counter.write_text(str(int(job_id) + 1))
@@ -182,26 +188,44 @@ class LocalScheduler:
             self.write_state(job_id, state)
         return job_id
 
-    def states(self, job_ids: Sequence[str]) -> dict[str, SchedulerJobState]:
-        """Every listed job's state, read from disk in one pass."""
+    def _state(self, job_id: str, name: str) -> SchedulerJobState:
+        state = self.read_state(job_id)
+        if state["state"] == "RUNNING" and not _alive(state.get("supervisor_pid")):
+            state = self.read_state(job_id)  # it may have recorded the end just before exiting
+            if state["state"] == "RUNNING":
+                state = {**state, "state": "NODE_FAIL", "reason": "supervisor lost"}
+        return SchedulerJobState(job_id=job_id, name=name, state=state["state"], reason=state.get("reason"),
+                                 exit_code=state.get("exit_code"), start=state.get("start"), end=state.get("end"))
+
+    def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
+        """Every listed job's state (id -> name; another name under the id is not that job), read from disk."""
         found = {}
-        for job_id in job_ids:
-            if not job_id.isdigit() or not (self.job_dir(job_id) / "state.json").exists():
-                continue
-            state = self.read_state(job_id)
-            if state["state"] == "RUNNING" and not _alive(state.get("supervisor_pid")):
-                state = self.read_state(job_id)  # it may have recorded the end just before exiting
-                if state["state"] == "RUNNING":
-                    state = {**state, "state": "NODE_FAIL", "reason": "supervisor lost"}
-            found[job_id] = SchedulerJobState(
-                job_id=job_id,
-                state=state["state"],
-                reason=state.get("reason"),
-                exit_code=state.get("exit_code"),
-                start=state.get("start"),
-                end=state.get("end"),
-            )
+        for job_id, name in jobs.items():
+            if job_id.isdigit() and (self.job_dir(job_id) / "state.json").exists() and self.load_job(job_id).name == name:
+                found[job_id] = self._state(job_id, name)
         return found
+
+    def _find_locked(self, names: Sequence[str]) -> dict[str, SchedulerJobState]:
+        wanted, found = set(names), {}
+        for job_id in self._job_ids():  # ascending ids: the newest job of a name wins
+            job = self.load_job(job_id)
+            if job.name in wanted:
+                found[job.name] = self._state(job_id, job.name)
+        return found
+
+    def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
+        """The newest job of each name (the embedded cluster keeps every job, so `since` needs no bound)."""
+        with self.locked():
+            return self._find_locked(names)
+
+    def abandon(self, name: str, work_dir: str, since: datetime) -> SchedulerJobState | None:
+        """Under the cluster lock: the job of this name, else fence the name against any later submit."""
+        with self.locked():
+            if found := self._find_locked([name]).get(name):
+                return found
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+            (Path(work_dir) / ABANDONED).touch()
+            return None
 
     def cancel(self, job_id: str) -> None:
         """Cancel a pending or running job (SIGTERM to its process group); ended or already

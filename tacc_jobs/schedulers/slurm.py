@@ -11,7 +11,7 @@ import base64
 import re
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from tacc_jobs.exceptions import (
@@ -27,21 +27,44 @@ from tacc_jobs.schedulers.base import (
     QueueResources,
     SchedulerJobState,
 )
-from tacc_jobs.schedulers.states import RUNNING_STATES, WAITING_STATES
+from tacc_jobs.schedulers.states import MAY_BE_REQUEUED, RUNNING_STATES, WAITING_STATES
+from tacc_jobs.walltime import utcnow
 
 JOB_ID = re.compile(r"\d+(?:_\d+)?")
 JOB_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SLURM_UNAVAILABLE = 75
 IN_QUEUE_STATES = WAITING_STATES | RUNNING_STATES
+ENDS_SQUEUE_TELLS_WHOLE = frozenset({"COMPLETED", "CANCELLED"})
+"""Ends squeue reports as fully as accounting (other ends need accounting's exit code)."""
+DEFAULT_LOOKBACK = timedelta(days=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-# Exactly once: look the job name (the idempotency key) up in squeue, then sacct; submit only
-# when neither knows it. A controller that cannot answer stops the submission (exit 75).
+# One line per job, the same fields from squeue and from sacct, the name last (it may hold '|').
+SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%V|%j"
+SACCT_FORMAT = "JobID,State,Reason,Start,End,Submit,JobName"
+
+# Exactly once, under every drop: each job name (the idempotency key) has a lock file in its job
+# directory. Holding it, the program looks the name up (squeue, then sacct since the job was
+# recorded) and submits only when neither knows it and watch-jobs has not abandoned the name. A
+# retry racing an sbatch still in flight waits for the lock, then finds that job. `abandon` takes
+# the same lock: it finds the job, or fences the name so that no later submission runs it. A
+# controller or accounting daemon that cannot answer stops the program (exit 75: retry).
 SUBMIT_PROGRAM = r"""
-name=$1 work_dir=$2 script=$3; shift 3
-found=$(squeue --me --noheader --states=all --name="$name" --format=%i) || exit 75
-[ -z "$found" ] && { found=$(sacct --noheader -X --parsable2 --name="$name" --format=JobID --starttime=now-30days) || exit 75; }
-if [ -n "$found" ]; then printf 'adopted %s\n' "$(printf '%s\n' "$found" | head -n1)"; exit 0; fi
-mkdir -p -- "$work_dir" && cat > "$script" && sbatch --parsable "$@" "$script"
+set -o pipefail
+mode=$1 name=$2 work_dir=$3 since=$4; shift 4
+mkdir -p -- "$work_dir" || exit 1
+exec 9>>"$work_dir/.submit.lock" || exit 1
+flock -w 600 9 || exit 75
+found=$(squeue --me --noheader --states=all --name="$name" --format="$SQUEUE_FORMAT") || exit 75
+if [ -z "$found" ]; then
+  found=$(sacct --noheader -X --parsable2 --name="$name" --starttime="$since" --format="$SACCT_FORMAT") || exit 75
+fi
+if [ -n "$found" ]; then printf 'found %s\n' "$(printf '%s\n' "$found" | sort -t'|' -k6,6 | tail -n1)"; exit 0; fi
+if [ "$mode" = abandon ]; then : > "$work_dir/.abandoned" && echo abandoned; exit; fi
+if [ -e "$work_dir/.abandoned" ]; then
+  echo "sbatch: $name was abandoned by watch-jobs (its record ended before the job was submitted)" >&2; exit 3
+fi
+cat > "$work_dir/job.sbatch" && sbatch --parsable "$@" "$work_dir/job.sbatch"
 """
 
 READ_FILES_PROGRAM = r"""
@@ -101,6 +124,20 @@ def _slurm_time(text: str) -> datetime | None:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
 
+def _sacct_time_argument(moment: datetime) -> str:
+    """A time for `sacct --starttime`, in UTC (every command runs with TZ=UTC)."""
+    return f"{moment.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}"
+
+
+def _parse_job_line(line: str, in_queue: bool) -> SchedulerJobState:
+    """One `SQUEUE_FORMAT`/`SACCT_FORMAT` line: id|state|reason|start|end|submit|name."""
+    job_id, state, reason, start, end, submit, name = (line.split("|", 6) + [""] * 6)[:7]
+    waiting = state in WAITING_STATES  # %S of a pending job is a forecast, %e of a running one too
+    return SchedulerJobState(job_id=job_id, name=name, state=state, reason=reason, in_queue=in_queue,
+                             start=None if waiting else _slurm_time(start),
+                             end=_slurm_time(end) if state not in IN_QUEUE_STATES else None, submit=_slurm_time(submit))
+
+
 class SlurmScheduler:
     """The scheduler interface on a Slurm cluster (TACC's, or the sandbox), over a transport.
 
@@ -121,40 +158,90 @@ class SlurmScheduler:
             raise scheduler_error(label or argv[0], completed)
         return completed.stdout
 
-    def submit(self, job: JobSubmission) -> str:
-        """Upload the script and `sbatch --parsable` it, once: a retry adopts the job it finds."""
-        if not JOB_NAME.fullmatch(job.name):
-            raise PermanentSchedulerError(f"job name {job.name!r} is not a safe Slurm job name")
-        script_path = f"{job.work_dir}/job.sbatch"
-        options = ["-J", job.name, "-o", job.stdout_path, "-e", job.stderr_path, "-D", job.work_dir, *job.sbatch_args]
-        output = self._run(["bash", "-c", SUBMIT_PROGRAM, "submit", job.name, job.work_dir, script_path, *options], stdin=job.script, label="sbatch")
+    def _submit_program(self, mode: str, name: str, work_dir: str, since: datetime, *options: str,
+                        script: str | None = None) -> SchedulerJobState | str | None:
+        """Run `SUBMIT_PROGRAM`: the job found by name, the new job's id, or None once abandoned."""
+        if not JOB_NAME.fullmatch(name):
+            raise PermanentSchedulerError(f"job name {name!r} is not a safe Slurm job name")
+        output = self._run(["env", f"SQUEUE_FORMAT={SQUEUE_FORMAT}", f"SACCT_FORMAT={SACCT_FORMAT}", "bash", "-c",
+                            SUBMIT_PROGRAM, mode, mode, name, work_dir, _sacct_time_argument(since), *options],
+                           stdin=script, label="sbatch" if mode == "submit" else "abandon")
         last = output.strip().splitlines()[-1] if output.strip() else ""
-        job_id = last.removeprefix("adopted ").split(";")[0].strip()
+        if last.startswith("found "):
+            return _parse_job_line(last.removeprefix("found "), in_queue=False)
+        if last == "abandoned":
+            return None
+        job_id = last.split(";")[0].strip()
         if not JOB_ID.fullmatch(job_id):
             raise SchedulerError(f"sbatch answered {output!r}, not a job id")
         return job_id
 
-    def states(self, job_ids: Sequence[str]) -> dict[str, SchedulerJobState]:
-        """One `squeue` for every job; one `sacct` for those that have left the queue."""
-        wanted = [job_id for job_id in job_ids if JOB_ID.fullmatch(job_id)]
+    def submit(self, job: JobSubmission) -> str:
+        """Upload the script and `sbatch --parsable` it, once: a retry adopts the job it finds."""
+        options = ["-J", job.name, "-o", job.stdout_path, "-e", job.stderr_path, "-D", job.work_dir, *job.sbatch_args]
+        since = job.not_before or utcnow() - DEFAULT_LOOKBACK
+        result = self._submit_program("submit", job.name, job.work_dir, since, *options, script=job.script)
+        assert result is not None
+        return result.job_id if isinstance(result, SchedulerJobState) else result
+
+    def abandon(self, name: str, work_dir: str, since: datetime) -> SchedulerJobState | None:
+        """Under the name's lock: the job found by name, else fence the name (no later submit runs it)."""
+        result = self._submit_program("abandon", name, work_dir, since)
+        assert not isinstance(result, str)
+        return result
+
+    def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
+        """One `squeue --name`, then one `sacct --name --starttime` for names squeue does not know."""
+        wanted = [name for name in names if JOB_NAME.fullmatch(name)]
+        found: dict[str, SchedulerJobState] = {}
+        for command, in_queue in ((["squeue", "--me", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}"], True),
+                                  (["sacct", "--noheader", "-X", "--parsable2", f"--starttime={_sacct_time_argument(since)}",
+                                    f"--format={SACCT_FORMAT}"], False)):
+            left = [name for name in wanted if name not in found]
+            if not left:
+                break
+            for line in self._run([*command, f"--name={','.join(left)}"]).splitlines():
+                state = _parse_job_line(line, in_queue)
+                newest = found.get(state.name or "")
+                if state.name in left and (newest is None or (state.submit or EPOCH) >= (newest.submit or EPOCH)):
+                    found[state.name] = state
+        return found
+
+    def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
+        """One `squeue` for every job; one `sacct` (bounded by the jobs' names) for those that left
+        the controller's queue. A job squeue saw complete or cancelled, but accounting does not
+        know yet (slurmdbd lags or is down), takes squeue's answer; another end waits for
+        accounting, which has its exit code."""
+        wanted = {job_id: name for job_id, name in jobs.items() if JOB_ID.fullmatch(job_id) and JOB_NAME.fullmatch(name)}
         if not wanted:
             return {}
         found: dict[str, SchedulerJobState] = {}
-        squeue = self._run(["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%r|%S"])
-        for line in squeue.splitlines():
-            job_id, state, reason, start = (line.split("|") + ["", "", ""])[:4]
-            if job_id in wanted and state in IN_QUEUE_STATES:
-                started = _slurm_time(start) if state not in WAITING_STATES else None  # %S of a pending job is a forecast
-                found[job_id] = SchedulerJobState(job_id=job_id, state=state, reason=reason, start=started)
+        ended_in_queue: dict[str, SchedulerJobState] = {}
+        for line in self._run(["squeue", "--me", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}"]).splitlines():
+            state = _parse_job_line(line, in_queue=True)
+            if wanted.get(state.job_id) != state.name:  # not ours, or an id reused by another job
+                continue
+            if state.state in IN_QUEUE_STATES or state.state in MAY_BE_REQUEUED:
+                found[state.job_id] = state
+            elif state.state in ENDS_SQUEUE_TELLS_WHOLE:
+                ended_in_queue[state.job_id] = state
         left = [job_id for job_id in wanted if job_id not in found]
         if left:
-            sacct = self._run(["sacct", "--noheader", "-X", "--parsable2", f"--jobs={','.join(left)}",
-                               "--format=JobID,State,ExitCode,Start,End,Reason"])
+            try:
+                sacct = self._run(["sacct", "--noheader", "-X", "--parsable2", f"--jobs={','.join(left)}",
+                                   f"--name={','.join(sorted({wanted[job_id] for job_id in left}))}",
+                                   "--format=JobID,State,ExitCode,Start,End,Reason,JobName"])
+            except TransientSchedulerError:
+                if any(job_id not in ended_in_queue for job_id in left):
+                    raise
+                sacct = ""
             for line in sacct.splitlines():
-                job_id, state, exit_code, start, end, reason = (line.split("|") + [""] * 5)[:6]
-                if job_id in left:
-                    found[job_id] = SchedulerJobState(job_id=job_id, state=state, exit_code=exit_code, reason=reason,
+                job_id, state, exit_code, start, end, reason, name = (line.split("|", 6) + [""] * 6)[:7]
+                if job_id in left and wanted[job_id] == name:
+                    found[job_id] = SchedulerJobState(job_id=job_id, name=name, state=state, exit_code=exit_code, reason=reason,
                                                       start=_slurm_time(start), end=_slurm_time(end))
+        for job_id, state in ended_in_queue.items():
+            found.setdefault(job_id, state)
         return found
 
     def cancel(self, job_id: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tacc_jobs.exceptions import UnknownSlurmState
 from tacc_jobs.models import JobStatus
 
 SHORT_CODES = {
@@ -12,15 +11,27 @@ SHORT_CODES = {
     "RH": "REQUEUE_HOLD", "RF": "REQUEUE_FED", "S": "SUSPENDED", "SO": "STAGE_OUT", "SI": "SIGNALING",
     "RS": "RESIZING", "RV": "REVOKED", "SE": "SPECIAL_EXIT", "ST": "STOPPED", "RD": "RESV_DEL_HOLD",
 }
-WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
+WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"})
+"""States of a job that waits, requeued ones included: SPECIAL_EXIT is a job held for requeue."""
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "SUSPENDED", "STOPPED"})
-_FAILED_WITH_OWN_REASON = {
-    "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT",
-}
+MAY_BE_REQUEUED = frozenset({"NODE_FAIL", "PREEMPTED"})
+"""Ends Slurm requeues by default: final only once the controller no longer holds the job."""
+_FAILED_WITH_OWN_REASON = {"TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED"}
 
 
-def map_slurm_state(state: str, exit_code: str | None = None, reason: str | None = None) -> tuple[JobStatus, str | None]:
+def map_slurm_state(state: str, exit_code: str | None = None, reason: str | None = None,
+                    in_queue: bool = False) -> tuple[JobStatus | None, str | None]:
     """Map a Slurm state (long form, short code, or `CANCELLED by <uid>`) to status and reason.
+
+    A state this mapping does not know gives no status (the job keeps the one it has: it is
+    never ended on a guess) and a reason quoting Slurm's raw text.
+
+    Args:
+        state: Slurm's state text.
+        exit_code: Slurm's `code:signal`.
+        reason: Slurm's pending reason.
+        in_queue: The controller still holds the job (squeue lists it), so NODE_FAIL or
+            PREEMPTED may be followed by a requeue: the job is waiting, not ended.
 
     Example:
         >>> map_slurm_state("FAILED", "3:0")
@@ -29,16 +40,22 @@ def map_slurm_state(state: str, exit_code: str | None = None, reason: str | None
         (<JobStatus.CANCELLED: 'CANCELLED'>, 'cancelled by uid 1000')
         >>> map_slurm_state("PD", reason="QOSMaxJobsPerUserLimit")
         (<JobStatus.QUEUING: 'QUEUING'>, 'QOSMaxJobsPerUserLimit')
+        >>> map_slurm_state("NODE_FAIL", in_queue=True)
+        (<JobStatus.QUEUING: 'QUEUING'>, 'NODE_FAIL: Slurm may requeue it')
+        >>> map_slurm_state("LAUNCH_FAILED")
+        (None, "unknown Slurm state 'LAUNCH_FAILED'")
     """
     words = state.strip().split()
     if not words:
-        raise UnknownSlurmState("empty Slurm state")
+        return None, "empty Slurm state"
     name = SHORT_CODES.get(words[0], words[0].rstrip("+"))
     if name in WAITING_STATES:
         pending_reason = reason if reason and reason not in {"None", "(null)"} else None
         return JobStatus.QUEUING, pending_reason if name == "PENDING" else name
     if name in RUNNING_STATES:
         return JobStatus.RUNNING, "SUSPENDED" if name in {"SUSPENDED", "STOPPED"} else None
+    if name in MAY_BE_REQUEUED and in_queue:
+        return JobStatus.QUEUING, f"{name}: Slurm may requeue it"
     if name == "COMPLETED":
         return JobStatus.COMPLETED, None
     if name == "CANCELLED":
@@ -48,7 +65,7 @@ def map_slurm_state(state: str, exit_code: str | None = None, reason: str | None
         return JobStatus.FAILED, _exit_reason(exit_code)
     if name in _FAILED_WITH_OWN_REASON:
         return JobStatus.FAILED, name
-    raise UnknownSlurmState(f"unknown Slurm state {state!r}")
+    return None, f"unknown Slurm state {state.strip()!r}"
 
 
 def _exit_reason(exit_code: str | None) -> str:

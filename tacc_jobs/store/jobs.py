@@ -43,6 +43,7 @@ class JobUpdate(BaseModel):
     result: dict[str, Any] | None = None
     notes: str | None = None
     charged_su: float | None = None
+    attempt: int | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
 
@@ -129,12 +130,6 @@ class JobStore:
                 jobs[flow_run_id].add(job_id)
         return jobs
 
-    def find_by_scheduler_id(self, system: str, scheduler_job_id: str) -> JobRecord | None:
-        """The job a scheduler knows as `scheduler_job_id` on `system`, if any."""
-        return self._first(
-            select(JobRow).where(JobRow.system == system, JobRow.scheduler_job_id == scheduler_job_id)
-        )
-
     def _first(self, query: Select[tuple[JobRow]]) -> JobRecord | None:
         with Session(self.engine) as session:
             row = session.scalars(query.limit(1)).first()
@@ -202,6 +197,22 @@ class JobStore:
             query = query.where(JobRow.system == system)
         with Session(self.engine) as session:
             return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+
+    def unsubmitted(self, system: str, created_before: datetime) -> list[JobRecord]:
+        """QUEUED jobs with no scheduler id, recorded before `created_before`, oldest first: jobs
+        whose submitter may have died between `sbatch` and recording its answer."""
+        query = select(JobRow).where(
+            JobRow.system == system, JobRow.status == JobStatus.QUEUED.value, JobRow.scheduler_job_id.is_(None),
+            JobRow.created_at < created_before,
+        )
+        with Session(self.engine) as session:
+            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+
+    def mark_unseen(self, job_id: uuid.UUID, since: datetime | None) -> None:
+        """Record since when the scheduler has not reported an active job (None: it is seen again)."""
+        noted = JobRow.unseen_since.is_(None) if since is not None else JobRow.unseen_since.is_not(None)
+        with self.engine.begin() as connection:  # a no-op when already so: the first unseen poll counts
+            connection.execute(update(JobRow).where(JobRow.id == job_id, noted).values(unseen_since=since))
 
     def active_count(self, user_id: str, system: str, queue: str) -> int:
         """How many of the user's jobs are in a queue now (submitted, not ended)."""
@@ -278,6 +289,7 @@ class JobStore:
             current = self.get(job_id)
             if current.status == status and status.is_terminal:
                 fields = {name: value for name, value in fields.items() if getattr(current, name) is None}
+            fields = {name: value for name, value in fields.items() if getattr(current, name) != value}  # write what changed
             if current.status == status and not fields:
                 return Transition(record=current, previous=current.status)
             if current.status != status and status not in ALLOWED_TRANSITIONS[current.status]:

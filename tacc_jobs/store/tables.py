@@ -51,7 +51,6 @@ class JobRow(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        UniqueConstraint("system", "scheduler_job_id", name="uq_jobs_system_scheduler_job_id"),
         Index("ix_jobs_user_id_created_at", "user_id", "created_at"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_scheduler_job_id", "scheduler_job_id"),
@@ -81,6 +80,8 @@ class JobRow(Base):
     work_dir: Mapped[str | None] = mapped_column(Text)
     flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     retention_days: Mapped[int | None] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    unseen_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
