@@ -30,7 +30,7 @@ def watch_jobs(system: System | None = None) -> list[SystemSweep]:
         watch_jobs()  # [SystemSweep(system='local', active=3, changed=1, ...)]
         ```
     """
-    systems = [system.value] if system else sorted({record.system for record in open_job_store().active()})
+    systems = [system.value] if system else sorted({record.system for record in open_job_store().unfinished()})
     sweeps = [sweep_system(name, return_state=True) for name in systems]  # one failing system stops none of the rest
     syncs = [cancel_jobs_of_cancelled_runs(return_state=True), resume_runs_of_started_jobs(return_state=True)]
     for state in [*sweeps, *syncs]:

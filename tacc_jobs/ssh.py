@@ -5,6 +5,11 @@ The first command opens a ControlMaster; later commands reuse it until `close()`
 `control_path`, commands reuse a master an operator opened interactively (answering MFA).
 Each command (a session on the master) runs inside `session_slot()`, so a cap on concurrent
 sessions per login host can span processes (Prefect's global concurrency limits do).
+
+A private key given as text never touches the disk: it goes through a pipe into an `ssh-agent`
+of the connection's own (only its public half is written, to pick it). `close()` stops the
+agent; an agent whose process was killed (SIGKILL leaves no chance to close) is stopped by the
+next connection made on the host, with its directory.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -24,7 +31,38 @@ from pydantic import SecretStr
 from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
 
 SSH_CONNECTION_FAILED = 255
+DIR_PREFIX, OWNER, AGENT_PID, AGENT_SOCKET = "tacc-ssh-", "owner.pid", "agent.pid", "agent.sock"
 _REFUSED_LOGIN = re.compile(r"Host key verification failed|Permission denied|REMOTE HOST IDENTIFICATION HAS CHANGED|No such file or directory")
+
+
+def stop_orphaned_agents() -> None:
+    """Stop the agents, and remove the directories, of connections whose process died unclosed."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
+        try:
+            owner = int((directory / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if process_alive(owner):
+            continue
+        try:
+            os.kill(int((directory / AGENT_PID).read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 class SshConnection:
@@ -55,8 +93,11 @@ class SshConnection:
         self.session_slot = session_slot
         self.command_timeout = command_timeout
         self.commands_run = 0
-        self._dir = Path(tempfile.mkdtemp(prefix="tacc-ssh-"))
+        stop_orphaned_agents()
+        self._dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
         os.chmod(self._dir, 0o700)
+        (self._dir / OWNER).write_text(str(os.getpid()))
+        self._agent: subprocess.Popen[bytes] | None = None
         self._owns_master = control_path is None
         options = {
             "BatchMode": "yes",
@@ -70,7 +111,10 @@ class SshConnection:
         }
         if known_hosts:
             options["UserKnownHostsFile"] = str(self._write_private("known_hosts", known_hosts + "\n"))
-        identity = self._write_private("id_key", private_key.get_secret_value().strip() + "\n") if private_key else private_key_path
+        identity = private_key_path
+        if private_key:
+            identity = self._start_agent(private_key)
+            options["IdentityAgent"] = str(self._dir / AGENT_SOCKET)
         if identity:
             options.update(IdentityFile=str(identity), IdentitiesOnly="yes")
         self._base = ["ssh", "-p", str(port), *(f"-o{key}={value}" for key, value in options.items()), f"{username}@{host}"]
@@ -84,6 +128,25 @@ class SshConnection:
     def target(self) -> str:
         """`user@host` of the login node."""
         return self._base[-1]
+
+    def _start_agent(self, private_key: SecretStr) -> Path:
+        """An ssh-agent holding the key (given on its standard input); the public half's path."""
+        socket = self._dir / AGENT_SOCKET
+        self._agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket)], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        (self._dir / AGENT_PID).write_text(str(self._agent.pid))
+        for _ in range(100):
+            if socket.exists():
+                break
+            time.sleep(0.05)
+        environment = {**os.environ, "SSH_AUTH_SOCK": str(socket)}
+        added = subprocess.run(["ssh-add", "-q", "-"], input=private_key.get_secret_value().strip().encode() + b"\n",
+                               env=environment, capture_output=True, timeout=30)
+        if added.returncode != 0:
+            self.close()
+            raise PermanentSchedulerError(f"ssh-add refused the private key: {added.stderr.decode(errors='replace').strip()}")
+        public = subprocess.run(["ssh-add", "-L"], env=environment, capture_output=True, text=True, timeout=30, check=True)
+        return self._write_private("id_key.pub", public.stdout)
 
     def _write_private(self, name: str, text: str) -> Path:
         path = self._dir / name
@@ -145,6 +208,9 @@ class SshConnection:
         """
         if self._owns_master:
             subprocess.run([*self.ssh_argv, "-O", "exit", self.target], capture_output=True, timeout=10)
+        if self._agent is not None:
+            self._agent.kill()
+            self._agent.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> SshConnection:

@@ -9,7 +9,7 @@ from prefect.client.schemas.objects import Flow, FlowRun, State
 
 from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
-from tacc_jobs.exceptions import JobAlreadyEnded
+from tacc_jobs.exceptions import IllegalTransition, JobAlreadyEnded
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.schedulers.job_script import JobPaths, scheduler_job_name
 from tacc_jobs.store import JobStore, JobUpdate
@@ -44,9 +44,12 @@ def cancel_stored_job(store: JobStore, record: JobRecord, reason: str) -> JobRec
         scheduler_job_id = found.job_id if found else None
     if scheduler_job_id:
         scheduler.cancel(scheduler_job_id)
-    transition = store.transition(
-        record.id, JobStatus.CANCELLED, JobUpdate(reason=reason, completed_at=utcnow(), scheduler_job_id=scheduler_job_id)
-    )
+    try:
+        transition = store.transition(
+            record.id, JobStatus.CANCELLED, JobUpdate(reason=reason, completed_at=utcnow(), scheduler_job_id=scheduler_job_id)
+        )
+    except IllegalTransition:  # it ended on its own between the read and the cancel
+        return cancel_stored_job(store, store.get(record.id), reason)
     return announce(store, scheduler, transition)
 
 

@@ -105,7 +105,7 @@ def cancel_jobs_of_cancelled_runs() -> list[uuid.UUID]:
     """
     store = open_job_store()
     by_flow_run: dict[uuid.UUID, list[JobRecord]] = defaultdict(list)
-    for record in store.active():
+    for record in store.unfinished():  # a job not yet recorded with an id is cancelled by name
         if record.flow_run_id is not None:
             by_flow_run[record.flow_run_id].append(record)
     cancelled_types = FlowRunFilterStateType(any_=[StateType.CANCELLED, StateType.CANCELLING])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 import stat
 import subprocess
+import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from blocks.credentials import TaccCredentials
 from flows.resources import cluster_resources
 from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
 from tacc_jobs.schedulers.slurm import scheduler_error
-from tests.conftest import Sandbox
+from tacc_jobs.ssh import process_alive
+from tests.conftest import REPO, Sandbox, wait_until
 
 
 def credentials(sandbox: Sandbox, **fields: object) -> TaccCredentials:
@@ -42,18 +45,45 @@ def test_fields_are_validated(field: str, value: str) -> None:
         TaccCredentials(**{"username": "jdoe", "host": "ls6.tacc.utexas.edu", field: value})
 
 
-def test_private_key_is_written_private_used_and_deleted(sandbox: Sandbox) -> None:
+def key_material_on_disk(key_text: str) -> list[Path]:
+    """Every file a connection wrote (its temporary directories) that holds the private key's text."""
+    body = "".join(key_text.strip().splitlines()[1:-1])[:64]
+    return [path for path in Path(tempfile.gettempdir()).glob("tacc-ssh-*/*")
+            if path.is_file() and body in path.read_text(errors="ignore").replace("\n", "")]
+
+
+def test_a_private_key_never_touches_the_disk(sandbox: Sandbox) -> None:
     key_text = sandbox.key.read_text()
     block = credentials(sandbox, private_key=SecretStr(key_text))
     assert key_text not in repr(block) and key_text not in str(block.model_dump())
     connection = block.get_client()
-    written = [path for path in Path(connection._dir).iterdir() if path.name == "id_key"]
-    assert len(written) == 1 and stat.S_IMODE(written[0].stat().st_mode) == 0o600
     assert stat.S_IMODE(Path(connection._dir).stat().st_mode) == 0o700
     assert connection.run(["whoami"]).stdout.strip() == sandbox.user
     assert all(key_text.strip() not in part for part in connection._base)
+    assert key_material_on_disk(key_text) == []
+    agent = connection._agent
     connection.close()
-    assert not Path(connection._dir).exists()
+    assert not Path(connection._dir).exists() and agent is not None and agent.poll() is not None
+
+
+def test_no_key_is_left_behind_after_sigkill(sandbox: Sandbox) -> None:
+    """Fault injection: the process holding a connection is killed with SIGKILL mid-use."""
+    key_text = sandbox.key.read_text()
+    code = ("import sys; from pathlib import Path; from pydantic import SecretStr; from tacc_jobs.ssh import SshConnection; "
+            "c = SshConnection(host=sys.argv[1], port=int(sys.argv[2]), username=sys.argv[3], private_key=SecretStr(Path(sys.argv[4]).read_text()), "
+            "known_hosts=Path(sys.argv[5]).read_text().strip()); c.run(['true']); print(c._dir, flush=True); "
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    child = subprocess.run([sys.executable, "-c", code, sandbox.host, str(sandbox.port), sandbox.user, str(sandbox.key), str(sandbox.known_hosts)],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert child.returncode == -9, child.stderr
+    left = Path(child.stdout.strip())
+    agent = int((left / "agent.pid").read_text())
+    on_disk = key_material_on_disk(key_text)
+    print(f"after SIGKILL: key files on disk={len(on_disk)}, directory left={left.exists()}")
+    assert on_disk == []
+    with credentials(sandbox, private_key_path=sandbox.key).get_client():  # the next connection stops the orphaned agent
+        assert not left.exists()
+        wait_until(lambda: not process_alive(agent), timeout=10)
 
 
 def test_commands_reuse_one_master_connection(sandbox: Sandbox) -> None:

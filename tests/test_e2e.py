@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -165,6 +166,33 @@ def test_a_queued_job_suspends_its_run_and_watch_jobs_resumes_it_without_a_secon
     states = httpx.get(f"{stack['PREFECT_API_URL']}/flow_run_states/", params={"flow_run_id": str(record.flow_run_id)}, timeout=30).json()
     names = [state["name"] for state in sorted(states, key=lambda state: state["timestamp"])]
     assert names.index("Suspended") < names.index("Resuming") < names.index("Completed"), names
+
+
+def test_a_worker_killed_while_its_run_is_suspended_then_the_run_completes_once(stack: dict[str, str]) -> None:
+    """Fault injection: the worker dies (SIGKILL) while its run is suspended; a new worker starts;
+    watch-jobs resumes the run when its job starts, and it completes with one scheduler job."""
+    user = f"e2e{uuid.uuid4().hex[:6]}"
+    pid_file = Path(stack["TACC_ORCH_HOME"]) / "stack" / "worker.pid"
+    with full_local_cluster(stack) as cluster:
+        record = suspended_submission(stack, user)
+        worker = int(pid_file.read_text())
+        os.killpg(worker, signal.SIGKILL)
+        wait_until(lambda: subprocess.run(["kill", "-0", str(worker)], capture_output=True).returncode != 0, timeout=30)
+        assert read_flow_run(stack, record.flow_run_id)["state_name"] == "Suspended"
+    up = subprocess.run([str(REPO / "scripts" / "stack.sh"), "up"], env=stack, capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0 and int(pid_file.read_text()) != worker, up.stdout + up.stderr
+    wait_until(lambda: state_of(cluster, record.scheduler_job_id).state != "PENDING", timeout=30)
+    sweep(stack)
+    flow_run = wait_until(lambda: (run := read_flow_run(stack, record.flow_run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED") and run,
+                          timeout=240, interval=1)
+    store = stack_store(stack)
+    name = scheduler_job_name(record.id)
+    jobs = [job.name for job in cluster.jobs_dir.iterdir() if cluster.load_job(job.name).name == name]
+    print(f"worker kill -9 while suspended: duplicate_jobs={len(jobs) - 1}, records={store.history(user).total}, "
+          f"run={flow_run['state_type']}, record={store.get(record.id).status.value}")
+    assert flow_run["state_type"] == "COMPLETED", flow_run
+    assert jobs == [record.scheduler_job_id] and store.history(user).total == 1
+    assert store.get(record.id).status is JobStatus.COMPLETED
 
 
 def test_cancelling_a_suspended_run_cancels_its_queued_job(stack: dict[str, str]) -> None:

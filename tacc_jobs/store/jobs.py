@@ -198,6 +198,12 @@ class JobStore:
         with Session(self.engine) as session:
             return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
 
+    def unfinished(self) -> list[JobRecord]:
+        """Every job that has not ended, submitted or not (QUEUED, QUEUING, RUNNING), oldest first."""
+        query = select(JobRow).where(JobRow.status.in_([status.value for status in ACTIVE_STATUSES]))
+        with Session(self.engine) as session:
+            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+
     def unsubmitted(self, system: str, created_before: datetime) -> list[JobRecord]:
         """QUEUED jobs with no scheduler id, recorded before `created_before`, oldest first: jobs
         whose submitter may have died between `sbatch` and recording its answer."""

@@ -1,0 +1,378 @@
+"""Fault injection: each tracking promise (exactly once, no orphan, no false FAILED, nothing left
+active) against real processes: the sandbox's slurmctld, slurmdbd and sshd, the PostgreSQL
+server, a Prefect server, and submitting processes killed with SIGKILL.
+
+Every scenario ends with an audit against Slurm itself (squeue and sacct as root) that prints
+its figures: duplicate Slurm jobs, untracked Slurm jobs, records stuck active, false FAILED.
+Each must be zero. The figures are also appended to tests/artifacts/faults.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import get_client
+from prefect.logging import disable_run_logger
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelling
+
+from blocks.database import open_job_store
+from flows.submit import submit_job
+from tacc_jobs.exceptions import TransientError
+from tacc_jobs.models import JobRecord, JobStatus
+from tacc_jobs.schedulers import JobSubmission
+from tacc_jobs.schedulers.job_script import scheduler_job_name
+from tacc_jobs.schedulers.slurm import SlurmScheduler
+from tacc_jobs.store import JobStore
+from tasks.flow_run_sync import cancel_jobs_of_cancelled_runs
+from tasks.tracking import SystemSweep, sweep_system
+from tests.conftest import REPO, Sandbox, wait_until
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "ls6_block")
+
+FAULTS = Path("/tmp/tacc-faults")
+WRAPPER = Path("/usr/local/bin/sbatch")  # before /usr/bin in sshd's PATH: the remote programs run it
+SLOW_SBATCH = """#!/bin/bash
+# Installed by tests/test_faults.py for its run only: Slurm's sbatch, slowed before or after
+# it submits when the test asks (so an answer can be lost with the job already in the queue).
+sleep "$(cat /tmp/tacc-faults/sbatch-before 2>/dev/null || echo 0)"
+/usr/bin/sbatch "$@"; status=$?
+sleep "$(cat /tmp/tacc-faults/sbatch-after 2>/dev/null || echo 0)"
+exit $status
+"""
+SANDBOX_SCRIPT = REPO / "scripts" / "slurm-sandbox.sh"
+FIGURES = REPO / "tests" / "artifacts" / "faults.txt"
+
+
+def request(user: str, seconds_per_chunk: float = 0.5, **fields: Any) -> dict[str, Any]:
+    """An AlphaCal job on the sandbox (`ls6`): 8 chunks, `seconds_per_chunk` each."""
+    return {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 3, "max_runtime": "00:10:00",
+            "user_id": user, "system": "ls6", "params": {"rfi_strategy": "high", "step_seconds": seconds_per_chunk}, **fields}
+
+
+@pytest.fixture
+def slow_sbatch() -> Iterator[Callable[[float, float], None]]:
+    """Slow the sandbox's sbatch down: `slow(before, after)` seconds around the real submission."""
+    FAULTS.mkdir(mode=0o755, exist_ok=True)
+    WRAPPER.write_text(SLOW_SBATCH)
+    WRAPPER.chmod(0o755)
+
+    def slow(before: float, after: float) -> None:
+        (FAULTS / "sbatch-before").write_text(str(before))
+        (FAULTS / "sbatch-after").write_text(str(after))
+
+    try:
+        yield slow
+    finally:
+        WRAPPER.unlink(missing_ok=True)
+        slow(0, 0)
+
+
+def slurm_jobs(names: list[str]) -> dict[str, set[str]]:
+    """Name -> every Slurm job id of that name, from the controller and from accounting (as root)."""
+    jobs: dict[str, set[str]] = {name: set() for name in names}
+    listing = ",".join(names)
+    queue = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={listing}", "--format=%i|%j"], capture_output=True, text=True)
+    accounted = subprocess.run(["sacct", "--allusers", "--noheader", "-X", "--parsable2", f"--name={listing}", "--starttime=now-1days",
+                                "--format=JobID,JobName"], capture_output=True, text=True)
+    for line in (queue.stdout + accounted.stdout).splitlines():
+        job_id, _, name = line.partition("|")
+        if name in jobs:
+            jobs[name].add(job_id)
+    return jobs
+
+
+def slurm_final_state(job_id: str, name: str) -> str:
+    """Accounting's last word on a job (bounded by its name: ids repeat)."""
+    output = subprocess.run(["sacct", "--allusers", "--noheader", "-X", "--parsable2", f"--jobs={job_id}", f"--name={name}",
+                             "--format=State"], capture_output=True, text=True).stdout.split("\n")
+    return output[0].split()[0] if output and output[0] else ""
+
+
+def audit(scenario: str, store: JobStore, records: list[JobRecord], **extra: object) -> dict[str, object]:
+    """Compare the records with Slurm; print and keep the figures; every one must be zero."""
+    current = [store.get(record.id) for record in records]
+    jobs = slurm_jobs([scheduler_job_name(record.id) for record in current])
+    figures: dict[str, object] = {
+        "duplicate_slurm_jobs": sum(max(0, len(ids) - 1) for ids in jobs.values()),
+        "untracked_slurm_jobs": sum(1 for record in current for job_id in jobs[scheduler_job_name(record.id)]
+                                    if job_id != record.scheduler_job_id),
+        "records_stuck_active": sum(1 for record in current if not record.status.is_terminal),
+        "false_failed": sum(1 for record in current if record.status is JobStatus.FAILED and record.scheduler_job_id
+                            and slurm_final_state(record.scheduler_job_id, scheduler_job_name(record.id)) == "COMPLETED"),
+    }
+    line = f"{scenario}: " + ", ".join(f"{key}={value}" for key, value in {**figures, **extra}.items())
+    print(line)
+    FIGURES.parent.mkdir(exist_ok=True)
+    with FIGURES.open("a") as handle:
+        handle.write(line + "\n")
+    assert all(value == 0 for value in figures.values()), line
+    return figures
+
+
+def sweep() -> SystemSweep | None:
+    """One watch-jobs sweep of the sandbox (`ls6`); None when it failed transiently (retried later)."""
+    with disable_run_logger():
+        try:
+            return sweep_system.fn("ls6")
+        except TransientError:
+            return None
+
+
+def sweep_until_ended(store: JobStore, records: list[JobRecord], timeout: float = 240) -> list[JobRecord]:
+    """Sweep every few seconds, as watch-jobs does every minute, until every record has ended."""
+    def ended() -> list[JobRecord] | None:
+        sweep()
+        current = [store.get(record.id) for record in records]
+        return current if all(record.status.is_terminal for record in current) else None
+
+    return wait_until(ended, timeout=timeout, interval=2)  # type: ignore[return-value]
+
+
+def daemon(name: str, action: str) -> None:
+    """Stop (`kill`, as a crash would) or start (the sandbox script) one of the sandbox's daemons."""
+    if action == "stop":
+        subprocess.run(["pkill", "-KILL", "-x", name], check=False)
+        wait_until(lambda: subprocess.run(["pgrep", "-x", name], capture_output=True).returncode != 0, timeout=30)
+    else:
+        up = subprocess.run([str(SANDBOX_SCRIPT), "up"], capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+
+
+def scontrol(*args: str) -> None:
+    done = subprocess.run(["scontrol", *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"scontrol {' '.join(args)}: {done.stderr}"
+
+
+def start_now(job_id: str) -> None:
+    """A requeued job waits for its begin time (a minute or two); let it start now if it still waits."""
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
+
+
+def submitted(user: str, **request_fields: Any) -> JobRecord:
+    """submit_job(wait=False) on the sandbox: the job is recorded with its scheduler id."""
+    record = submit_job(request(user, **request_fields), wait=False)
+    assert record.scheduler_job_id
+    return record
+
+
+def running(store: JobStore, record: JobRecord) -> JobRecord:
+    return wait_until(lambda: sweep() and (now := store.get(record.id)).status is JobStatus.RUNNING and now, timeout=120, interval=1)  # type: ignore[return-value]
+
+
+def child_submitter(user: str, wait: bool = False, seconds_per_chunk: float = 0.3) -> subprocess.Popen[str]:
+    """A separate Python process running submit_job on the sandbox, as a worker would."""
+    code = ("import json, sys; from flows.submit import submit_job; "
+            f"submit_job(json.loads(sys.argv[1]), wait={wait})")
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(request(user, seconds_per_chunk))], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def in_squeue_with_record(store: JobStore, user: str) -> JobRecord:
+    """The user's record once its job is visible in squeue (its answer still held back)."""
+    def visible() -> JobRecord | None:
+        items = store.history(user).items
+        return items[0] if items and slurm_jobs([scheduler_job_name(items[0].id)])[scheduler_job_name(items[0].id)] else None
+
+    return wait_until(visible, timeout=120, interval=0.5)  # type: ignore[return-value]
+
+
+def test_submitter_killed_right_after_sbatch_is_adopted_by_one_sweep(slow_sbatch: Callable[[float, float], None],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    store, user = open_job_store(), f"kill{uuid.uuid4().hex[:6]}"
+    slow_sbatch(0, 30)  # the job is queued, the answer held back 30 s
+    child = child_submitter(user)
+    record = in_squeue_with_record(store, user)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    slow_sbatch(0, 0)
+    orphan = store.get(record.id)
+    assert (orphan.status, orphan.scheduler_job_id) == (JobStatus.QUEUED, None), "the kill came after the record was written"
+    monkeypatch.setenv("TACC_ORCH_UNSUBMITTED_GRACE_SECONDS", "0")
+    result = sweep()
+    assert result is not None and result.adopted == 1
+    adopted = store.get(record.id)
+    expected = slurm_jobs([scheduler_job_name(record.id)])[scheduler_job_name(record.id)]
+    assert {adopted.scheduler_job_id} == expected and adopted.status in (JobStatus.QUEUING, JobStatus.RUNNING, JobStatus.COMPLETED)
+    final = sweep_until_ended(store, [record])[0]
+    assert final.status is JobStatus.COMPLETED, final
+    assert store.su_committed(user) == final.charged_su, "only the real charge counts against the budget"
+    audit("submitter kill -9 after sbatch, one sweep", store, [record])
+
+
+@pytest.mark.parametrize("held", ["before", "after"])
+def test_ssh_dropped_while_sbatch_is_in_flight_then_the_retry_makes_one_job(
+        held: str, sandbox: Sandbox, slow_sbatch: Callable[[float, float], None]) -> None:
+    slow_sbatch(*((4, 0) if held == "before" else (0, 4)))
+    connection = sandbox.connect()
+    connection.command_timeout = 2  # ssh is killed while the remote program sleeps around sbatch
+    slurm = SlurmScheduler(connection, "ls6", f"/home/{sandbox.user}/scratch/faults-{uuid.uuid4().hex[:6]}")
+    name = f"tacc-{uuid.uuid4()}"
+    submission = JobSubmission(name=name, script="#!/bin/bash\nsleep 1\n", work_dir=f"{slurm.scratch_root}/{name}",
+                               stdout_path=f"{slurm.scratch_root}/{name}/out", stderr_path=f"{slurm.scratch_root}/{name}/err",
+                               sbatch_args=["-p", "gpu-a100", "-N", "1", "-t", "00:02:00"])
+    with pytest.raises(TransientError):
+        slurm.submit(submission)
+    connection.command_timeout = 120  # the retry waits on the name's lock for the first program
+    job_id = slurm.submit(submission)
+    slow_sbatch(0, 0)
+    jobs = wait_until(lambda: (found := slurm_jobs([name])[name]) and found, timeout=30)
+    connection.close()
+    assert jobs == {job_id}
+    print(f"ssh dropped {held} sbatch ran, then the retry: slurm_jobs={len(jobs)}")
+
+
+def test_two_concurrent_submitters_of_one_job_make_one_job(sandbox: Sandbox, slow_sbatch: Callable[[float, float], None]) -> None:
+    slow_sbatch(0, 3)
+    scratch = f"/home/{sandbox.user}/scratch/faults-{uuid.uuid4().hex[:6]}"
+    name = f"tacc-{uuid.uuid4()}"
+    submission = JobSubmission(name=name, script="#!/bin/bash\nsleep 1\n", work_dir=f"{scratch}/{name}", stdout_path=f"{scratch}/{name}/out",
+                               stderr_path=f"{scratch}/{name}/err", sbatch_args=["-p", "gpu-a100", "-N", "1", "-t", "00:02:00"])
+    answers: list[str] = []
+    connections = [sandbox.connect(), sandbox.connect()]
+    threads = [threading.Thread(target=lambda c=c: answers.append(SlurmScheduler(c, "ls6", scratch).submit(submission))) for c in connections]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for connection in connections:
+        connection.close()
+    assert len(answers) == 2 and len(set(answers)) == 1
+    assert slurm_jobs([name])[name] == set(answers)
+    print(f"two concurrent submitters: answers={answers}, slurm_jobs={len(slurm_jobs([name])[name])}")
+
+
+def test_slurmctld_restarted_while_jobs_wait_and_run() -> None:
+    store, user = open_job_store(), f"ctld{uuid.uuid4().hex[:6]}"
+    run_job, wait_job = submitted(user, seconds_per_chunk=2), submitted(user, seconds_per_chunk=0.3)
+    scontrol("hold", wait_job.scheduler_job_id)
+    running(store, run_job)
+    daemon("slurmctld", "stop")
+    failed_sweeps = sum(sweep() is None for _ in range(2))  # the controller is down: nothing changes
+    assert all(not store.get(r.id).status.is_terminal for r in (run_job, wait_job))
+    daemon("slurmctld", "start")
+    scontrol("release", wait_job.scheduler_job_id)
+    sweep_until_ended(store, [run_job, wait_job])
+    audit("slurmctld restarted while jobs wait and run", store, [run_job, wait_job], sweeps_failed_while_down=failed_sweeps)
+
+
+def test_slurmdbd_down_while_jobs_end_then_back_two_minutes_later() -> None:
+    store, user = open_job_store(), f"dbd{uuid.uuid4().hex[:6]}"
+    records = [submitted(user, seconds_per_chunk=0.5) for _ in range(2)]
+    for record in records:
+        running(store, record)
+    daemon("slurmdbd", "stop")
+    try:
+        down_since = time.monotonic()
+        while time.monotonic() - down_since < 120:  # the jobs end meanwhile; squeue forgets them after MinJobAge
+            sweep()
+            assert not any(store.get(r.id).status is JobStatus.FAILED for r in records), "a false FAILED while slurmdbd is down"
+            time.sleep(10)
+    finally:
+        daemon("slurmdbd", "start")
+    sweep_until_ended(store, records)
+    audit("slurmdbd stopped while jobs end, started 2 min later", store, records)
+
+
+def test_scontrol_requeue_of_a_running_job_is_attempt_two_then_completed() -> None:
+    store, user = open_job_store(), f"rq{uuid.uuid4().hex[:6]}"
+    record = submitted(user, seconds_per_chunk=1.5)
+    running(store, record)
+    scontrol("requeue", record.scheduler_job_id)
+    requeued = wait_until(lambda: sweep() and (now := store.get(record.id)).attempt == 2 and now, timeout=60, interval=1)
+    assert requeued.status in (JobStatus.QUEUING, JobStatus.RUNNING), requeued
+    start_now(record.scheduler_job_id)
+    final = sweep_until_ended(store, [record])[0]
+    assert (final.status, final.attempt) == (JobStatus.COMPLETED, 2), final
+    audit("scontrol requeue of a running job", store, [record], attempts=final.attempt)
+
+
+def test_a_node_set_down_under_a_running_job_is_followed_to_its_end() -> None:
+    store, user = open_job_store(), f"down{uuid.uuid4().hex[:6]}"
+    record = submitted(user, seconds_per_chunk=1.5)
+    running(store, record)
+    node = subprocess.run(["sinfo", "--noheader", "--format=%n"], capture_output=True, text=True, check=True).stdout.split()[0]
+    scontrol("update", f"nodename={node}", "state=down", "reason=tacc-orchestrator fault test")
+    try:
+        wait_until(lambda: sweep() and store.get(record.id).status is JobStatus.QUEUING, timeout=60, interval=1)
+        assert store.get(record.id).status is not JobStatus.FAILED
+    finally:  # slurmd re-registers the node by itself (ReturnToService=2); resume it if it has not
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+    start_now(record.scheduler_job_id)
+    final = sweep_until_ended(store, [record])[0]
+    assert final.status is JobStatus.COMPLETED and final.attempt == 2, final
+    audit("a node set DOWN under a running job", store, [record], attempts=final.attempt)
+
+
+def test_slurm_job_ids_restarted_after_the_controller_state_is_cleared() -> None:
+    store, user = open_job_store(), f"ids{uuid.uuid4().hex[:6]}"
+    old = sweep_until_ended(store, [submitted(user, seconds_per_chunk=0.1)])[0]
+    old_rows = slurm_jobs([scheduler_job_name(old.id)])
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout.splitlines()
+    state_dir = Path(next(line.split("=", 1)[1].strip() for line in config if line.startswith("StateSaveLocation")))
+    daemon("slurmctld", "stop")
+    for entry in state_dir.iterdir():  # the controller forgets every job: ids start again at 1
+        subprocess.run(["rm", "-rf", str(entry)], check=True)
+    daemon("slurmctld", "start")
+    new = submitted(user, seconds_per_chunk=0.1)
+    assert int(new.scheduler_job_id) < int(old.scheduler_job_id), "the ids restarted"
+    final = sweep_until_ended(store, [new])[0]
+    assert final.status is JobStatus.COMPLETED
+    again = store.get(old.id)
+    assert (again.status, again.scheduler_job_id, again.charged_su) == (old.status, old.scheduler_job_id, old.charged_su)
+    assert slurm_jobs([scheduler_job_name(old.id)]) == old_rows, "accounting keeps the old job"
+    audit("Slurm job ids restarted (controller state cleared)", store, [old, new], new_id=new.scheduler_job_id, old_id=old.scheduler_job_id)
+
+
+@pytest.mark.usefixtures("postgres_block")
+def test_postgresql_job_store_restarted_during_a_sweep() -> None:
+    store, user = open_job_store(), f"pg{uuid.uuid4().hex[:6]}"
+    records = [submitted(user, seconds_per_chunk=0.5) for _ in range(3)]
+    cluster = next(Path("/etc/postgresql").iterdir()).name
+    restart = threading.Thread(target=lambda: subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
+                                                              capture_output=True, timeout=120))
+    restart.start()
+    with disable_run_logger():
+        try:
+            sweep_system.fn("ls6")
+            interrupted = 0
+        except Exception:  # the database went away under the sweep
+            interrupted = 1
+    restart.join()
+    wait_until(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1"], capture_output=True).returncode == 0, timeout=60)
+    sweep_until_ended(store, records)
+    audit("PostgreSQL job store restarted during a sweep", store, records, sweep_interrupted=interrupted)
+
+
+def test_cancelling_a_run_before_its_job_id_is_recorded_leaves_no_job(slow_sbatch: Callable[[float, float], None]) -> None:
+    store, user = open_job_store(), f"cx{uuid.uuid4().hex[:6]}"
+    slow_sbatch(0, 30)
+    child = child_submitter(user, wait=True, seconds_per_chunk=5)
+    record = in_squeue_with_record(store, user)
+    assert store.get(record.id).scheduler_job_id is None
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(record.flow_run_id, Cancelling(), force=True)
+    with disable_run_logger():
+        cancelled = cancel_jobs_of_cancelled_runs.fn()
+    assert cancelled == [record.id]
+    child.wait(timeout=90)  # its answer arrives for a cancelled record: it cancels its job again and stops
+    slow_sbatch(0, 0)
+    name = scheduler_job_name(record.id)
+    in_queue = lambda: subprocess.run(["squeue", "--noheader", f"--name={name}", "--states=PENDING,RUNNING"],  # noqa: E731
+                                      capture_output=True, text=True).stdout.strip()
+    wait_until(lambda: not in_queue(), timeout=30)
+    final = store.get(record.id)
+    assert final.status is JobStatus.CANCELLED and final.scheduler_job_id in slurm_jobs([name])[name]
+    audit("flow run cancelled before its job id was recorded", store, [record], left_in_squeue=len(in_queue().splitlines()))
