@@ -163,6 +163,11 @@ start_slurm() {
     log "starting slurmd"
     setsid nohup /usr/sbin/slurmd -D >>"$LOGS/slurmd.out" 2>&1 < /dev/null &
   fi
+  # a node an earlier run left drained or down (a crashed controller, a fault test) serves again
+  if sinfo -h -n "$HOST" -o %T | grep -Eq 'drain|down'; then
+    log "resuming node $HOST"
+    scontrol update nodename="$HOST" state=resume || true
+  fi
   wait_for 60 "node $HOST" bash -c "sinfo -h -n $HOST -o %T | grep -Eqx 'idle|mixed|allocated'"
 }
 

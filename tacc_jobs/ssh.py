@@ -29,6 +29,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
+from tacc_jobs.processes import process_alive
 
 SSH_CONNECTION_FAILED = 255
 DIR_PREFIX, OWNER, AGENT_PID, AGENT_SOCKET = "tacc-ssh-", "owner.pid", "agent.pid", "agent.sock"
@@ -49,20 +50,6 @@ def stop_orphaned_agents() -> None:
         except (OSError, ValueError):
             pass
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class SshConnection:

@@ -20,8 +20,8 @@ from blocks.clusters import ssh_session_slot
 from blocks.credentials import TaccCredentials
 from flows.resources import cluster_resources
 from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
+from tacc_jobs.processes import process_alive
 from tacc_jobs.schedulers.slurm import scheduler_error
-from tacc_jobs.ssh import process_alive
 from tests.conftest import REPO, Sandbox, wait_until
 
 

@@ -140,10 +140,10 @@ def sweep_until_ended(store: JobStore, records: list[JobRecord], timeout: float 
     return wait_until(ended, timeout=timeout, interval=2)  # type: ignore[return-value]
 
 
-def daemon(name: str, action: str) -> None:
-    """Stop (`kill`, as a crash would) or start (the sandbox script) one of the sandbox's daemons."""
+def daemon(name: str, action: str, signal_name: str = "TERM") -> None:
+    """Stop (SIGTERM: a restart; SIGKILL: a crash) or start (the sandbox script) one of the sandbox's daemons."""
     if action == "stop":
-        subprocess.run(["pkill", "-KILL", "-x", name], check=False)
+        subprocess.run(["pkill", f"-{signal_name}", "-x", name], check=False)
         wait_until(lambda: subprocess.run(["pgrep", "-x", name], capture_output=True).returncode != 0, timeout=30)
     else:
         up = subprocess.run([str(SANDBOX_SCRIPT), "up"], capture_output=True, text=True, timeout=300)
@@ -273,7 +273,7 @@ def test_slurmdbd_down_while_jobs_end_then_back_two_minutes_later() -> None:
     records = [submitted(user, seconds_per_chunk=0.5) for _ in range(2)]
     for record in records:
         running(store, record)
-    daemon("slurmdbd", "stop")
+    daemon("slurmdbd", "stop", "KILL")
     try:
         down_since = time.monotonic()
         while time.monotonic() - down_since < 120:  # the jobs end meanwhile; squeue forgets them after MinJobAge

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from tacc_jobs.exceptions import PermanentSchedulerError
 from tacc_jobs.planning.catalog import system_queues
+from tacc_jobs.processes import process_alive
 from tacc_jobs.schedulers.base import (
     FileTail,
     JobSubmission,
@@ -190,7 +191,7 @@ class LocalScheduler:
 
     def _state(self, job_id: str, name: str) -> SchedulerJobState:
         state = self.read_state(job_id)
-        if state["state"] == "RUNNING" and not _alive(state.get("supervisor_pid")):
+        if state["state"] == "RUNNING" and state.get("supervisor_pid") and not process_alive(state["supervisor_pid"]):
             state = self.read_state(job_id)  # it may have recorded the end just before exiting
             if state["state"] == "RUNNING":
                 state = {**state, "state": "NODE_FAIL", "reason": "supervisor lost"}
@@ -290,22 +291,6 @@ class LocalScheduler:
                 data, size = b"", offset
             tails[path] = FileTail(data=data.decode(errors="replace"), next_offset=size)
         return tails
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return status != "Z"
 
 
 def _parse_time(value: str | None) -> datetime | None:
