@@ -77,6 +77,7 @@ class TrackingPolicy(BaseModel):
     failures in a row a waiting run sits out.
 
     Example:
+        >>> from datetime import timezone
         >>> policy = TrackingPolicy(unseen_grace_seconds=60)
         >>> start = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
         >>> policy.is_lost(start, start + timedelta(seconds=59)), policy.is_lost(start, start + timedelta(seconds=60))

@@ -11,10 +11,9 @@ from pydantic import BaseModel
 
 from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
-from tacc_jobs.models import JobRecord
+from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.settings import get_settings
 from tacc_jobs.tracking import (
-    ADOPTED_REASON,
     NEVER_SUBMITTED_REASON,
     JobObservation,
     TrackedJob,
@@ -130,5 +129,5 @@ def sweep_system(system: str) -> SystemSweep:
                         current.status.value)
             announce(store, scheduler, transition)
     return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses),
-                       adopted=sum(t.record.reason == ADOPTED_REASON and t.moved for t in settled),
+                       adopted=sum(t.previous is JobStatus.QUEUED and t.record.scheduler_job_id is not None for t in settled),
                        abandoned=sum(t.record.reason == NEVER_SUBMITTED_REASON for t in settled))

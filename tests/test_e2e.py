@@ -218,7 +218,9 @@ def test_the_example_automation_notifies_when_a_job_fails(stack: dict[str, str],
                "user_id": user, "system": "local", "params": {"step_seconds": 1}}
     run = prefect_cli(stack, "deployment", "run", "submit-job/submit-job", "--param", f"request={json.dumps(request)}", "--watch", timeout=300)
     assert "Failed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
-    record = stack_store(stack).history(user).items[0]
+    records = stack_store(stack).history(user).items
+    assert records, run.stdout[-3000:] + run.stderr[-3000:]
+    record = records[0]
     assert (record.status, record.reason) == (JobStatus.FAILED, "TIMEOUT")
     text = wait_until(lambda: next((m["text"] for m in webhook.received if str(record.id) in m["text"]), None), timeout=120, interval=1)
     assert text.startswith("TACC job AlphaCal/VLASS2.1.eb123456 FAILED") and f"scheduler job {record.scheduler_job_id}: TIMEOUT" in text, text

@@ -160,6 +160,11 @@ def start_now(job_id: str) -> None:
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
 
 
+def sandbox_node() -> str:
+    """The sandbox's one node."""
+    return subprocess.run(["sinfo", "--noheader", "--format=%n"], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
 def submitted(user: str, **request_fields: Any) -> JobRecord:
     """submit_job(wait=False) on the sandbox: the job is recorded with its scheduler id."""
     record = submit_job(request(user, **request_fields), wait=False)
@@ -256,9 +261,14 @@ def test_two_concurrent_submitters_of_one_job_make_one_job(sandbox: Sandbox, slo
 
 def test_slurmctld_restarted_while_jobs_wait_and_run() -> None:
     store, user = open_job_store(), f"ctld{uuid.uuid4().hex[:6]}"
-    run_job, wait_job = submitted(user, seconds_per_chunk=2), submitted(user, seconds_per_chunk=0.3)
-    scontrol("hold", wait_job.scheduler_job_id)
-    running(store, run_job)
+    run_job = running(store, submitted(user, seconds_per_chunk=2))
+    node = sandbox_node()
+    scontrol("update", f"nodename={node}", "state=drain", "reason=tacc-orchestrator fault test")  # the next job must wait
+    try:
+        wait_job = submitted(user, seconds_per_chunk=0.3)
+        scontrol("hold", wait_job.scheduler_job_id)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
     daemon("slurmctld", "stop")
     failed_sweeps = sum(sweep() is None for _ in range(2))  # the controller is down: nothing changes
     assert all(not store.get(r.id).status.is_terminal for r in (run_job, wait_job))
@@ -303,7 +313,7 @@ def test_a_node_set_down_under_a_running_job_is_followed_to_its_end() -> None:
     store, user = open_job_store(), f"down{uuid.uuid4().hex[:6]}"
     record = submitted(user, seconds_per_chunk=1.5)
     running(store, record)
-    node = subprocess.run(["sinfo", "--noheader", "--format=%n"], capture_output=True, text=True, check=True).stdout.split()[0]
+    node = sandbox_node()
     scontrol("update", f"nodename={node}", "state=down", "reason=tacc-orchestrator fault test")
     try:
         wait_until(lambda: sweep() and store.get(record.id).status is JobStatus.QUEUING, timeout=60, interval=1)
