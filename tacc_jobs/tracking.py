@@ -15,7 +15,7 @@ from tacc_jobs.planning.catalog import find_queue
 from tacc_jobs.planning.charges import charge_su
 from tacc_jobs.schedulers import Scheduler, SchedulerJobState
 from tacc_jobs.schedulers.job_script import JobPaths
-from tacc_jobs.schedulers.states import map_slurm_state
+from tacc_jobs.schedulers.states import map_scheduler_state
 from tacc_jobs.store import JobStore, JobUpdate, Transition
 
 
@@ -75,7 +75,7 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
         state = states.get(job.scheduler_job_id)
         observation = JobObservation(scheduler_job_id=job.scheduler_job_id, state=state)
         if state is not None:
-            observation.status, observation.reason = map_slurm_state(state.state, state.exit_code, state.reason)
+            observation.status, observation.reason = map_scheduler_state(state)
         observation.progress = _parse_progress(files[job.progress_path].data)
         if job.stdout_path:
             observation.log = files[job.stdout_path].data

@@ -8,6 +8,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from tacc_jobs.models import JobStatus
+
 SACCT_FIELDS = ("JobID", "JobName", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Start", "End",
                 "Elapsed", "NNodes", "AllocTRES")
 """The accounting fields every backend reports, in this order (`sacct --format`)."""
@@ -22,6 +24,10 @@ class JobSubmission(BaseModel):
     stdout_path: str
     stderr_path: str
     sbatch_args: list[str] = Field(description="Planned options, e.g. ['-p', 'gpu-a100', '-N', '2', ...]")
+    agent: str | None = Field(default=None, description="The agent: the app a Tapis job runs (Slurm runs the script)")
+    env: dict[str, str] = Field(default_factory=dict, description="The agent's environment (the script exports it too)")
+    inputs: dict[str, str] = Field(default_factory=dict, description="Input name -> source URL that Tapis stages in")
+    webhook_url: str | None = Field(default=None, description="Where Tapis posts the job's status changes")
 
 
 class SchedulerJobState(BaseModel):
@@ -33,6 +39,9 @@ class SchedulerJobState(BaseModel):
     exit_code: str | None = Field(default=None, description="Slurm's 'code:signal', e.g. '3:0'")
     start: datetime | None = None
     end: datetime | None = None
+    status: JobStatus | None = Field(
+        default=None, description="The store's status, when the backend maps its own states (Tapis); else from `state`"
+    )
 
 
 class QueueResources(BaseModel):
