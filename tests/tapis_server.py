@@ -582,27 +582,30 @@ class TapisTestServer:
                 self.undeclared.append(f"monitor: {type(error).__name__}: {error}")
 
     def _observe(self, active: dict[str, dict[str, Any]]) -> None:
-        code, out, _ = self._ssh(["squeue", "--noheader", "--states=all", f"--jobs={','.join(active)}", "--format=%i|%T"])
-        in_queue = dict(line.split("|", 1) for line in out.split()) if code == 0 else {}
-        for remote, state in in_queue.items():
+        code, out, _ = self._ssh(["env", "TZ=UTC", "squeue", "--noheader", "--states=all", f"--jobs={','.join(active)}", "--format=%i|%T|%S"])
+        in_queue = {line.split("|")[0]: line.split("|")[1:] for line in out.split()} if code == 0 else {}
+        for remote, (state, start) in in_queue.items():
             job = active.get(remote)
             if job and state in ("RUNNING", "COMPLETING") and job["status"] == "QUEUED":
-                job["remoteStarted"] = now()
+                job["remoteStarted"] = f"{start}.000000Z"
                 self._event(job, "JOB_NEW_STATUS", "RUNNING", f"Slurm job {remote} is running")
-        left = [remote for remote in active if in_queue.get(remote) not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")]
+        left = [remote for remote in active if in_queue.get(remote, [""])[0] not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")]
         if not left:
             return
-        code, out, _ = self._ssh(["sacct", "--noheader", "-X", "--parsable2", f"--jobs={','.join(left)}", "--format=JobID,State,ExitCode"])
+        code, out, _ = self._ssh(["env", "TZ=UTC", "sacct", "--noheader", "-X", "--parsable2", f"--jobs={','.join(left)}",
+                                  "--format=JobID,State,ExitCode,Start,End"])
         for line in out.splitlines() if code == 0 else []:
-            remote, state, exit_code = line.split("|")
+            remote, state, exit_code, start, end = line.split("|")
             job = active.get(remote)
             if job is None or state.split()[0] in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
                 continue
-            self._finish(job, state.split()[0], exit_code)
+            self._finish(job, state.split()[0], exit_code, start, end)
 
-    def _finish(self, job: dict[str, Any], state: str, exit_code: str) -> None:
+    def _finish(self, job: dict[str, Any], state: str, exit_code: str, start: str, end: str) -> None:
+        """Slurm's own start and end times, as Tapis reports them."""
+        started = f"{start}.000000Z" if start[:1].isdigit() else job.get("remoteStarted") or now()
         with self.lock:
-            job.update(remoteEnded=now(), remoteResultInfo=exit_code, remoteStarted=job.get("remoteStarted") or now())
+            job.update(remoteEnded=f"{end}.000000Z" if end[:1].isdigit() else now(), remoteResultInfo=exit_code, remoteStarted=started)
         if state == "CANCELLED":
             job.setdefault("condition", "SCHEDULER_CANCELLED")
             self._event(job, "JOB_NEW_STATUS", "CANCELLED", f"Slurm job cancelled ({exit_code})")

@@ -75,8 +75,9 @@ def map_tapis_status(
 ) -> tuple[JobStatus, str | None]:
     """Map a Tapis job status (and its condition, last message, exit code) to status and reason.
 
-    The statuses before QUEUED are Tapis's own steps (inputs, staging, submission): the job
-    waits. BLOCKED (a recoverable fault, e.g. the login node unreachable) and PAUSED are not
+    The reason is Tapis's own word for the status (the store keeps a reason until a new one
+    comes), with the detail that matters: the failure's cause, the hold's message. The statuses
+    before QUEUED are Tapis's own steps (inputs, staging, submission): the job waits. BLOCKED (a recoverable fault, e.g. the login node unreachable) and PAUSED are not
     failures: the job keeps the status it had (queued or running) with the reason.
 
     Example:
@@ -92,13 +93,13 @@ def map_tapis_status(
     if status in TAPIS_WAITING_STATUSES:
         return JobStatus.QUEUING, status
     if status == "RUNNING":
-        return JobStatus.RUNNING, None
+        return JobStatus.RUNNING, "RUNNING"
     if status == "ARCHIVING":
         return JobStatus.RUNNING, "ARCHIVING"
     if status in TAPIS_HELD_STATUSES:
         return JobStatus.RUNNING if started else JobStatus.QUEUING, f"{status}: {message}" if message else status
     if status == "FINISHED":
-        return JobStatus.COMPLETED, None
+        return JobStatus.COMPLETED, "FINISHED"
     if status == "CANCELLED":
         return JobStatus.CANCELLED, f"cancelled ({condition})" if condition else "cancelled"
     if status == "FAILED":
