@@ -43,6 +43,7 @@ def tapis_server(tapis_server_session: TapisTestServer) -> Iterator[TapisTestSer
     server.faults.clear()
     server.lost_answers.clear()
     server.violations.clear()
+    server.undeclared.clear()
     server.reset_counts()
     server.token_grants.clear()
     yield server

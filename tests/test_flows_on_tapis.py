@@ -86,7 +86,9 @@ def test_watch_and_cancel_through_tapis(tapis_server: TapisTestServer) -> None:
     sweeps = watch_jobs("ls6")
     assert tapis_server.calls["POST /v3/jobs/search"] == 1, "one search call for every active job of the system"
     assert sweeps[0].active >= 1
-    wait_until(lambda: watch_jobs("ls6") and open_job_store().get(record.id).status is JobStatus.RUNNING, timeout=60, interval=1)
+    started = wait_until(lambda: watch_jobs("ls6") and (now := open_job_store().get(record.id)).status is not JobStatus.QUEUING and now,
+                         timeout=120, interval=1)
+    assert started.status is JobStatus.RUNNING, started.reason
     cancelled = cancel_job(record.id)
     assert cancelled.status is JobStatus.CANCELLED
     assert tapis_server.jobs[record.scheduler_job_id]["status"] == "CANCELLED"

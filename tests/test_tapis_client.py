@@ -78,6 +78,7 @@ def test_a_refused_login_says_so(tapis_server: TapisTestServer) -> None:
         with pytest.raises(TapisRequestError, match="get a token: HTTP 400: Invalid username/password combination"):
             client.list_files("ls6", HOME)
     assert tapis_server.calls["POST /v3/oauth2/tokens"] == 1
+    assert tapis_server.undeclared == ["POST /v3/oauth2/tokens -> 400"], "the Authenticator's spec declares only its 201"
 
 
 def test_secrets_never_reach_logs_or_errors(tapis_server: TapisTestServer, caplog: pytest.LogCaptureFixture) -> None:
@@ -111,3 +112,18 @@ def test_the_block_needs_a_way_to_get_tokens() -> None:
         TapisCredentials(username="jdoe", refresh_token=SecretStr("r"), exec_system_id="ls6", scratch_root="/scratch/jdoe")
     assert TapisCredentials(username="jdoe", password=SecretStr("p"), exec_system_id="ls6",
                             scratch_root="/scratch/jdoe").base_url == "https://tacc.tapis.io"
+
+
+def test_every_block_field_is_described() -> None:
+    assert all(field.description for field in TapisCredentials.model_fields.values() if field.alias != "block_type_slug")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("username", "jdoe; rm -rf /"), ("exec_system_id", "ls6' OR '1'='1"), ("scratch_root", "relative/path"),
+     ("scratch_root", "/scratch/../etc"), ("base_url", "file:///etc/passwd"), ("allocation", "A B")],
+)
+def test_block_fields_are_validated(field: str, value: str) -> None:
+    fields = {"username": "jdoe", "password": SecretStr("p"), "exec_system_id": "ls6", "scratch_root": "/scratch/jdoe", field: value}
+    with pytest.raises(ValueError, match=field):
+        TapisCredentials(**fields)
