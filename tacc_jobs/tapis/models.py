@@ -124,20 +124,15 @@ class TapisJob(TapisModel):
     last_message: str | None = None
     created: datetime | None = None
     ended: datetime | None = None
-    app_id: str | None = None
-    exec_system_id: str | None = None
     exec_system_exec_dir: str | None = None
     exec_system_logical_queue: str | None = None
     node_count: int | None = None
-    max_minutes: int | None = None
     parameter_set: str | None = Field(default=None, description="JSON text of the job's parameter set")
     remote_job_id: str | None = None
     remote_result_info: str | None = None
     remote_submitted: datetime | None = None
     remote_started: datetime | None = None
     remote_ended: datetime | None = None
-    blocked_count: int | None = None
-    tags: list[str] = Field(default_factory=list)
 
 
 class JobHistoryEvent(TapisModel):
