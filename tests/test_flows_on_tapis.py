@@ -23,14 +23,17 @@ from blocks.tapis import TapisCredentials
 from flows.cancel import cancel_job
 from flows.ingest import ingest_job_metadata
 from flows.register_apps import register_tapis_apps
-from flows.stage import staging_status
+from flows.resources import cluster_resources
+from flows.stage import stage_dataset, staging_status
 from flows.submit import submit_job
 from flows.watch import watch_jobs
+from tacc_jobs.exceptions import PermanentSchedulerError
 from tacc_jobs.models import JobStatus
 from tacc_jobs.schedulers.tapis import TAPIS_UUID, TapisScheduler
 from tacc_jobs.settings import get_settings
 from tacc_jobs.staging.tapis_files import TapisFiles
 from tacc_jobs.store import StagingStatus
+from tasks.cleanup import remove_work_dir
 from tests.conftest import Webhook, wait_until
 from tests.tapis_server import TapisTestServer
 
@@ -101,3 +104,17 @@ def test_nightly_ingestion_reads_tapis_job_history() -> None:
     summary = ingest_job_metadata(source="sacct", system="ls6", start=end - timedelta(hours=1), end=end)
     assert summary.rows_read >= 1 and summary.failed == 0
     assert record.status is JobStatus.COMPLETED
+
+
+def test_stage_dataset_and_cleanup_through_tapis(tapis_block: TapisCredentials) -> None:
+    staged = stage_dataset("VLASS2.1.eb123456", "ls6", priority="high")
+    assert staged.status is StagingStatus.STAGED and staged.files == 8 and staged.priority == "high"
+    client = tapis_block.shared_client()
+    work_dir = f"{tapis_block.scratch_root}/jobs/{uuid.uuid4()}"
+    client.upload("ls6", f"{work_dir}/output/result.json", b"{}")
+    assert remove_work_dir("ls6", work_dir) and client.list_files("ls6", work_dir) == []
+
+
+def test_queue_load_is_a_clear_error_through_tapis() -> None:
+    with pytest.raises(PermanentSchedulerError, match="through Tapis, which does not report queue load"):
+        cluster_resources("ls6")
