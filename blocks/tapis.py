@@ -55,6 +55,14 @@ class TapisCredentials(CredentialsBlock):
     exec_system_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,80}$", description="Tapis execution system id, e.g. ls6")
     scratch_root: str = Field(description="Absolute directory on the execution system for datasets, apps and jobs")
     allocation: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="TACC allocation (sbatch -A)")
+    dataset_source_url: str | None = Field(
+        default=None, pattern=r"^tapis://[A-Za-z0-9._-]+(/[A-Za-z0-9._/-]*)?$",
+        description="Where Tapis can also read the datasets, one directory per dataset id (e.g. tapis://corral/projects/vlass); "
+        "large datasets then move by a Files API transfer request instead of uploads",
+    )
+    transfer_threshold_mb: float = Field(
+        default=1024.0, ge=0, description="Datasets this large or larger move by a transfer request (with dataset_source_url)"
+    )
     retries: int = Field(default=5, ge=0, le=20, description="Retries of a call answered 429/5xx or dropped")
     backoff_seconds: float = Field(default=1.0, gt=0, description="First retry delay; it doubles each retry")
     refresh_margin_seconds: float = Field(default=60.0, ge=0, description="Renew the access token this long before it expires")
@@ -99,7 +107,8 @@ class TapisCredentials(CredentialsBlock):
 
     def transfer(self) -> TapisFiles:
         """Staging to the execution system through the Files API."""
-        return TapisFiles(self.shared_client(), self.exec_system_id)
+        return TapisFiles(self.shared_client(), self.exec_system_id, source_url=self.dataset_source_url,
+                          transfer_threshold_bytes=int(self.transfer_threshold_mb * 1e6))
 
 
 def saved_tapis_credentials(system: str) -> TapisCredentials | None:

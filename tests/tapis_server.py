@@ -147,6 +147,7 @@ class TapisTestServer:
         self.history: dict[str, list[dict[str, Any]]] = {}
         self.apps: dict[tuple[str, str], dict[str, Any]] = {}
         self.blocked: set[str] = set()
+        self.transfers: dict[str, dict[str, Any]] = {}
         self.ssh_slots = threading.BoundedSemaphore(6)
         self.lock = threading.RLock()
         self.stopping = threading.Event()
@@ -306,6 +307,8 @@ class TapisTestServer:
             ("DELETE", r"/v3/files/ops/([^/]+)/(.*)", self.delete),
             ("POST", r"/v3/files/ops/([^/]+)", lambda system: self.mkdir(system, payload)),
             ("GET", r"/v3/files/content/([^/]+)/(.*)", self.contents),
+            ("POST", r"/v3/files/transfers", lambda: self.create_transfer(payload)),
+            ("GET", r"/v3/files/transfers/([^/]+)", self.get_transfer),
             ("POST", r"/v3/apps", lambda: self.create_app(payload)),
             ("GET", r"/v3/apps/([^/]+)/([^/]+)", self.get_app),
             ("PUT", r"/v3/apps/([^/]+)/([^/]+)", lambda app_id, version: self.put_app(app_id, version, payload)),
@@ -412,6 +415,39 @@ class TapisTestServer:
             raise TapisError(404, f"FILES_NOT_FOUND {rel}")
         self._ssh(["rm", "-rf", "--", path])
         return Answer(200, basic("success", "Deleted", "ok"))
+
+    def create_transfer(self, payload: dict[str, Any]) -> Answer:
+        pairs = []
+        for element in payload["elements"]:
+            found = [re.fullmatch(r"tapis://([^/]+)/(.+)", element[key]) for key in ("sourceURI", "destinationURI")]
+            if not all(found):
+                raise TapisError(400, f"FILES_TXFR_INVALID_URI {element}")
+            pairs.append(tuple(self._system_path(match.group(1), match.group(2)) for match in found if match))
+        task = {"uuid": str(uuid.uuid4()), "tag": payload.get("tag", ""), "status": "ACCEPTED", "username": self.username,
+                "tenantId": "tacc", "created": now(), "totalTransfers": len(pairs), "completeTransfers": 0,
+                "estimatedTotalBytes": 0, "totalBytesTransferred": 0}
+        self.transfers[task["uuid"]] = task
+        threading.Thread(target=self._run_transfer, args=(task, pairs), daemon=True).start()
+        return Answer(200, basic("success", "Transfer created", dict(task)))
+
+    def _run_transfer(self, task: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
+        task.update(status="IN_PROGRESS", startTime=now())
+        for source, destination in pairs:
+            code, out, err = self._ssh(["bash", "-c", 'mkdir -p -- "$(dirname -- "$2")" && cp -- "$1" "$2" && stat -c %s -- "$2"',
+                                        "transfer", source, destination])
+            if code:
+                task.update(status="FAILED", errorMessage=err.strip(), endTime=now())
+                return
+            task["totalBytesTransferred"] += int(out)
+            task["estimatedTotalBytes"] = task["totalBytesTransferred"]
+            task["completeTransfers"] += 1
+        task.update(status="COMPLETED", endTime=now())
+
+    def get_transfer(self, task_uuid: str) -> Answer:
+        task = self.transfers.get(task_uuid)
+        if task is None:
+            raise TapisError(404, f"FILES_TXFR_NOT_FOUND {task_uuid}")
+        return Answer(200, basic("success", "Transfer", dict(task)))
 
     # --- Apps ---------------------------------------------------------------------------------
 

@@ -177,3 +177,18 @@ def test_a_file_input_is_staged_by_tapis(staged: TapisScheduler, tapis_server: T
     until(staged, job_id, lambda state: state.status.is_terminal)
     staged_input = staged.client.get_contents("ls6", f"{paths.work_dir}/inputs/first-chunk")
     assert staged_input == Path(REPO_ROOT / "datasets" / DATASET / "chunk-000.csv").read_bytes()
+
+
+def test_a_large_dataset_moves_by_a_transfer_request(tapis_scheduler: TapisScheduler, tapis_server: TapisTestServer) -> None:
+    client = tapis_scheduler.client
+    archive = f"{tapis_scheduler.scratch_root}/archive"  # where Tapis also reaches the datasets (Corral, at TACC)
+    for path in sorted((REPO_ROOT / "datasets" / DATASET).iterdir()):
+        client.upload("ls6", f"{archive}/{DATASET}/{path.name}", path.read_bytes())
+    files = TapisFiles(client, "ls6", source_url=f"tapis://ls6{archive}", transfer_threshold_bytes=0, poll_seconds=0.1)
+    inventory = inspect_dataset(REPO_ROOT / "datasets", DATASET)
+    uploads = tapis_server.calls["POST /v3/files/ops/{systemId}/{path}"]
+    progress: list[float] = []
+    staged = stage(inventory, files, f"{tapis_scheduler.scratch_root}/datasets/{DATASET}", progress.append)
+    assert staged.copied and staged.transfer.files_transferred == 8 and staged.transfer.bytes_transferred == inventory.bytes
+    assert tapis_server.calls["POST /v3/files/transfers"] == 1 and progress[-1] == 1.0
+    assert tapis_server.calls["POST /v3/files/ops/{systemId}/{path}"] == uploads + 1, "only the manifest was uploaded"

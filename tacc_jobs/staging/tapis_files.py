@@ -1,7 +1,9 @@
 """Staging through the Tapis Files API: the `Transfer` interface without an SSH login.
 
-Files are uploaded one by one (multipart), only those whose content differs from what is in
-scratch; checksums are computed from the bytes the Files API returns (it has no checksum
+Only files whose content differs from what is in scratch move: uploaded one by one
+(multipart), or, for a dataset of `transfer_threshold_bytes` or more that Tapis can also reach
+at `source_url` (an archive such as Corral, `tapis://<system>/<dir>` holding one directory per
+dataset), by a transfer request Tapis carries out system to system, followed to its end. Checksums are computed from the bytes the Files API returns (it has no checksum
 call), so verification reads every file back once. The manifest is written last, as with
 rsync, so an interrupted staging is never taken for a complete one.
 """
@@ -14,6 +16,7 @@ import posixpath
 import time
 from pathlib import Path
 
+from tacc_jobs.exceptions import StagingError
 from tacc_jobs.staging.transfer import (
     MANIFEST_NAME,
     ProgressCallback,
@@ -21,6 +24,7 @@ from tacc_jobs.staging.transfer import (
     local_checksums,
 )
 from tacc_jobs.tapis.client import TapisClient, relative_path
+from tacc_jobs.tapis.models import TransferElement
 
 
 class TapisFiles:
@@ -33,8 +37,10 @@ class TapisFiles:
         ```
     """
 
-    def __init__(self, client: TapisClient, system_id: str) -> None:
+    def __init__(self, client: TapisClient, system_id: str, source_url: str | None = None,
+                 transfer_threshold_bytes: int = 1 << 30, poll_seconds: float = 2.0) -> None:
         self.client, self.system_id = client, system_id
+        self.source_url, self.transfer_threshold_bytes, self.poll_seconds = source_url, transfer_threshold_bytes, poll_seconds
         self.host = f"{client.base_url.split('://', 1)[-1]}/{system_id}"
         self._seen: dict[str, dict[str, str]] = {}  # destination -> checksums last read back
 
@@ -46,6 +52,9 @@ class TapisFiles:
         changed = [name for name, checksum in wanted.items() if present.get(name) != checksum]
         total = sum((source / name).stat().st_size for name in changed) or 1
         self.client.mkdir(self.system_id, destination)
+        if self.source_url and changed and total >= self.transfer_threshold_bytes:
+            sent = self._transfer(source.name, changed, destination, total, on_progress)
+            return TransferStats(files_transferred=len(changed), bytes_transferred=sent, seconds=time.monotonic() - started)
         sent = 0
         for name in changed:
             content = (source / name).read_bytes()
@@ -56,6 +65,21 @@ class TapisFiles:
         if on_progress and not changed:
             on_progress(1.0)
         return TransferStats(files_transferred=len(changed), bytes_transferred=sent, seconds=time.monotonic() - started)
+
+    def _transfer(self, dataset: str, names: list[str], destination: str, total: int, on_progress: ProgressCallback | None) -> int:
+        """One transfer request for the changed files, from `source_url`, followed to its end."""
+        elements = [TransferElement(source_uri=f"{self.source_url}/{dataset}/{name}",
+                                    destination_uri=f"tapis://{self.system_id}/{relative_path(posixpath.join(destination, name))}")
+                    for name in names]
+        task = self.client.create_transfer(elements, tag=f"tacc-orchestrator {dataset}")
+        while not task.ended:
+            time.sleep(self.poll_seconds)
+            task = self.client.get_transfer(task.uuid)
+            if on_progress and task.total_bytes_transferred is not None:
+                on_progress(min(task.total_bytes_transferred / (task.estimated_total_bytes or total), 1.0))
+        if task.status != "COMPLETED":
+            raise StagingError(f"Tapis transfer {task.uuid} of {dataset} ended {task.status}: {task.error_message or 'no message'}")
+        return task.total_bytes_transferred or total
 
     def checksums(self, destination: str) -> dict[str, str]:
         """SHA-256 of every file under `destination` (the manifest excluded), from their bytes."""

@@ -36,6 +36,8 @@ from tacc_jobs.tapis.models import (
     JobHistoryEvent,
     JobSubmitRequest,
     TapisJob,
+    TransferElement,
+    TransferTask,
 )
 
 logger = logging.getLogger(__name__)
@@ -307,6 +309,19 @@ class TapisClient:
         except TapisRequestError as error:
             if error.status_code != 404:
                 raise
+
+    def create_transfer(self, elements: list[TransferElement], tag: str) -> TransferTask:
+        """`POST /v3/files/transfers`: Tapis moves the files itself, system to system (retried
+        like any call: a transfer repeated after a lost answer copies the same files again)."""
+        body = {"tag": tag, "elements": [element.wire() for element in elements]}
+        response = self.request("POST", "/v3/files/transfers", f"create transfer {tag}", json=body)
+        return TransferTask.model_validate(response.json()["result"])
+
+    def get_transfer(self, task_uuid: str) -> TransferTask:
+        """`GET /v3/files/transfers/{transferTaskId}` with its byte counts."""
+        response = self.request("GET", f"/v3/files/transfers/{quote(task_uuid, safe='')}", f"read transfer {task_uuid}",
+                                params={"includeSummary": "true"})
+        return TransferTask.model_validate(response.json()["result"])
 
     # --- Apps -----------------------------------------------------------------------------
 

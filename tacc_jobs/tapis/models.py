@@ -154,6 +154,29 @@ class FileInfo(TapisModel):
     last_modified: datetime | None = None
 
 
+class TransferElement(TapisModel):
+    """One source and destination of a Files API transfer request (`ReqTransferElement`)."""
+
+    source_uri: str = Field(alias="sourceURI")
+    destination_uri: str = Field(alias="destinationURI")
+    transfer_type: Literal["TRANSFER"] = Field(default="TRANSFER", description="Sent: the spec's default for it is null")
+
+
+class TransferTask(TapisModel):
+    """A Files API transfer task, as far as its progress and outcome go."""
+
+    uuid: str
+    status: Literal["ACCEPTED", "STAGED", "IN_PROGRESS", "COMPLETED", "CANCELLED", "FAILED", "FAILED_OPT", "PAUSED"]
+    estimated_total_bytes: int | None = None
+    total_bytes_transferred: int | None = None
+    error_message: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the transfer has finished, well or not."""
+        return self.status in {"COMPLETED", "CANCELLED", "FAILED", "FAILED_OPT"}
+
+
 class AppDefinition(TapisModel):
     """The body of `POST /v3/apps` (`ReqPostApp`) and, less `id` and `version`, of `PUT`."""
 
