@@ -621,14 +621,20 @@ class TapisTestServer:
                 self.undeclared.append(f"monitor: {type(error).__name__}: {error}")
 
     def _observe(self, active: dict[str, dict[str, Any]]) -> None:
-        code, out, _ = self._ssh(["env", "TZ=UTC", "squeue", "--noheader", "--states=all", f"--jobs={','.join(active)}", "--format=%i|%T|%S"])
+        """squeue first (it keeps ended jobs a few minutes, and needs no slurmdbd); sacct for the
+        exit code of a failure, or for jobs squeue no longer knows."""
+        code, out, _ = self._ssh(["env", "TZ=UTC", "squeue", "--noheader", "--states=all", f"--jobs={','.join(active)}",
+                                  "--format=%i|%T|%S|%e"])
         in_queue = {line.split("|")[0]: line.split("|")[1:] for line in out.split()} if code == 0 else {}
-        for remote, (state, start) in in_queue.items():
+        for remote, (state, start, end) in in_queue.items():
             job = active.get(remote)
             if job and state in ("RUNNING", "COMPLETING") and job["status"] == "QUEUED":
                 job["remoteStarted"] = f"{start}.000000Z"
                 self._event(job, "JOB_NEW_STATUS", "RUNNING", f"Slurm job {remote} is running")
-        left = [remote for remote in active if in_queue.get(remote, [""])[0] not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")]
+            elif job and state in ("COMPLETED", "CANCELLED"):
+                self._finish(job, state, "0:0", start, end)
+        left = [remote for remote in active if in_queue.get(remote, [""])[0] not in
+                ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "COMPLETED", "CANCELLED")]
         if not left:
             return
         code, out, _ = self._ssh(["env", "TZ=UTC", "sacct", "--noheader", "-X", "--parsable2", f"--jobs={','.join(left)}",

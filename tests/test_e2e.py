@@ -26,16 +26,25 @@ from tests.conftest import POSTGRES_ADMIN_URL, REPO, Webhook, wait_until
 PORT = 4317
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`scripts/stack.sh up` on its own port, homes and database; `down` afterwards."""
+@contextmanager
+def running_stack(tmp_path_factory: pytest.TempPathFactory, port: int) -> Iterator[dict[str, str]]:
+    """`scripts/stack.sh up` on `port`, with homes and database of its own; `down` afterwards."""
     home = tmp_path_factory.mktemp("stack")
-    env = {**os.environ, "TACC_STACK_PORT": str(PORT), "TACC_ORCH_HOME": str(home / "orch"), "PREFECT_HOME": str(home / "prefect"),
-           "PREFECT_API_URL": f"http://127.0.0.1:{PORT}/api", "TACC_ORCH_POLL_MIN_SECONDS": "0.5"}
+    env = {**os.environ, "TACC_STACK_PORT": str(port), "TACC_ORCH_HOME": str(home / "orch"), "PREFECT_HOME": str(home / "prefect"),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "TACC_ORCH_POLL_MIN_SECONDS": "0.5"}
     up = subprocess.run([str(REPO / "scripts" / "stack.sh"), "up"], env=env, capture_output=True, text=True, timeout=600)
     assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
-    yield env
-    subprocess.run([str(REPO / "scripts" / "stack.sh"), "down"], env=env, capture_output=True, timeout=60)
+    try:
+        yield env
+    finally:
+        subprocess.run([str(REPO / "scripts" / "stack.sh"), "down"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The local stack on its own port, homes and database."""
+    with running_stack(tmp_path_factory, PORT) as env:
+        yield env
 
 
 def stack_store(env: dict[str, str]) -> JobStore:

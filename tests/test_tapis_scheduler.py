@@ -86,9 +86,12 @@ def test_an_agent_job_runs_on_slurm_to_finished_with_outputs_history_and_webhook
     assert state.start is not None and state.end >= state.start
     tapis_job = tapis_server.jobs[job_id]
     assert tapis_job["name"] == submission.name and submission.name in tapis_job["tags"]
-    sacct = subprocess.run(["sacct", "-n", "-X", "-P", "--allusers", "-j", tapis_job["remoteJobId"], "-o", "JobName,Partition,Account,State"],
-                           capture_output=True, text=True).stdout.split()
-    assert sacct == [f"{submission.name}|gpu-a100|{sandbox.account}|COMPLETED"], "sbatch'ed on the sandbox, with the allocation"
+    def accounted() -> str:  # slurmdbd fills in a fast job's record a moment after it ends
+        return subprocess.run(["sacct", "-n", "-X", "-P", "--allusers", "-j", tapis_job["remoteJobId"], "-o", "JobName,Partition,Account,State"],
+                              capture_output=True, text=True).stdout.strip()
+
+    expected = f"{submission.name}|gpu-a100|{sandbox.account}|COMPLETED"
+    wait_until(lambda: accounted() == expected, timeout=30, interval=0.5)  # sbatch'ed on the sandbox, with the allocation
     assert json.loads(staged.output(job_id, "output/result.json"))["samples"] == 12000
     assert {file.name for file in staged.outputs(job_id)} >= {"result.json", "progress"}
     assert "alphacal: done" in staged.output(job_id, "stdout.log").decode()
