@@ -83,7 +83,13 @@ class TapisCredentials(CredentialsBlock):
         return self
 
     def get_client(self) -> TapisClient:
-        """A new client of the tenant as this user (close it, or use `with`)."""
+        """A new client of the tenant as this user (close it, or use `with`).
+
+        Example:
+            ```python
+            with TapisCredentials.load("ls6").get_client() as tapis: ...
+            ```
+        """
         return TapisClient(
             self.base_url, self.username, password=self.password, refresh_token=self.refresh_token,
             client_id=self.client_id.get_secret_value() if self.client_id else None, client_key=self.client_key,
@@ -91,7 +97,13 @@ class TapisCredentials(CredentialsBlock):
         )
 
     def shared_client(self) -> TapisClient:
-        """One client per saved configuration and process: its token serves every task thread."""
+        """One client per saved configuration and process: its token serves every task thread.
+
+        Example:
+            ```python
+            TapisCredentials.load("ls6").shared_client().list_files("ls6", "/scratch/01234/jdoe")
+            ```
+        """
         fields = self.model_dump(mode="json", exclude={"block_type_slug"})
         fields.update({name: getattr(self, name).get_secret_value() for name in ("password", "refresh_token", "client_id", "client_key")
                        if getattr(self, name) is not None})
@@ -102,11 +114,23 @@ class TapisCredentials(CredentialsBlock):
             return _clients[key]
 
     def scheduler(self, system: str) -> TapisScheduler:
-        """The Jobs API scheduler of `system` on this block's execution system."""
+        """The Jobs API scheduler of `system` on this block's execution system.
+
+        Example:
+            ```python
+            TapisCredentials.load("ls6").scheduler("ls6").states(["8a1c...-007"])
+            ```
+        """
         return TapisScheduler(self.shared_client(), system, self.exec_system_id, self.scratch_root, self.allocation)
 
     def transfer(self) -> TapisFiles:
-        """Staging to the execution system through the Files API."""
+        """Staging to the execution system through the Files API.
+
+        Example:
+            ```python
+            stage(inventory, TapisCredentials.load("ls6").transfer(), destination)
+            ```
+        """
         return TapisFiles(self.shared_client(), self.exec_system_id, source_url=self.dataset_source_url,
                           transfer_threshold_bytes=int(self.transfer_threshold_mb * 1e6))
 

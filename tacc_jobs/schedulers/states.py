@@ -113,7 +113,12 @@ def map_tapis_status(
 
 def map_scheduler_state(state: SchedulerJobState) -> tuple[JobStatus, str | None]:
     """The store's status and reason of a job as its scheduler reports it: as the backend mapped
-    it (Tapis), else from Slurm's state."""
+    it (Tapis), else from Slurm's state.
+
+    Example:
+        >>> map_scheduler_state(SchedulerJobState(job_id="7", state="FAILED", exit_code="3:0"))
+        (<JobStatus.FAILED: 'FAILED'>, 'exit code 3')
+    """
     if state.status is not None:
         return state.status, state.reason
     return map_slurm_state(state.state, state.exit_code, state.reason)

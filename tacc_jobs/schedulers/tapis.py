@@ -163,7 +163,13 @@ class TapisScheduler:
         self._not_started: set[str] = set()  # directories of jobs the last states() saw waiting
 
     def find(self, name: str) -> TapisJob | None:
-        """The job submitted under this name (the idempotency key), if any."""
+        """The job submitted under this name (the idempotency key), if any.
+
+        Example:
+            ```python
+            scheduler.find("tacc-6f1c2d9e00000000000000000000000a")  # a TapisJob, or None
+            ```
+        """
         if not JOB_NAME.fullmatch(name):
             raise PermanentSchedulerError(f"job name {name!r} is not a safe job name")
         return next(self.client.search_jobs([f"(name = '{name}')"], limit=1), None)
@@ -175,6 +181,11 @@ class TapisScheduler:
         Raises:
             TapisRequestError: Tapis refused the job (an unknown app, queue or system), with its message.
             TapisUnavailableError: Tapis could not be reached, or kept failing, through the retries.
+
+        Example:
+            ```python
+            scheduler.submit(batch_job.submission)  # "8a1c...-007"
+            ```
         """
         request = submit_request(job, self.exec_system_id, self.allocation)
         attempt = -1
@@ -191,7 +202,13 @@ class TapisScheduler:
                 time.sleep(self.client.backoff(attempt))
 
     def states(self, job_ids: Sequence[str]) -> dict[str, SchedulerJobState]:
-        """The state of every listed job from one search call (per 500 jobs)."""
+        """The state of every listed job from one search call (per 500 jobs).
+
+        Example:
+            ```python
+            scheduler.states(["8a1c...-007"])["8a1c...-007"].status  # JobStatus.RUNNING
+            ```
+        """
         wanted = [job_id for job_id in job_ids if TAPIS_UUID.fullmatch(job_id)]
         if not wanted:
             return {}
@@ -201,7 +218,13 @@ class TapisScheduler:
         return {job.uuid: job_state(job) for job in jobs}
 
     def cancel(self, job_id: str) -> None:
-        """Cancel the job; a job that has already ended is left alone."""
+        """Cancel the job; a job that has already ended is left alone.
+
+        Example:
+            ```python
+            scheduler.cancel("8a1c...-007")
+            ```
+        """
         if not TAPIS_UUID.fullmatch(job_id):
             raise PermanentSchedulerError(f"{job_id!r} is not a Tapis job id")
         self.client.cancel_job(job_id)
@@ -209,7 +232,13 @@ class TapisScheduler:
     def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
         """Accounting rows (`SACCT_FIELDS`) of this system's jobs created before `end` and still
         active or updated since `start`, from Tapis's job records: one search call per 500 jobs.
-        Jobs that never reached Slurm have no row."""
+        Jobs that never reached Slurm have no row.
+
+        Example:
+            ```python
+            rows = list(scheduler.accounting(datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 2, tzinfo=timezone.utc)))
+            ```
+        """
         conditions = [f"(execSystemId = '{self.exec_system_id}')", "AND", f"(created < '{_search_time(end)}')",
                       "AND", f"(lastUpdated >= '{_search_time(start)}')"]
         for job in self.client.search_jobs(conditions):
@@ -224,13 +253,25 @@ class TapisScheduler:
                    _sacct_time(state.end), format_walltime(elapsed) if elapsed else "00:00:00", str(job.node_count or 1), ""]
 
     def resources(self) -> list[QueueResources]:
-        """Not available: Tapis reports a system's queues and their limits, not how busy they are."""
+        """Not available: Tapis reports a system's queues and their limits, not how busy they are.
+
+        Example:
+            ```python
+            scheduler.resources()  # raises PermanentSchedulerError
+            ```
+        """
         raise PermanentSchedulerError(f"{self.system} is reached through Tapis, which does not report queue load; "
                                       "save a TaccCredentials block to query it over SSH")
 
     def read_files(self, offsets: Mapping[str, int], limit: int = 65536) -> dict[str, FileTail]:
         """Each file from its offset (at most `limit` bytes, the newest kept), one Files API call
-        per file; files of jobs that have not started are not asked for."""
+        per file; files of jobs that have not started are not asked for.
+
+        Example:
+            ```python
+            scheduler.read_files({paths.progress: 0, paths.stdout: offset})
+            ```
+        """
         tails = {}
         for path, offset in offsets.items():
             waiting = any(path.startswith(f"{directory.rstrip('/')}/") for directory in self._not_started)
@@ -243,13 +284,31 @@ class TapisScheduler:
         return tails
 
     def outputs(self, job_id: str) -> list[FileInfo]:
-        """The files the job's agent wrote (its `output/` directory), while it runs or after."""
+        """The files the job's agent wrote (its `output/` directory), while it runs or after.
+
+        Example:
+            ```python
+            [file.name for file in scheduler.outputs("8a1c...-007")]  # ["progress", "result.json"]
+            ```
+        """
         return self.client.job_outputs(job_id, "output/")
 
     def output(self, job_id: str, path: str) -> bytes:
-        """One output file of the job (e.g. `output/result.json`, or its log `stdout.log`)."""
+        """One output file of the job (e.g. `output/result.json`, or its log `stdout.log`).
+
+        Example:
+            ```python
+            json.loads(scheduler.output("8a1c...-007", "output/result.json"))
+            ```
+        """
         return self.client.job_output(job_id, path)
 
     def history(self, job_id: str) -> list[JobHistoryEvent]:
-        """Every status change and event of the job, as Tapis recorded them."""
+        """Every status change and event of the job, as Tapis recorded them.
+
+        Example:
+            ```python
+            [event.event_detail for event in scheduler.history("8a1c...-007")]
+            ```
+        """
         return self.client.job_history(job_id)

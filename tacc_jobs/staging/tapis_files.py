@@ -45,7 +45,13 @@ class TapisFiles:
         self._seen: dict[str, dict[str, str]] = {}  # destination -> checksums last read back
 
     def push(self, source: Path, destination: str, on_progress: ProgressCallback | None = None) -> TransferStats:
-        """Upload the files of `source` whose content differs from the last checksums read back."""
+        """Upload the files of `source` whose content differs from the last checksums read back.
+
+        Example:
+            ```python
+            files.push(Path("datasets/VLASS2.1.eb123456"), "/scratch/01234/jdoe/tacc/datasets/VLASS2.1.eb123456")
+            ```
+        """
         started = time.monotonic()
         wanted = local_checksums(source)
         present = self._seen.get(destination, {})
@@ -82,7 +88,13 @@ class TapisFiles:
         return task.total_bytes_transferred or total
 
     def checksums(self, destination: str) -> dict[str, str]:
-        """SHA-256 of every file under `destination` (the manifest excluded), from their bytes."""
+        """SHA-256 of every file under `destination` (the manifest excluded), from their bytes.
+
+        Example:
+            ```python
+            files.checksums("/scratch/01234/jdoe/tacc/datasets/VLASS2.1.eb123456")  # {"chunk-000.csv": "9f2c..."}
+            ```
+        """
         root = relative_path(destination)
         sums = {}
         for info in self.client.list_files(self.system_id, destination, recurse=True):
@@ -96,14 +108,32 @@ class TapisFiles:
         return sums
 
     def read_manifest(self, destination: str) -> dict[str, str] | None:
-        """The manifest written by the last complete staging, if any."""
+        """The manifest written by the last complete staging, if any.
+
+        Example:
+            ```python
+            files.read_manifest("/scratch/01234/jdoe/tacc/datasets/VLASS2.1.eb123456")
+            ```
+        """
         content = self.client.get_contents(self.system_id, posixpath.join(destination, MANIFEST_NAME))
         return json.loads(content) if content else None
 
     def write_manifest(self, destination: str, manifest: dict[str, str]) -> None:
-        """Mark `destination` complete (the last upload of a staging)."""
+        """Mark `destination` complete (the last upload of a staging).
+
+        Example:
+            ```python
+            files.write_manifest(destination, inventory.manifest)
+            ```
+        """
         self.client.upload(self.system_id, posixpath.join(destination, MANIFEST_NAME), json.dumps(manifest, sort_keys=True).encode())
 
     def remove(self, destination: str) -> None:
-        """Delete `destination` and everything under it."""
+        """Delete `destination` and everything under it.
+
+        Example:
+            ```python
+            files.remove("/scratch/01234/jdoe/tacc/jobs/6f1c...")
+            ```
+        """
         self.client.delete(self.system_id, destination)

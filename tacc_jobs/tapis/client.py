@@ -114,7 +114,13 @@ class TapisClient:
         return text
 
     def access_token(self) -> SecretStr:
-        """A valid access token, renewed when it expires within the refresh margin."""
+        """A valid access token, renewed when it expires within the refresh margin.
+
+        Example:
+            ```python
+            tapis.access_token().get_secret_value()  # for a call this client does not make
+            ```
+        """
         with self._token_lock:
             if self._token is None or self._token.expires_at - datetime.now(timezone.utc) <= self.refresh_margin:
                 self._token = self._new_token()
@@ -143,7 +149,13 @@ class TapisClient:
         return AccessToken(value=SecretStr(access["access_token"]), expires_at=datetime.now(timezone.utc) + lifetime)
 
     def backoff(self, attempt: int, response: httpx.Response | None = None) -> float:
-        """Seconds to wait before retry `attempt` (0-based): `Retry-After`, else exponential."""
+        """Seconds to wait before retry `attempt` (0-based): `Retry-After`, else exponential.
+
+        Example:
+            ```python
+            time.sleep(tapis.backoff(attempt))
+            ```
+        """
         retry_after = response.headers.get("Retry-After") if response is not None else None
         if retry_after and retry_after.isdigit():
             return min(float(retry_after), self.max_backoff_seconds)
@@ -191,6 +203,11 @@ class TapisClient:
         Raises:
             TapisRequestError: Tapis refused the request (4xx), with its message.
             TapisUnavailableError: Tapis kept answering 429/5xx, or could not be reached.
+
+        Example:
+            ```python
+            tapis.request("GET", "/v3/jobs/list", "list jobs").json()["result"]
+            ```
         """
         token = self.access_token()
         try:
@@ -203,7 +220,13 @@ class TapisClient:
             return self._send(method, path, what, token=self.access_token(), **kwargs)
 
     def close(self) -> None:
-        """Close the HTTP connections."""
+        """Close the HTTP connections.
+
+        Example:
+            ```python
+            tapis.close()
+            ```
+        """
         self._http.close()
 
     def __enter__(self) -> TapisClient:
@@ -245,7 +268,13 @@ class TapisClient:
             skip += limit
 
     def cancel_job(self, job_uuid: str) -> None:
-        """`POST /v3/jobs/{jobUuid}/cancel`; a job already ended (409) is left alone."""
+        """`POST /v3/jobs/{jobUuid}/cancel`; a job already ended (409) is left alone.
+
+        Example:
+            ```python
+            tapis.cancel_job("8a1c...-007")
+            ```
+        """
         try:
             self.request("POST", f"/v3/jobs/{quote(job_uuid, safe='')}/cancel", f"cancel job {job_uuid}")
         except TapisRequestError as error:
@@ -253,20 +282,38 @@ class TapisClient:
                 raise
 
     def job_history(self, job_uuid: str) -> list[JobHistoryEvent]:
-        """`GET /v3/jobs/{jobUuid}/history`: every status change and event of the job."""
+        """`GET /v3/jobs/{jobUuid}/history`: every status change and event of the job.
+
+        Example:
+            ```python
+            [event.event_detail for event in tapis.job_history("8a1c...-007")]  # ["PENDING", ..., "FINISHED"]
+            ```
+        """
         response = self.request("GET", f"/v3/jobs/{quote(job_uuid, safe='')}/history", f"read the history of job {job_uuid}",
                                 params={"limit": 1000})
         return [JobHistoryEvent.model_validate(item) for item in response.json()["result"] or []]
 
     def job_outputs(self, job_uuid: str, path: str) -> list[FileInfo]:
         """`GET /v3/jobs/{jobUuid}/output/list/{outputPath}` (a directory relative to the job's
-        output directory, ending in `/`; allowed while the job runs)."""
+        output directory, ending in `/`; allowed while the job runs).
+
+        Example:
+            ```python
+            [file.name for file in tapis.job_outputs("8a1c...-007", "output/")]  # ["progress", "result.json"]
+            ```
+        """
         response = self.request("GET", f"/v3/jobs/{quote(job_uuid, safe='')}/output/list/{quote(path.lstrip('/'), safe='/')}",
                                 f"list the outputs of job {job_uuid}", params={"allowIfRunning": "true", "limit": 1000})
         return [FileInfo.model_validate(item) for item in response.json()["result"] or []]
 
     def job_output(self, job_uuid: str, path: str) -> bytes:
-        """`GET /v3/jobs/{jobUuid}/output/download/{outputPath}`: one output file's bytes."""
+        """`GET /v3/jobs/{jobUuid}/output/download/{outputPath}`: one output file's bytes.
+
+        Example:
+            ```python
+            json.loads(tapis.job_output("8a1c...-007", "output/result.json"))
+            ```
+        """
         response = self.request("GET", f"/v3/jobs/{quote(job_uuid, safe='')}/output/download/{quoted_path(path)}",
                                 f"download {path} of job {job_uuid}", params={"allowIfRunning": "true"})
         return response.content
@@ -274,7 +321,13 @@ class TapisClient:
     # --- Files ----------------------------------------------------------------------------
 
     def list_files(self, system_id: str, path: str, recurse: bool = False) -> list[FileInfo]:
-        """`GET /v3/files/ops/{systemId}/{path}`; a missing path is an empty list."""
+        """`GET /v3/files/ops/{systemId}/{path}`; a missing path is an empty list.
+
+        Example:
+            ```python
+            tapis.list_files("ls6", "/scratch/01234/jdoe/tacc/datasets", recurse=True)
+            ```
+        """
         try:
             response = self.request("GET", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"list {system_id}:{path}",
                                     params={"recurse": str(recurse).lower(), "limit": 10000})
@@ -285,7 +338,13 @@ class TapisClient:
         return [FileInfo.model_validate(item) for item in response.json()["result"] or []]
 
     def get_contents(self, system_id: str, path: str) -> bytes | None:
-        """`GET /v3/files/content/{systemId}/{path}`: a file's bytes, None when it does not exist."""
+        """`GET /v3/files/content/{systemId}/{path}`: a file's bytes, None when it does not exist.
+
+        Example:
+            ```python
+            tapis.get_contents("ls6", "/scratch/01234/jdoe/tacc/jobs/6f1c.../output/progress")  # b"0.5000\\n"
+            ```
+        """
         try:
             return self.request("GET", f"/v3/files/content/{system_id}/{quoted_path(path)}", f"read {system_id}:{path}").content
         except TapisRequestError as error:
@@ -294,16 +353,34 @@ class TapisClient:
             raise
 
     def upload(self, system_id: str, path: str, content: bytes) -> None:
-        """`POST /v3/files/ops/{systemId}/{path}` (multipart): write one file, parents created."""
+        """`POST /v3/files/ops/{systemId}/{path}` (multipart): write one file, parents created.
+
+        Example:
+            ```python
+            tapis.upload("ls6", "/scratch/01234/jdoe/tacc/apps/a.zip", archive_bytes)
+            ```
+        """
         self.request("POST", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"upload {system_id}:{path}",
                      files={"file": (posixpath.basename(path), content, "application/octet-stream")})
 
     def mkdir(self, system_id: str, path: str) -> None:
-        """`POST /v3/files/ops/{systemId}`: create a directory and its parents (no error if it exists)."""
+        """`POST /v3/files/ops/{systemId}`: create a directory and its parents (no error if it exists).
+
+        Example:
+            ```python
+            tapis.mkdir("ls6", "/scratch/01234/jdoe/tacc/datasets/VLASS2.1.eb123456")
+            ```
+        """
         self.request("POST", f"/v3/files/ops/{system_id}", f"create {system_id}:{path}", json={"path": relative_path(path)})
 
     def delete(self, system_id: str, path: str) -> None:
-        """`DELETE /v3/files/ops/{systemId}/{path}` (recursive); a missing path is no error."""
+        """`DELETE /v3/files/ops/{systemId}/{path}` (recursive); a missing path is no error.
+
+        Example:
+            ```python
+            tapis.delete("ls6", "/scratch/01234/jdoe/tacc/jobs/6f1c...")
+            ```
+        """
         try:
             self.request("DELETE", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"delete {system_id}:{path}")
         except TapisRequestError as error:
@@ -312,13 +389,25 @@ class TapisClient:
 
     def create_transfer(self, elements: list[TransferElement], tag: str) -> TransferTask:
         """`POST /v3/files/transfers`: Tapis moves the files itself, system to system (retried
-        like any call: a transfer repeated after a lost answer copies the same files again)."""
+        like any call: a transfer repeated after a lost answer copies the same files again).
+
+        Example:
+            ```python
+            tapis.create_transfer([TransferElement(source_uri="tapis://corral/d/a.csv", destination_uri="tapis://ls6/scratch/d/a.csv")], "d")
+            ```
+        """
         body = {"tag": tag, "elements": [element.wire() for element in elements]}
         response = self.request("POST", "/v3/files/transfers", f"create transfer {tag}", json=body)
         return TransferTask.model_validate(response.json()["result"])
 
     def get_transfer(self, task_uuid: str) -> TransferTask:
-        """`GET /v3/files/transfers/{transferTaskId}` with its byte counts."""
+        """`GET /v3/files/transfers/{transferTaskId}` with its byte counts.
+
+        Example:
+            ```python
+            tapis.get_transfer(task.uuid).status  # "COMPLETED"
+            ```
+        """
         response = self.request("GET", f"/v3/files/transfers/{quote(task_uuid, safe='')}", f"read transfer {task_uuid}",
                                 params={"includeSummary": "true"})
         return TransferTask.model_validate(response.json()["result"])
@@ -326,7 +415,13 @@ class TapisClient:
     # --- Apps -----------------------------------------------------------------------------
 
     def get_app(self, app_id: str, version: str) -> Mapping[str, object] | None:
-        """`GET /v3/apps/{appId}/{appVersion}`; None when no such app version exists."""
+        """`GET /v3/apps/{appId}/{appVersion}`; None when no such app version exists.
+
+        Example:
+            ```python
+            tapis.get_app("tacc-orch-alphacal", "1.0") is not None
+            ```
+        """
         try:
             response = self.request("GET", f"/v3/apps/{quote(app_id, safe='')}/{quote(version, safe='')}", f"read app {app_id} {version}")
         except TapisRequestError as error:
@@ -336,10 +431,22 @@ class TapisClient:
         return response.json()["result"]
 
     def create_app(self, app: AppDefinition) -> None:
-        """`POST /v3/apps`: register a new app version."""
+        """`POST /v3/apps`: register a new app version.
+
+        Example:
+            ```python
+            tapis.create_app(app_definition("AlphaCal", "ls6", "/scratch/01234/jdoe/tacc"))
+            ```
+        """
         self.request("POST", "/v3/apps", f"create app {app.id} {app.version}", json=app.wire())
 
     def put_app(self, app: AppDefinition) -> None:
-        """`PUT /v3/apps/{appId}/{appVersion}`: replace an existing app version's definition."""
+        """`PUT /v3/apps/{appId}/{appVersion}`: replace an existing app version's definition.
+
+        Example:
+            ```python
+            tapis.put_app(app_definition("AlphaCal", "ls6", "/scratch/01234/jdoe/tacc"))
+            ```
+        """
         body = {key: value for key, value in app.wire().items() if key not in {"id", "version"}}
         self.request("PUT", f"/v3/apps/{quote(app.id, safe='')}/{quote(app.version, safe='')}", f"update app {app.id} {app.version}", json=body)

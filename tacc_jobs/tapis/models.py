@@ -24,7 +24,13 @@ class TapisModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     def wire(self) -> dict[str, object]:
-        """The JSON body Tapis expects: camelCase keys, unset fields left out."""
+        """The JSON body Tapis expects: camelCase keys, unset fields left out.
+
+        Example:
+            ```python
+            client.request("POST", "/v3/jobs/submit", "submit", json=request.wire())
+            ```
+        """
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
