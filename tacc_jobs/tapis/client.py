@@ -219,6 +219,21 @@ class TapisClient:
             self._forget_token(token)
             return self._send(method, path, what, token=self.access_token(), **kwargs)
 
+    def request_unless(self, status_code: int, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response | None:
+        """`request`, or None when Tapis answers `status_code` (404: not there; 409: done already).
+
+        Example:
+            ```python
+            tapis.request_unless(404, "GET", "/v3/apps/tacc-orch-alphacal/1.0", "read app") is None
+            ```
+        """
+        try:
+            return self.request(method, path, what, **kwargs)
+        except TapisRequestError as error:
+            if error.status_code != status_code:
+                raise
+            return None
+
     def close(self) -> None:
         """Close the HTTP connections.
 
@@ -275,11 +290,7 @@ class TapisClient:
             tapis.cancel_job("8a1c...-007")
             ```
         """
-        try:
-            self.request("POST", f"/v3/jobs/{quote(job_uuid, safe='')}/cancel", f"cancel job {job_uuid}")
-        except TapisRequestError as error:
-            if error.status_code != 409:
-                raise
+        self.request_unless(409, "POST", f"/v3/jobs/{quote(job_uuid, safe='')}/cancel", f"cancel job {job_uuid}")
 
     def job_history(self, job_uuid: str) -> list[JobHistoryEvent]:
         """`GET /v3/jobs/{jobUuid}/history`: every status change and event of the job.
@@ -328,14 +339,9 @@ class TapisClient:
             tapis.list_files("ls6", "/scratch/01234/jdoe/tacc/datasets", recurse=True)
             ```
         """
-        try:
-            response = self.request("GET", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"list {system_id}:{path}",
-                                    params={"recurse": str(recurse).lower(), "limit": 10000})
-        except TapisRequestError as error:
-            if error.status_code == 404:
-                return []
-            raise
-        return [FileInfo.model_validate(item) for item in response.json()["result"] or []]
+        response = self.request_unless(404, "GET", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"list {system_id}:{path}",
+                                       params={"recurse": str(recurse).lower(), "limit": 10000})
+        return [FileInfo.model_validate(item) for item in response.json()["result"] or []] if response else []
 
     def get_contents(self, system_id: str, path: str) -> bytes | None:
         """`GET /v3/files/content/{systemId}/{path}`: a file's bytes, None when it does not exist.
@@ -345,12 +351,8 @@ class TapisClient:
             tapis.get_contents("ls6", "/scratch/01234/jdoe/tacc/jobs/6f1c.../output/progress")  # b"0.5000\\n"
             ```
         """
-        try:
-            return self.request("GET", f"/v3/files/content/{system_id}/{quoted_path(path)}", f"read {system_id}:{path}").content
-        except TapisRequestError as error:
-            if error.status_code == 404:
-                return None
-            raise
+        response = self.request_unless(404, "GET", f"/v3/files/content/{system_id}/{quoted_path(path)}", f"read {system_id}:{path}")
+        return response.content if response is not None else None
 
     def upload(self, system_id: str, path: str, content: bytes) -> None:
         """`POST /v3/files/ops/{systemId}/{path}` (multipart): write one file, parents created.
@@ -381,11 +383,7 @@ class TapisClient:
             tapis.delete("ls6", "/scratch/01234/jdoe/tacc/jobs/6f1c...")
             ```
         """
-        try:
-            self.request("DELETE", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"delete {system_id}:{path}")
-        except TapisRequestError as error:
-            if error.status_code != 404:
-                raise
+        self.request_unless(404, "DELETE", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"delete {system_id}:{path}")
 
     def create_transfer(self, elements: list[TransferElement], tag: str) -> TransferTask:
         """`POST /v3/files/transfers`: Tapis moves the files itself, system to system (retried
@@ -422,13 +420,9 @@ class TapisClient:
             tapis.get_app("tacc-orch-alphacal", "1.0") is not None
             ```
         """
-        try:
-            response = self.request("GET", f"/v3/apps/{quote(app_id, safe='')}/{quote(version, safe='')}", f"read app {app_id} {version}")
-        except TapisRequestError as error:
-            if error.status_code == 404:
-                return None
-            raise
-        return response.json()["result"]
+        response = self.request_unless(404, "GET", f"/v3/apps/{quote(app_id, safe='')}/{quote(version, safe='')}",
+                                       f"read app {app_id} {version}")
+        return response.json()["result"] if response is not None else None
 
     def create_app(self, app: AppDefinition) -> None:
         """`POST /v3/apps`: register a new app version.
