@@ -124,7 +124,7 @@ def transfer_host(system: str) -> str:
     if system == "local":
         return LocalCopy.host
     tapis = saved_tapis_credentials(system)
-    return tapis.transfer().host if tapis is not None else credentials_for(system).host
+    return tapis.host if tapis is not None else credentials_for(system).host
 
 
 def agent_runtime(system: str) -> AgentRuntime:

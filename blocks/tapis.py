@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from blocks.database import load_saved
 from tacc_jobs.schedulers.tapis import TapisScheduler
-from tacc_jobs.staging.tapis_files import TapisFiles
+from tacc_jobs.staging.tapis_files import TapisFiles, files_host
 from tacc_jobs.tapis.client import TACC_TENANT_URL, TapisClient
 
 _ABSOLUTE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")
@@ -81,6 +81,11 @@ class TapisCredentials(CredentialsBlock):
         if self.password is None and (self.client_id is None or self.client_key is None):
             raise ValueError("a refresh_token needs client_id and client_key")
         return self
+
+    @property
+    def host(self) -> str:
+        """Where this system's transfers go (tenant and execution system): bandwidth is measured per host."""
+        return files_host(self.base_url, self.exec_system_id)
 
     def get_client(self) -> TapisClient:
         """A new client of the tenant as this user (close it, or use `with`).

@@ -22,6 +22,7 @@ from blocks.database import open_job_store
 from blocks.tapis import TapisCredentials
 from flows.cancel import cancel_job
 from flows.ingest import ingest_job_metadata
+from flows.plan import plan_job
 from flows.register_apps import register_tapis_apps
 from flows.resources import cluster_resources
 from flows.stage import stage_dataset, staging_status
@@ -54,6 +55,9 @@ def apps_registered(tapis_block: TapisCredentials) -> None:
 
 def test_the_saved_block_makes_ls6_go_through_tapis(tapis_block: TapisCredentials) -> None:
     assert isinstance(scheduler_for("ls6"), TapisScheduler) and isinstance(transfer_for("ls6"), TapisFiles)
+    plan = plan_job(request())
+    assert plan.account == tapis_block.allocation and ["-A", tapis_block.allocation] == plan.sbatch_args[-2:]
+    assert f"TapisCredentials block 'ls6': allocation {tapis_block.allocation}" in plan.based_on
 
 
 @pytest.mark.usefixtures("apps_registered")

@@ -27,6 +27,16 @@ from tacc_jobs.tapis.client import TapisClient, relative_path
 from tacc_jobs.tapis.models import TransferElement
 
 
+def files_host(base_url: str, system_id: str) -> str:
+    """The name transfers to a Tapis system are measured under: tenant and system.
+
+    Example:
+        >>> files_host("https://tacc.tapis.io/", "ls6")
+        'tacc.tapis.io/ls6'
+    """
+    return f"{base_url.split('://', 1)[-1].rstrip('/')}/{system_id}"
+
+
 class TapisFiles:
     """Moves datasets to an execution system's scratch through the Files API.
 
@@ -41,7 +51,7 @@ class TapisFiles:
                  transfer_threshold_bytes: int = 1 << 30, poll_seconds: float = 2.0) -> None:
         self.client, self.system_id = client, system_id
         self.source_url, self.transfer_threshold_bytes, self.poll_seconds = source_url, transfer_threshold_bytes, poll_seconds
-        self.host = f"{client.base_url.split('://', 1)[-1]}/{system_id}"
+        self.host = files_host(client.base_url, system_id)
         self._seen: dict[str, dict[str, str]] = {}  # destination -> checksums last read back
 
     def push(self, source: Path, destination: str, on_progress: ProgressCallback | None = None) -> TransferStats:
