@@ -105,7 +105,7 @@ def map_tapis_status(
     if status == "FAILED":
         if condition in _TAPIS_FAILED_CONDITIONS:
             return JobStatus.FAILED, _TAPIS_FAILED_CONDITIONS[condition]
-        if exit_code and exit_code.partition(":")[0] not in {"", "0"}:
+        if exit_code and exit_code not in {"0", "0:0"}:
             return JobStatus.FAILED, _exit_reason(exit_code)
         return JobStatus.FAILED, ": ".join(part for part in (condition, message) if part) or "FAILED"
     raise UnknownSlurmState(f"unknown Tapis job status {status!r}")
