@@ -10,33 +10,31 @@ from tacc_jobs.models import JobStatus
 from tacc_jobs.schedulers.states import map_tapis_status
 from tacc_jobs.tapis.models import TapisStatus
 
-EXPECTED = {
-    "PENDING": (JobStatus.QUEUING, "PENDING"),
-    "PROCESSING_INPUTS": (JobStatus.QUEUING, "PROCESSING_INPUTS"),
-    "STAGING_INPUTS": (JobStatus.QUEUING, "STAGING_INPUTS"),
-    "STAGING_JOB": (JobStatus.QUEUING, "STAGING_JOB"),
-    "SUBMITTING_JOB": (JobStatus.QUEUING, "SUBMITTING_JOB"),
-    "QUEUED": (JobStatus.QUEUING, "QUEUED"),
-    "RUNNING": (JobStatus.RUNNING, "RUNNING"),
-    "ARCHIVING": (JobStatus.RUNNING, "ARCHIVING"),
-    "BLOCKED": (JobStatus.QUEUING, "BLOCKED: SSH connection lost"),
-    "PAUSED": (JobStatus.QUEUING, "PAUSED: paused by the tenant"),
-    "FINISHED": (JobStatus.COMPLETED, "FINISHED"),
-    "CANCELLED": (JobStatus.CANCELLED, "cancelled (CANCELLED_BY_USER)"),
-    "FAILED": (JobStatus.FAILED, "JOB_UNABLE_TO_STAGE_INPUTS: input not found"),
-}
-CONTEXT = {"BLOCKED": ("SSH connection lost", None), "PAUSED": ("paused by the tenant", None), "CANCELLED": (None, "CANCELLED_BY_USER"),
-           "FAILED": ("input not found", "JOB_UNABLE_TO_STAGE_INPUTS")}
+# status, its condition and last message, then the store's status and reason
+CASES = [
+    ("PENDING", None, None, JobStatus.QUEUING, "PENDING"),
+    ("PROCESSING_INPUTS", None, None, JobStatus.QUEUING, "PROCESSING_INPUTS"),
+    ("STAGING_INPUTS", None, None, JobStatus.QUEUING, "STAGING_INPUTS"),
+    ("STAGING_JOB", None, None, JobStatus.QUEUING, "STAGING_JOB"),
+    ("SUBMITTING_JOB", None, None, JobStatus.QUEUING, "SUBMITTING_JOB"),
+    ("QUEUED", None, None, JobStatus.QUEUING, "QUEUED"),
+    ("RUNNING", None, None, JobStatus.RUNNING, "RUNNING"),
+    ("ARCHIVING", None, None, JobStatus.RUNNING, "ARCHIVING"),
+    ("BLOCKED", None, "SSH connection lost", JobStatus.QUEUING, "BLOCKED: SSH connection lost"),
+    ("PAUSED", None, "paused by the tenant", JobStatus.QUEUING, "PAUSED: paused by the tenant"),
+    ("FINISHED", "NORMAL_COMPLETION", None, JobStatus.COMPLETED, "FINISHED"),
+    ("CANCELLED", "CANCELLED_BY_USER", None, JobStatus.CANCELLED, "cancelled (CANCELLED_BY_USER)"),
+    ("FAILED", "JOB_UNABLE_TO_STAGE_INPUTS", "input not found", JobStatus.FAILED, "JOB_UNABLE_TO_STAGE_INPUTS: input not found"),
+]
 
 
 def test_every_status_of_tapiss_schema_is_mapped() -> None:
-    assert set(typing.get_args(TapisStatus)) == set(EXPECTED)
+    assert {case[0] for case in CASES} == set(typing.get_args(TapisStatus))
 
 
-@pytest.mark.parametrize("status", sorted(EXPECTED))
-def test_status_maps_with_a_reason(status: str) -> None:
-    message, condition = CONTEXT.get(status, (None, None))
-    assert map_tapis_status(status, condition, message) == EXPECTED[status]
+@pytest.mark.parametrize(("status", "condition", "message", "store_status", "reason"), CASES)
+def test_status_maps_with_a_reason(status: str, condition: str | None, message: str | None, store_status: JobStatus, reason: str) -> None:
+    assert map_tapis_status(status, condition, message) == (store_status, reason)
 
 
 @pytest.mark.parametrize("status", ["BLOCKED", "PAUSED"])
