@@ -1,4 +1,5 @@
-"""Which scheduler and agent runtime serve a system: the embedded cluster, or TACC over SSH."""
+"""Which scheduler and agent runtime serve a system: the embedded cluster, TACC through Tapis
+(a `TapisCredentials` block saved under the system's name), or TACC over SSH."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from blocks.credentials import TaccCredentials
-from blocks.database import is_missing_block
+from blocks.database import load_saved
+from blocks.tapis import saved_tapis_credentials
 from tacc_jobs.agents import AGENTS_DIR
 from tacc_jobs.schedulers import Scheduler
 from tacc_jobs.schedulers.job_script import AgentRuntime
@@ -41,14 +43,7 @@ def close_connections() -> None:
 def saved_credentials(system: str) -> TaccCredentials | None:
     """The `TaccCredentials` block saved under the system's name; None for the embedded cluster
     or when no such block is saved (planning needs none: the catalog is data)."""
-    if system == "local":
-        return None
-    try:
-        return TaccCredentials.load(system)
-    except ValueError as error:
-        if not is_missing_block(error):
-            raise
-        return None
+    return None if system == "local" else load_saved(TaccCredentials, system)
 
 
 def credentials_for(system: str) -> TaccCredentials:
@@ -66,8 +61,9 @@ def credentials_for(system: str) -> TaccCredentials:
 
 
 def scheduler_for(system: str) -> Scheduler:
-    """The scheduler of `system`: the embedded cluster for `local`, else Slurm over one SSH
-    connection per system and process (TACC's MFA: log in once, multiplex the rest).
+    """The scheduler of `system`: the embedded cluster for `local`, the Tapis Jobs API when a
+    `TapisCredentials` block is saved under its name, else Slurm over one SSH connection per
+    system and process (TACC's MFA: log in once, multiplex the rest).
 
     Example:
         ```python
@@ -76,6 +72,8 @@ def scheduler_for(system: str) -> Scheduler:
     """
     if system == "local":
         return LocalScheduler(get_settings().local_cluster_dir)
+    if (tapis := saved_tapis_credentials(system)) is not None:
+        return tapis.scheduler(system)
     credentials = credentials_for(system)
     with _connections_lock:  # tasks run in threads: one connection (and key file) per system
         if system not in _connections:
@@ -110,9 +108,12 @@ def ssh_session_slot(host: str) -> Callable[[], AbstractContextManager[object]]:
 
 
 def transfer_for(system: str) -> Transfer:
-    """How datasets reach `system`'s scratch: a local copy, or rsync over the system's connection."""
+    """How datasets reach `system`'s scratch: a local copy, the Tapis Files API, or rsync over
+    the system's connection."""
     if system == "local":
         return LocalCopy()
+    if (tapis := saved_tapis_credentials(system)) is not None:
+        return tapis.transfer()
     scheduler = scheduler_for(system)
     assert isinstance(scheduler, SlurmScheduler)
     return RsyncOverSsh(scheduler.transport)  # type: ignore[arg-type]
@@ -120,14 +121,19 @@ def transfer_for(system: str) -> Transfer:
 
 def transfer_host(system: str) -> str:
     """The host transfers to `system` go to (bandwidth is measured per host)."""
-    return LocalCopy.host if system == "local" else credentials_for(system).host
+    if system == "local":
+        return LocalCopy.host
+    tapis = saved_tapis_credentials(system)
+    return tapis.host if tapis is not None else credentials_for(system).host
 
 
 def agent_runtime(system: str) -> AgentRuntime:
     """How agents run on `system`: here with this interpreter; at TACC from `<scratch>/agents`."""
     if system == "local":
         return AgentRuntime(python=sys.executable, agent_home=str(AGENTS_DIR))
-    return AgentRuntime(python="python3", agent_home=posixpath.join(credentials_for(system).scratch_root or "", "agents"))
+    tapis = saved_tapis_credentials(system)
+    scratch_root = tapis.scratch_root if tapis is not None else credentials_for(system).scratch_root
+    return AgentRuntime(python="python3", agent_home=posixpath.join(scratch_root or "", "agents"))
 
 
 def poll_floor_seconds(system: str) -> float:

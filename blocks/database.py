@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from prefect.blocks.core import Block
 from prefect_sqlalchemy import SqlAlchemyConnector
 from sqlalchemy import Engine
 
@@ -13,6 +16,25 @@ from tacc_jobs.store.engine import migrated, migrated_sqlite
 def is_missing_block(error: ValueError) -> bool:
     """Whether `Block.load` failed because no block of that name is saved (not a broken one)."""
     return "Unable to find block document" in str(error)
+
+
+BlockType = TypeVar("BlockType", bound=Block)
+
+
+def load_saved(block_type: type[BlockType], name: str) -> BlockType | None:
+    """The block of that type saved under `name`; None when none is (a broken one raises).
+
+    Example:
+        ```python
+        load_saved(SqlAlchemyConnector, "tacc-jobs-db")  # None: the store is SQLite
+        ```
+    """
+    try:
+        return block_type.load(name)  # type: ignore[return-value]
+    except ValueError as error:
+        if not is_missing_block(error):
+            raise
+        return None
 
 
 def open_engine() -> Engine:

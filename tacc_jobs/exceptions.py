@@ -63,3 +63,15 @@ class PermanentSchedulerError(SchedulerError):
 
 class StagingError(TaccOrchestratorError, RuntimeError):
     """A dataset cannot be staged as it is (missing, unreadable, a link, or failed verification)."""
+
+
+class TapisRequestError(PermanentSchedulerError):
+    """Tapis refused a request (a 4xx answer): the message is the API's own, with what to fix."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class TapisUnavailableError(TransientSchedulerError):
+    """Tapis did not answer, or answered 429 or 5xx, even after the client's retries."""

@@ -17,7 +17,7 @@ from tacc_jobs.planning.catalog import find_queue
 from tacc_jobs.planning.charges import charge_su
 from tacc_jobs.schedulers import Scheduler, SchedulerJobState
 from tacc_jobs.schedulers.job_script import JobPaths, scheduler_job_name
-from tacc_jobs.schedulers.states import map_slurm_state
+from tacc_jobs.schedulers.states import map_scheduler_state
 from tacc_jobs.settings import OrchestratorSettings
 from tacc_jobs.store import JobStore, JobUpdate, Transition
 from tacc_jobs.walltime import utcnow
@@ -145,7 +145,7 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
         state = states.get(job.scheduler_job_id)
         observation = JobObservation(scheduler_job_id=job.scheduler_job_id, state=state)
         if state is not None:
-            observation.status, observation.reason = map_slurm_state(state.state, state.exit_code, state.reason, state.in_queue)
+            observation.status, observation.reason = map_scheduler_state(state)
         observation.progress = _parse_progress(files[job.progress_path].data)
         if job.stdout_path:
             observation.log = files[job.stdout_path].data
@@ -250,7 +250,7 @@ def reconcile_unsubmitted(store: JobStore, scheduler: Scheduler, records: Sequen
         adopted = _apply(store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=state.job_id, work_dir=work_dir, reason=ADOPTED_REASON))
         transitions.append(adopted)
         if adopted.record.scheduler_job_id == state.job_id and not adopted.record.status.is_terminal:
-            status, reason = map_slurm_state(state.state, state.exit_code, state.reason, state.in_queue)
+            status, reason = map_scheduler_state(state)
             observation = JobObservation(scheduler_job_id=state.job_id, state=state, status=status, reason=reason)
             transitions.append(record_observation(store, adopted.record, observation, policy, now) or adopted)
     return transitions

@@ -6,6 +6,7 @@ from prefect import task
 
 from blocks.clusters import saved_credentials
 from blocks.database import open_job_store, open_staging_store
+from blocks.tapis import saved_tapis_credentials
 from tacc_jobs.exceptions import PlanRefused, StagingError
 from tacc_jobs.models import JobRequest, Plan
 from tacc_jobs.planning.planner import PlanningContext, plan_request
@@ -20,9 +21,10 @@ from tasks.policies import ONCE_PER_FLOW_RUN
 def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
     """Plan a request with this user's history and budget from the job store.
 
-    Planning needs no account: the catalog is data. The system's `TaccCredentials` block, when
-    one is saved, adds what only it knows (the allocation for `sbatch -A`, the bandwidth
-    measured on past transfers to its host); `Plan.based_on` says which estimates used it.
+    Planning needs no account: the catalog is data. The system's `TapisCredentials` or
+    `TaccCredentials` block, when one is saved, adds what only it knows (the allocation for
+    `sbatch -A`, the bandwidth measured on past transfers to its host); `Plan.based_on` says
+    which estimates used it.
 
     Args:
         request: The job to plan.
@@ -45,13 +47,13 @@ def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
         dataset = survey_dataset(settings.dataset_root, request.dataset_id)
     except StagingError as error:
         raise PlanRefused("dataset_id", str(error)) from None
-    credentials = saved_credentials(system)
+    credentials = saved_tapis_credentials(system) or saved_credentials(system)
     host = LocalCopy.host if system == "local" else credentials.host if credentials else None
     measured = open_staging_store().bandwidth(host) if host else None
     based_on = [f"bandwidth measured on past transfers to {host}" if measured else
                 f"default bandwidth of {settings.default_bandwidth_mb_per_s:g} MB/s (no transfer to {host or system} measured)"]
     if system != "local":
-        based_on.append(f"TaccCredentials block {system!r}: allocation {credentials.allocation or 'none set'}" if credentials
+        based_on.append(f"{type(credentials).__name__} block {system!r}: allocation {credentials.allocation or 'none set'}" if credentials
                         else f"no TaccCredentials block {system!r} saved: no allocation (-A), default bandwidth")
     context = PlanningContext(
         usd_per_gpu_hour=settings.usd_per_gpu_hour,

@@ -20,6 +20,7 @@ from tacc_jobs.models import JobRecord, JobRequest, JobStatus, Plan
 from tacc_jobs.schedulers import JobSubmission
 from tacc_jobs.schedulers.job_script import (
     JobPaths,
+    job_environment,
     render_job_script,
     scheduler_job_name,
 )
@@ -51,7 +52,8 @@ def batch_job_for(record: JobRecord, request: JobRequest | None = None, plan: Pl
     settings = get_settings()
     scheduler = scheduler_for(record.system)
     paths = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id)
-    script = render_job_script(record.id, request, plan, paths, agent_runtime(record.system)) if request and plan else ""
+    runtime = agent_runtime(record.system)
+    script = render_job_script(record.id, request, plan, paths, runtime) if request and plan else ""
     return BatchJob(
         system=record.system,
         submission=JobSubmission(
@@ -62,6 +64,9 @@ def batch_job_for(record: JobRecord, request: JobRequest | None = None, plan: Pl
             stderr_path=paths.stderr,
             sbatch_args=plan.sbatch_args if plan else [],
             not_before=record.created_at - NAME_LOOKUP_MARGIN,
+            agent=record.agent,
+            env=job_environment(record.id, request, paths, runtime) if request else {},
+            webhook_url=record.webhook_url,
         ),
         progress_path=paths.progress,
         result_path=paths.result,

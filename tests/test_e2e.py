@@ -27,16 +27,25 @@ from tests.conftest import POSTGRES_ADMIN_URL, REPO, Webhook, state_of, wait_unt
 PORT = 4317
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`scripts/stack.sh up` on its own port, homes and database; `down` afterwards."""
+@contextmanager
+def running_stack(tmp_path_factory: pytest.TempPathFactory, port: int) -> Iterator[dict[str, str]]:
+    """`scripts/stack.sh up` on `port`, with homes and database of its own; `down` afterwards."""
     home = tmp_path_factory.mktemp("stack")
-    env = {**os.environ, "TACC_STACK_PORT": str(PORT), "TACC_ORCH_HOME": str(home / "orch"), "PREFECT_HOME": str(home / "prefect"),
-           "PREFECT_API_URL": f"http://127.0.0.1:{PORT}/api", "TACC_ORCH_POLL_MIN_SECONDS": "0.5"}
+    env = {**os.environ, "TACC_STACK_PORT": str(port), "TACC_ORCH_HOME": str(home / "orch"), "PREFECT_HOME": str(home / "prefect"),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "TACC_ORCH_POLL_MIN_SECONDS": "0.5"}
     up = subprocess.run([str(REPO / "scripts" / "stack.sh"), "up"], env=env, capture_output=True, text=True, timeout=600)
     assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
-    yield env
-    subprocess.run([str(REPO / "scripts" / "stack.sh"), "down"], env=env, capture_output=True, timeout=60)
+    try:
+        yield env
+    finally:
+        subprocess.run([str(REPO / "scripts" / "stack.sh"), "down"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The local stack on its own port, homes and database."""
+    with running_stack(tmp_path_factory, PORT) as env:
+        yield env
 
 
 def stack_store(env: dict[str, str]) -> JobStore:
@@ -63,7 +72,7 @@ def read_flow_run(env: dict[str, str], flow_run_id: uuid.UUID | str) -> dict[str
 def test_every_deployment_is_there_and_scheduled(stack: dict[str, str]) -> None:
     deployments = {d["name"]: d for d in api(stack, "/deployments/filter")}  # type: ignore[union-attr]
     assert set(deployments) >= {"submit-job", "submit-batch", "plan-job", "watch-jobs", "cancel-job", "stage-dataset",
-                                "cluster-resources", "ingest-job-metadata", "usage-report", "cleanup"}
+                                "cluster-resources", "ingest-job-metadata", "usage-report", "cleanup", "register-tapis-apps"}
     crons = {name: [s["schedule"].get("cron") for s in d["schedules"]] for name, d in deployments.items()}
     assert crons["watch-jobs"] == ["* * * * *"] and crons["ingest-job-metadata"] == ["0 2 * * *"]
     assert crons["usage-report"] == ["0 6 * * 1"] and crons["cleanup"] == ["30 3 * * *"]
@@ -279,7 +288,7 @@ def test_the_stack_runs_on_a_postgresql_server_database(tmp_path: Path, postgres
         with psycopg.connect(f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{server_db}") as connection:
             deployments = connection.execute("SELECT count(*) FROM deployment").fetchone()[0]
             runs = connection.execute("SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'").fetchone()[0]
-        assert deployments == 10 and runs >= 1, "the server keeps its state in PostgreSQL"
+        assert deployments == 11 and runs >= 1, "the server keeps its state in PostgreSQL"
     finally:
         subprocess.run([stack_script, "down"], env=env, capture_output=True, timeout=120)
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:

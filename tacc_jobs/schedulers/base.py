@@ -8,6 +8,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from tacc_jobs.models import JobStatus
+
 SACCT_FIELDS = ("JobID", "JobName", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Start", "End",
                 "Elapsed", "NNodes", "AllocTRES")
 """The accounting fields every backend reports, in this order (`sacct --format`)."""
@@ -25,6 +27,10 @@ class JobSubmission(BaseModel):
     not_before: datetime | None = Field(
         default=None, description="When the job was recorded: a look-up by name need not look earlier (a day when None)"
     )
+    agent: str | None = Field(default=None, description="The agent: the app a Tapis job runs (Slurm runs the script)")
+    env: dict[str, str] = Field(default_factory=dict, description="The agent's environment (the script exports it too)")
+    inputs: dict[str, str] = Field(default_factory=dict, description="Input name -> source URL that Tapis stages in")
+    webhook_url: str | None = Field(default=None, description="Where Tapis posts the job's status changes")
 
 
 class SchedulerJobState(BaseModel):
@@ -40,6 +46,9 @@ class SchedulerJobState(BaseModel):
     submit: datetime | None = Field(default=None, description="When the job (this attempt) was submitted")
     in_queue: bool = Field(
         default=False, description="Whether the controller still holds the job (squeue lists it): an end it shows may be followed by a requeue"
+    )
+    status: JobStatus | None = Field(
+        default=None, description="The store's status, when the backend maps its own states (Tapis); else from `state`"
     )
 
 

@@ -66,6 +66,34 @@ def scheduler_job_name(job_id: uuid.UUID) -> str:
     return f"tacc-{job_id.hex}"
 
 
+WRITE_PARAMS = 'printf \'%s\\n\' "$TACC_PARAMS_JSON" > "$TACC_PARAMS_FILE"'
+"""The script line that hands the agent its parameters (the job script's, and a Tapis app's)."""
+
+
+def job_environment(job_id: uuid.UUID, request: JobRequest, paths: JobPaths, runtime: AgentRuntime) -> dict[str, str]:
+    """The environment of a job's agent: its directories, interpreter, image and parameters.
+
+    Example:
+        >>> from tacc_jobs.models import parse_request
+        >>> request = parse_request({"agent": "AlphaCal", "dataset_id": "d1", "gpu_count": 1, "max_runtime": "1h", "user_id": "jdoe"})
+        >>> env = job_environment(uuid.UUID(int=1), request, JobPaths.for_job("/s", uuid.UUID(int=1), "d1"), AgentRuntime(agent_home="/a"))
+        >>> env["TACC_DATASET_DIR"], env["TACC_PARAMS_JSON"]
+        ('/s/datasets/d1', '{"rfi_strategy": "medium"}')
+    """
+    return {
+        "TACC_ORCH_JOB_ID": str(job_id),
+        "TACC_JOB_DIR": paths.work_dir,
+        "TACC_DATASET_DIR": paths.dataset_dir,
+        "TACC_OUTPUT_DIR": paths.output_dir,
+        "TACC_PROGRESS_FILE": paths.progress,
+        "TACC_PARAMS_FILE": paths.params,
+        "TACC_PARAMS_JSON": json.dumps(request.params.model_dump(mode="json"), sort_keys=True),
+        "TACC_PYTHON": runtime.python,
+        "TACC_AGENT_HOME": runtime.agent_home,
+        "TACC_AGENT_IMAGE": runtime.image or "",
+    }
+
+
 def render_job_script(job_id: uuid.UUID, request: JobRequest, plan: Plan, paths: JobPaths, runtime: AgentRuntime) -> str:
     """Render the batch script: `#!/bin/bash`, every `#SBATCH` line, quoted exports, the agent's body.
 
@@ -83,24 +111,12 @@ def render_job_script(job_id: uuid.UUID, request: JobRequest, plan: Plan, paths:
         f"#SBATCH -e {paths.stderr}",
         *plan.sbatch_directives,
     ]
-    exports = {
-        "TACC_ORCH_JOB_ID": str(job_id),
-        "TACC_JOB_DIR": paths.work_dir,
-        "TACC_DATASET_DIR": paths.dataset_dir,
-        "TACC_OUTPUT_DIR": paths.output_dir,
-        "TACC_PROGRESS_FILE": paths.progress,
-        "TACC_PARAMS_FILE": paths.params,
-        "TACC_PYTHON": runtime.python,
-        "TACC_AGENT_HOME": runtime.agent_home,
-        "TACC_AGENT_IMAGE": runtime.image or "",
-    }
-    params = json.dumps(request.params.model_dump(mode="json"), sort_keys=True)
     lines = [
         "#!/bin/bash",
         *directives,
         f"# {request.agent} on {request.dataset_id} for {request.user_id}, rendered by tacc-orchestrator",
-        *(f"export {name}={shlex.quote(value)}" for name, value in exports.items()),
-        f"printf '%s\\n' {shlex.quote(params)} > \"$TACC_PARAMS_FILE\"",
+        *(f"export {name}={shlex.quote(value)}" for name, value in job_environment(job_id, request, paths, runtime).items()),
+        WRITE_PARAMS,
         agent_template(request.agent),
     ]
     return "\n".join(lines)

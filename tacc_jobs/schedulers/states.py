@@ -1,8 +1,9 @@
-"""Slurm job states mapped to the store's status and reason."""
+"""Scheduler states (Slurm's, Tapis's) mapped to the store's status and reason."""
 
 from __future__ import annotations
 
 from tacc_jobs.models import JobStatus
+from tacc_jobs.schedulers.base import SchedulerJobState
 
 SHORT_CODES = {
     "PD": "PENDING", "CF": "CONFIGURING", "R": "RUNNING", "CG": "COMPLETING", "CD": "COMPLETED",
@@ -75,3 +76,66 @@ def _exit_reason(exit_code: str | None) -> str:
     if signal and signal != "0":
         return f"killed by signal {signal}"
     return f"exit code {code}"
+
+
+TAPIS_WAITING_STATUSES = frozenset({"PENDING", "PROCESSING_INPUTS", "STAGING_INPUTS", "STAGING_JOB", "SUBMITTING_JOB", "QUEUED"})
+TAPIS_HELD_STATUSES = frozenset({"BLOCKED", "PAUSED"})
+_TAPIS_FAILED_CONDITIONS = {
+    "SCHEDULER_TIMEOUT": "TIMEOUT", "SCHEDULER_OUT_OF_MEMORY": "OUT_OF_MEMORY", "SCHEDULER_DEADLINE": "DEADLINE",
+    "SCHEDULER_CANCELLED": "cancelled by the scheduler", "SCHEDULER_STOPPED": "stopped by the scheduler",
+    "SCHEDULER_TERMINATED": "terminated by the scheduler",
+}
+
+
+def map_tapis_status(
+    status: str, condition: str | None = None, message: str | None = None, started: bool = False, exit_code: str | None = None
+) -> tuple[JobStatus | None, str | None]:
+    """Map a Tapis job status (and its condition, last message, exit code) to status and reason.
+
+    The reason is Tapis's own word for the status (the store keeps a reason until a new one
+    comes), with the detail that matters: the failure's cause, the hold's message. The statuses
+    before QUEUED are Tapis's own steps (inputs, staging, submission): the job waits. BLOCKED (a recoverable fault, e.g. the login node unreachable) and PAUSED are not
+    failures: the job keeps the status it had (queued or running) with the reason.
+
+    Example:
+        >>> map_tapis_status("STAGING_INPUTS")
+        (<JobStatus.QUEUING: 'QUEUING'>, 'STAGING_INPUTS')
+        >>> map_tapis_status("BLOCKED", message="SSH connection lost", started=True)
+        (<JobStatus.RUNNING: 'RUNNING'>, 'BLOCKED: SSH connection lost')
+        >>> map_tapis_status("FAILED", "JOB_REMOTE_OUTCOME_ERROR", exit_code="3:0")
+        (<JobStatus.FAILED: 'FAILED'>, 'exit code 3')
+        >>> map_tapis_status("FAILED", "SCHEDULER_TIMEOUT")
+        (<JobStatus.FAILED: 'FAILED'>, 'TIMEOUT')
+    """
+    if status in TAPIS_WAITING_STATUSES:
+        return JobStatus.QUEUING, status
+    if status == "RUNNING":
+        return JobStatus.RUNNING, "RUNNING"
+    if status == "ARCHIVING":
+        return JobStatus.RUNNING, "ARCHIVING"
+    if status in TAPIS_HELD_STATUSES:
+        return JobStatus.RUNNING if started else JobStatus.QUEUING, f"{status}: {message}" if message else status
+    if status == "FINISHED":
+        return JobStatus.COMPLETED, "FINISHED"
+    if status == "CANCELLED":
+        return JobStatus.CANCELLED, f"cancelled ({condition})" if condition else "cancelled"
+    if status == "FAILED":
+        if condition in _TAPIS_FAILED_CONDITIONS:
+            return JobStatus.FAILED, _TAPIS_FAILED_CONDITIONS[condition]
+        if exit_code and exit_code not in {"0", "0:0"}:
+            return JobStatus.FAILED, _exit_reason(exit_code)
+        return JobStatus.FAILED, ": ".join(part for part in (condition, message) if part) or "FAILED"
+    return None, f"unknown Tapis job status {status!r}"
+
+
+def map_scheduler_state(state: SchedulerJobState) -> tuple[JobStatus | None, str | None]:
+    """The store's status and reason of a job as its scheduler reports it: as the backend mapped
+    it (Tapis), else from Slurm's state.
+
+    Example:
+        >>> map_scheduler_state(SchedulerJobState(job_id="7", state="FAILED", exit_code="3:0"))
+        (<JobStatus.FAILED: 'FAILED'>, 'exit code 3')
+    """
+    if state.status is not None:
+        return state.status, state.reason
+    return map_slurm_state(state.state, state.exit_code, state.reason, state.in_queue)
