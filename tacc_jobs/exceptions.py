@@ -67,3 +67,9 @@ class UnknownSlurmState(TaccOrchestratorError, ValueError):
 
 class StagingError(TaccOrchestratorError, RuntimeError):
     """A dataset cannot be staged as it is (missing, unreadable, a link, or failed verification)."""
+
+
+class InvalidAccountingInput(TaccOrchestratorError, ValueError):
+    """Accounting input that cannot be read as it is (a missing file, malformed JSON or CSV, a
+    wrong column set, an unknown time zone): permanent, and the message names the input and
+    what is wrong with it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from pydantic import BaseModel
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     Engine,
@@ -17,21 +19,32 @@ from sqlalchemy import (
     MetaData,
     Table,
     and_,
+    exists,
     func,
     literal_column,
     or_,
     select,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tacc_jobs.accounting.normalize import USAGE_COLUMNS
+from tacc_jobs.accounting.sources import Team
+from tacc_jobs.accounting.sqltime import epoch
 from tacc_jobs.store.tables import IngestRunRow, JobUsageRow, QuarantineRow, TeamRow
 
-KEYS = ("system", "job_id")
+KEYS = ("system", "job_id", "submit_time")
+"""A job is one attempt of one scheduler job: Slurm reuses ids (a controller reset, MaxJobId
+wrapping) and gives each attempt of a requeued job a new submit time, so the submit time tells
+them apart. The end time, in XDMoD's key, is left out: it changes while a job runs."""
 COMPARED = [column for column in USAGE_COLUMNS if column not in KEYS]
 STAGED = [*USAGE_COLUMNS, "run_id", "ingested_at"]
+REQUEUE_LINK_SECONDS = 3600
+"""A requeued job's next attempt is submitted when the last one's epilog ends, within this of its end."""
+ATTEMPT_END_STATES = ("requeued", "preempted", "node_fail", "boot_fail")
+"""States in which an attempt can end and be followed by another."""
 
 
 class UpsertCounts(BaseModel):
@@ -46,23 +59,43 @@ class UpsertCounts(BaseModel):
                             unchanged=self.unchanged + other.unchanged)
 
 
-TIMES = ("submit_time", "start_time", "end_time", "ingested_at")
+TIMES = ("submit_time", "eligible_time", "start_time", "end_time", "ingested_at")
 EPOCH = pd.Timestamp(0, tz="UTC")
 
 
 def _staging_table(postgres: bool) -> Table:
-    """A temporary table shaped like `job_usage`; on PostgreSQL its times are epoch seconds,
-    which COPY loads far faster than formatted timestamps (`to_timestamp` converts them)."""
+    """A temporary table shaped like `job_usage`, plus `recheck` (the row may be an attempt of a
+    requeued job); on PostgreSQL its times are epoch seconds, which COPY loads far faster than
+    formatted timestamps (`to_timestamp` converts them)."""
     usage = JobUsageRow.__table__
     columns = (Column(name, Float() if postgres and name in TIMES else usage.c[name].type) for name in STAGED)
-    return Table("usage_staging", MetaData(), *columns, prefixes=["TEMPORARY"])
+    return Table("usage_staging", MetaData(), *columns, Column("recheck", Boolean()), prefixes=["TEMPORARY"])
+
+
+def mark_superseded_attempts(connection: Connection, staging: Table) -> None:
+    """Unmark as final every attempt that a later attempt of the same job (same system, job id
+    and user) followed: one submitted at, or within `REQUEUE_LINK_SECONDS` after, its end. Only
+    jobs with a staged row to `recheck` are looked at, so the common job costs nothing; an
+    attempt stored by an earlier run is unmarked when its successor arrives.
+    """
+    usage = JobUsageRow.__table__
+    later = usage.alias("later")
+    followed = exists().where(
+        later.c.system == usage.c.system, later.c.job_id == usage.c.job_id,
+        later.c.user_name.is_not_distinct_from(usage.c.user_name), later.c.submit_time >= usage.c.end_time,
+        epoch(later.c.submit_time) - epoch(usage.c.end_time) <= REQUEUE_LINK_SECONDS,
+    )
+    rechecked = select(staging.c.system, staging.c.job_id).where(staging.c.recheck)
+    connection.execute(update(usage).where(usage.c.final_attempt, tuple_(usage.c.system, usage.c.job_id).in_(rechecked), followed)
+                       .values(final_attempt=False))
 
 
 def copy_into(connection: Connection, table: str, frame: pd.DataFrame) -> None:
     """COPY a frame into a PostgreSQL table (its times as epoch seconds), serialized by Arrow."""
     frame = frame.assign(**{name: (frame[name] - EPOCH).dt.total_seconds() for name in TIMES if name in frame})
     buffer = pa.BufferOutputStream()
-    pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer,
+    # one chunk per column: Arrow's CSV writer emits NUL bytes for an empty chunk (a concat's)
+    pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False).combine_chunks(), buffer,
                      pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     with cursor.copy(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
@@ -84,10 +117,11 @@ class Warehouse:
         self.postgres = engine.dialect.name == "postgresql"
         self.insert = postgresql.insert if self.postgres else sqlite.insert
 
-    def ensure_teams(self, names: set[str], budgets: dict[str, float] | None = None, descriptions: dict[str, str] | None = None) -> None:
-        """Create teams that do not exist yet; set budgets and descriptions when given."""
-        rows = [{"name": name, "budget_usd": (budgets or {}).get(name), "description": (descriptions or {}).get(name)}
-                for name in sorted(names) if name]
+    def ensure_teams(self, teams: Iterable[Team]) -> None:
+        """Create the teams that do not exist yet; set budgets and descriptions where given (of a
+        team listed twice, the last)."""
+        named = {team.name: team for team in teams}
+        rows = [named[name].model_dump() for name in sorted(named)]
         if not rows:
             return
         statement = self.insert(TeamRow.__table__).values(rows)
@@ -104,7 +138,8 @@ class Warehouse:
             connection.execute(staging.insert(), records)
 
     def upsert(self, usage: pd.DataFrame, run_id: uuid.UUID) -> UpsertCounts:
-        """Upsert one chunk by (system, job_id) with ON CONFLICT DO UPDATE, in one transaction.
+        """Upsert one chunk by `KEYS` with ON CONFLICT DO UPDATE, in one transaction, then unmark
+        the attempts its rows supersede (`mark_superseded_attempts`).
 
         Rows already stored with the same values are left untouched and counted unchanged.
         """
@@ -113,12 +148,13 @@ class Warehouse:
             return UpsertCounts()
         frame["run_id"] = str(run_id) if self.postgres else run_id
         frame["ingested_at"] = pd.Timestamp.now(tz="UTC")
+        frame["recheck"] = (frame["eligible_time"] > frame["submit_time"]) | frame["status"].isin(ATTEMPT_END_STATES)
         target, staging = JobUsageRow.__table__, _staging_table(self.postgres)
         joined = staging.join(target, and_(*(target.c[key] == staging.c[key] for key in KEYS)))
         differs = or_(*(target.c[column].is_distinct_from(staging.c[column]) for column in COMPARED))
         with self.engine.begin() as connection:
             staging.create(connection)
-            self._load_staging(connection, staging, frame[STAGED])
+            self._load_staging(connection, staging, frame[[*STAGED, "recheck"]])
             values = [func.to_timestamp(staging.c[name]) if self.postgres and name in TIMES else staging.c[name] for name in STAGED]
             statement = self.insert(target).from_select(STAGED, select(*values).where(true()))
             statement = statement.on_conflict_do_update(
@@ -136,6 +172,8 @@ class Warehouse:
                 updated = connection.scalar(select(func.count()).select_from(joined).where(differs)) or 0
                 connection.execute(statement)
                 inserted = len(frame) - existing
+            if frame["recheck"].any():
+                mark_superseded_attempts(connection, staging)
             staging.drop(connection)
         return UpsertCounts(inserted=inserted, updated=updated, unchanged=len(frame) - inserted - updated)
 
