@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from tacc_jobs.accounting.normalize import CostRates, Normalized
 from tacc_jobs.accounting.sacct import normalize_sacct
 from tacc_jobs.accounting.sources import Team, sacct_frames
-from tacc_jobs.accounting.warehouse import UpsertCounts, Warehouse
+from tacc_jobs.accounting.warehouse import UpsertCounts, Warehouse, requeue_candidates
 from tacc_jobs.schedulers import SACCT_FIELDS
 
 
@@ -53,7 +53,8 @@ def sacct_chunks(rows: Iterable[list[str]], system: str, rates: CostRates, agent
 
 def ingest_chunks(warehouse: Warehouse, chunks: Iterator[Normalized], summary: IngestSummary, teams: Sequence[Team] = ()) -> IngestSummary:
     """Write `teams` (with their budgets and descriptions), then every chunk (the teams it names,
-    its usage, its quarantine), one transaction per chunk.
+    its usage, its quarantine), one transaction per chunk; last, unmark the attempts that later
+    attempts superseded.
 
     A chunk that was written stays written if a later one fails: re-running the same window
     upserts the same rows again, so a killed run re-run gives a complete, duplicate-free result.
@@ -68,13 +69,16 @@ def ingest_chunks(warehouse: Warehouse, chunks: Iterator[Normalized], summary: I
     """
     started = time.monotonic()
     counts = UpsertCounts()
+    candidates: set[tuple[str, str]] = set()
     warehouse.ensure_teams(teams)
     for chunk in chunks:
+        candidates |= requeue_candidates(chunk.usage)
         warehouse.ensure_teams(Team(name=name) for name in chunk.usage["team_name"].dropna().unique() if name)
         counts += warehouse.upsert(chunk.usage, summary.run_id)
         summary.failed += warehouse.quarantine(chunk.quarantine, summary.source, summary.run_id)
         summary.rows_read += len(chunk.usage) + len(chunk.quarantine) + chunk.steps_folded
         summary.steps_folded += chunk.steps_folded
+    warehouse.mark_superseded(candidates)
     summary.inserted, summary.updated, summary.unchanged = counts.inserted, counts.updated, counts.unchanged
     summary.seconds = time.monotonic() - started
     return summary

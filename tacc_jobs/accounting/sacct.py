@@ -96,7 +96,7 @@ def normalize_sacct(raw: pd.DataFrame, system: str, rates: CostRates, agents: Ma
     problems[ids["job"].isna()] = "JobID is not a Slurm job id"
     submit, eligible, start, end = (parse_times(raw[column]) for column in ("Submit", "Eligible", "Start", "End"))
     elapsed = parse_durations(raw["Elapsed"])
-    nodes = pd.to_numeric(raw["NNodes"], errors="coerce")
+    nodes = pd.to_numeric(raw["NNodes"], errors="coerce").astype(float)
     for mask, reason in (
         (submit.bad, "Submit is not a time"), (submit.first.isna(), "Submit is missing"), (eligible.bad, "Eligible is not a time"),
         (start.bad, "Start is not a time"), (end.bad, "End is not a time"),
