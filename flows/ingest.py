@@ -12,20 +12,29 @@ from blocks.database import open_engine
 from tacc_jobs.accounting.ingest import IngestSummary
 from tacc_jobs.accounting.normalize import DEFAULT_SOURCE_ZONE
 from tacc_jobs.accounting.warehouse import Warehouse
+from tacc_jobs.exceptions import InvalidAccountingInput
 from tacc_jobs.settings import get_settings
 from tasks.accounting import ingest_window
 
 
 def ingestion_window(source: str, system: str, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     """The window to read: as given, else from the last watermark (less the overlap) to now,
-    so a missed night is caught up; a first run reads the last day."""
+    so a missed night is caught up; a first run reads the last day. sacct returns every job
+    eligible before the window's end that had not ended before its start: with the overlap, each
+    job that ended since the last run, and each record slurmdbd received late, is read again.
+
+    Example:
+        ```python
+        ingestion_window("sacct", "ls6", None, None)  # (last window end - 24 h, now)
+        ```
+    """
     settings = get_settings()
     end = end or datetime.now(timezone.utc)
     if start is None:
         watermark = Warehouse(open_engine()).watermark(source, system)
         start = watermark - timedelta(hours=settings.ingest_overlap_hours) if watermark else end - timedelta(days=1)
     if start >= end:
-        raise ValueError(f"start: {start.isoformat()} is not before end {end.isoformat()}")
+        raise InvalidAccountingInput(f"start: {start.isoformat()} is not before end {end.isoformat()}")
     return start, end
 
 

@@ -52,7 +52,13 @@ def source_zone(name: str) -> str:
 
 
 def record_file(path: str | None) -> RecordFile:
-    """The file of a `source='file'` ingestion, opened and checked."""
+    """The file of a `source='file'` ingestion, opened and checked.
+
+    Example:
+        ```python
+        record_file("tacc_jobs/accounting/sample/mock_jobs.json").teams  # the document's three teams
+        ```
+    """
     if not path:
         raise InvalidAccountingInput("path: a .csv, .json or .jsonl file is required for source='file'")
     return RecordFile(Path(path))
@@ -60,7 +66,13 @@ def record_file(path: str | None) -> RecordFile:
 
 def normalized_chunks(source: str, system: str, start: datetime, end: datetime, records: RecordFile | None, url: str | None,
                       zone: str, job_store: JobStore) -> Iterator[Normalized]:
-    """The chosen source's rows, chunk by chunk, normalized."""
+    """The chosen source's rows, chunk by chunk, normalized.
+
+    Example:
+        ```python
+        chunks = normalized_chunks("file", "-", start, end, record_file(path), None, "America/Chicago", JobStore(engine))
+        ```
+    """
     settings = get_settings()
     rates = cost_rates(settings)
     if source == "sacct":

@@ -9,10 +9,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.states import Failed
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from flows.ingest import ingest_job_metadata
 from tacc_jobs.accounting.ingest import IngestSummary, ingest_chunks
@@ -21,6 +24,8 @@ from tacc_jobs.accounting.sources import RecordFile
 from tacc_jobs.accounting.warehouse import Warehouse
 from tacc_jobs.exceptions import InvalidAccountingInput
 from tacc_jobs.store.tables import TeamRow
+from tasks.accounting import ingest_window
+from tasks.policies import is_transient
 from tests.conftest import REPO
 
 SAMPLE = REPO / "tacc_jobs" / "accounting" / "sample"
@@ -92,3 +97,9 @@ def test_bad_input_fails_the_flow_once_and_a_document_ingests(tmp_path: Path) ->
         zone.result()
     summary = ingest_job_metadata(source="file", path=str(DOCUMENT))
     assert summary.inserted + summary.unchanged == 30 and summary.failed == 0
+
+
+def test_only_transient_failures_are_retried() -> None:
+    timed_out = OperationalError("SELECT 1", {}, psycopg.errors.QueryCanceled("canceling statement due to statement timeout"))
+    assert is_transient(ingest_window, None, Failed(data=timed_out)), "a database time-out may pass next time"
+    assert not is_transient(ingest_window, None, Failed(data=InvalidAccountingInput("jobs.json: no such file")))

@@ -44,17 +44,35 @@ class UsagePage(BaseModel):
 
 
 def rounded(expression: ColumnElement[Any], digits: int) -> ColumnElement[float]:
-    """Round on every backend (PostgreSQL rounds numerics, not doubles), returned as a float."""
+    """Round on every backend (PostgreSQL rounds numerics, not doubles), returned as a float.
+
+    Example:
+        ```python
+        select(rounded(func.avg(usage.c.gpu_hours), 3).label("avg_gpu_hours"))
+        ```
+    """
     return cast(func.round(cast(expression, Numeric), digits), Float)
 
 
 def within(column: ColumnElement[Any], start: datetime, end: datetime) -> list[ColumnElement[bool]]:
-    """`column` in `[start, end)`."""
+    """`column` in `[start, end)`, as conditions of a WHERE clause.
+
+    Example:
+        ```python
+        select(func.count()).where(*within(usage.c.end_time, start, end))
+        ```
+    """
     return [column >= start, column < end]
 
 
 def final_jobs() -> ColumnElement[int]:
-    """How many final attempts (jobs) a group holds."""
+    """How many final attempts (jobs) a group holds: requeued attempts are charged, not counted.
+
+    Example:
+        ```python
+        select(usage.c.team_name, final_jobs().label("jobs")).group_by(usage.c.team_name)
+        ```
+    """
     return func.coalesce(func.sum(case((final, 1), else_=0)), 0)
 
 
@@ -68,7 +86,13 @@ def _totals() -> list[ColumnElement[Any]]:
 
 
 def rows(engine: Engine, query: Any) -> list[dict[str, Any]]:
-    """The rows of a query, as dicts."""
+    """The rows of a query, as dicts.
+
+    Example:
+        ```python
+        rows(engine, select(usage.c.job_id, usage.c.status).limit(5))  # [{"job_id": "123", "status": "completed"}, ...]
+        ```
+    """
     with engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
 

@@ -44,7 +44,12 @@ class CostRates(BaseModel):
 
 
 def queue_table() -> pd.DataFrame:
-    """The catalog's queues as a frame: system, partition, GPUs per node, SU rate, GPU type."""
+    """The catalog's queues as a frame: system, partition, GPUs per node, SU rate, GPU type.
+
+    Example:
+        >>> queue_table().set_index(["system", "partition"]).loc[("ls6", "gpu-h100"), "su_rate"]
+        np.float64(6.0)
+    """
     return pd.DataFrame(
         [(q.system, q.queue, q.gpus_per_node, q.su_per_node_hour, q.gpu_type) for q in load_catalog()],
         columns=["system", "partition", "gpus_per_node", "su_rate", "catalog_gpu_type"],
@@ -52,7 +57,13 @@ def queue_table() -> pd.DataFrame:
 
 
 def quarantined(raw: pd.DataFrame, mask: pd.Series, reason: pd.Series) -> pd.DataFrame:
-    """The input rows under `mask` as they came (fields joined by `|`), with their reasons."""
+    """The input rows under `mask` as they came (fields joined by `|`), with their reasons.
+
+    Example:
+        >>> raw = pd.DataFrame({"JobID": ["1", "x"], "State": ["COMPLETED", ""]})
+        >>> quarantined(raw, raw["State"] == "", pd.Series(["", "State is empty"])).values.tolist()
+        [['x|', 'State is empty']]
+    """
     bad = raw[mask]
     if bad.empty:
         return pd.DataFrame({"raw": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
@@ -75,7 +86,13 @@ def add_costs(usage: pd.DataFrame, rates: CostRates) -> pd.DataFrame:
 
 
 def usage_frame(usage: pd.DataFrame) -> pd.DataFrame:
-    """`USAGE_COLUMNS` in order, counts as integers (nullable where sacct may not know them)."""
+    """`USAGE_COLUMNS` in order, counts as integers (nullable where sacct may not know them).
+
+    Example:
+        ```python
+        usage_frame(add_costs(jobs, CostRates()))  # ready for `Warehouse.upsert`
+        ```
+    """
     usage = usage[USAGE_COLUMNS].astype(_COUNTS)
     return usage.assign(**{name: pd.to_numeric(usage[name]).round().astype("Int64") for name in _OPTIONAL_COUNTS})
 

@@ -40,7 +40,7 @@ _LATEST = ["end_time", "elapsed_seconds", "time_limit_seconds", "max_rss_bytes"]
 _EARLIEST = ["eligible_time", "start_time"]
 
 
-def step_usage(raw: pd.DataFrame, ids: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def _step_usage(raw: pd.DataFrame, ids: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """CPU seconds (summed) and peak RSS (the largest) of the steps under each job row, indexed
     like the job rows; and how many step rows there were. A step counts for the job row above it
     when it names that job and component (sacct prints a job's steps right after it)."""
@@ -57,7 +57,7 @@ def step_usage(raw: pd.DataFrame, ids: pd.DataFrame) -> tuple[pd.DataFrame, int]
     return per_owner.reindex(jobs.to_numpy()).set_axis(jobs.index), int(is_step.sum())
 
 
-def fold_components(usage: pd.DataFrame) -> pd.DataFrame:
+def _fold_components(usage: pd.DataFrame) -> pd.DataFrame:
     """Fold the components of heterogeneous jobs (rows with a `het` offset) into one row per job
     and attempt: sums of what they hold, the earliest start, the latest end, component 0's name,
     user, queue and state."""
@@ -89,7 +89,7 @@ def normalize_sacct(raw: pd.DataFrame, system: str, rates: CostRates, agents: Ma
     """
     raw = raw.fillna("")
     ids = parse_job_ids(raw["JobID"])
-    used, steps = step_usage(raw, ids)
+    used, steps = _step_usage(raw, ids)
     jobs = ids["step"].isna()
     raw, ids = raw[jobs], ids[jobs]
     problems = pd.Series("", index=raw.index)
@@ -124,5 +124,5 @@ def normalize_sacct(raw: pd.DataFrame, system: str, rates: CostRates, agents: Ma
     jobs["model_name"] = jobs["job_name"].replace(dict(agents or {}))
     jobs["provider"] = "tacc"
     jobs["source"] = "sacct"
-    usage = fold_components(add_costs(jobs, rates))
+    usage = _fold_components(add_costs(jobs, rates))
     return Normalized(usage=usage_frame(usage), quarantine=quarantined(raw, problems != "", problems), steps_folded=steps)

@@ -13,7 +13,16 @@ from sqlalchemy.sql.functions import FunctionElement
 
 
 class epoch(FunctionElement[float]):  # noqa: N801  (an SQL function, named like one)
-    """Seconds since 1970-01-01 UTC of a timestamp (NULL stays NULL), e.g. `epoch(usage.c.start_time)`."""
+    """Seconds since 1970-01-01 UTC of a timestamp (NULL stays NULL).
+
+    Example:
+        >>> from sqlalchemy import column
+        >>> from sqlalchemy.dialects import postgresql, sqlite
+        >>> str(epoch(column("start_time")).compile(dialect=postgresql.dialect()))
+        'CAST(EXTRACT(EPOCH FROM start_time) AS DOUBLE PRECISION)'
+        >>> str(epoch(column("start_time")).compile(dialect=sqlite.dialect()))
+        'ROUND((julianday(start_time) - 2440587.5) * 86400.0, 3)'
+    """
 
     type = Float()
     inherit_cache = True
@@ -32,10 +41,22 @@ def _epoch_sqlite(element: epoch, compiler: SQLCompiler, **kw: Any) -> str:
 
 
 def least(a: ColumnElement[Any], b: ColumnElement[Any] | float) -> ColumnElement[Any]:
-    """The smaller of two numbers (PostgreSQL's LEAST, SQLite's two-argument MIN)."""
+    """The smaller of two numbers, on every backend (PostgreSQL has LEAST, SQLite a two-argument MIN).
+
+    Example:
+        >>> from sqlalchemy import column
+        >>> str(least(column("finish"), 10.0).compile(compile_kwargs={"literal_binds": True}))
+        'CASE WHEN (finish < 10.0) THEN finish ELSE 10.0 END'
+    """
     return case((a < b, a), else_=b)
 
 
 def greatest(a: ColumnElement[Any], b: ColumnElement[Any] | float) -> ColumnElement[Any]:
-    """The larger of two numbers (PostgreSQL's GREATEST, SQLite's two-argument MAX)."""
+    """The larger of two numbers, on every backend (PostgreSQL has GREATEST, SQLite a two-argument MAX).
+
+    Example:
+        >>> from sqlalchemy import column
+        >>> str(greatest(column("start"), 0.0).compile(compile_kwargs={"literal_binds": True}))
+        'CASE WHEN (start > 0.0) THEN start ELSE 0.0 END'
+    """
     return case((a > b, a), else_=b)

@@ -183,6 +183,11 @@ class Warehouse:
         that a later attempt of the same job and user followed: one submitted at, or within
         `REQUEUE_LINK_SECONDS` after, its end. An attempt stored by an earlier run is unmarked
         when its successor arrives. Returns how many attempts were unmarked.
+
+        Example:
+            ```python
+            warehouse.mark_superseded({("ls6", "7001")})  # 1: its NODE_FAIL attempt, followed by a rerun
+            ```
         """
         if not jobs:
             return 0
