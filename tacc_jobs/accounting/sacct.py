@@ -66,9 +66,12 @@ def _fold_components(usage: pd.DataFrame) -> pd.DataFrame:
         return usage
     grouped = usage[het].sort_values("het", kind="stable").groupby(["system", "job_id", "submit_time"], sort=False)
     folded = grouped.first()
-    for columns, how in ((_SUMMED, "sum"), (_LATEST, "max"), (_EARLIEST, "min")):
-        for column in columns:
-            folded[column] = grouped[column].sum(min_count=1) if how == "sum" else grouped[column].agg(how)
+    for column in _SUMMED:
+        folded[column] = grouped[column].sum(min_count=1)
+    for column in _LATEST:
+        folded[column] = grouped[column].max()
+    for column in _EARLIEST:
+        folded[column] = grouped[column].min()
     return pd.concat([usage[~het], folded.reset_index()], ignore_index=True)
 
 
