@@ -1,9 +1,10 @@
-"""usage-report: cost by team and by model, per-user metrics, and a chart, as UI artifacts."""
+"""usage-report: cost and usage, and the metrics HPC centres report, as UI artifacts."""
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -11,9 +12,29 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from blocks.database import open_engine
-from tacc_jobs.accounting import analytics
-from tacc_jobs.accounting.chart import daily_cost_chart
+from tacc_jobs.accounting import analytics, metrics
+from tacc_jobs.accounting.chart import stacked_bar_chart
 from tacc_jobs.settings import get_settings
+
+Rows = list[dict[str, Any]]
+TABLES = (
+    ("by_team", "usage-cost-by-team", "Cost by team"),
+    ("by_model", "usage-cost-by-model", "Cost by model"),
+    ("by_user", "usage-user-metrics", "Per-user metrics"),
+    ("by_week", "usage-by-week", "GPU-hours, SUs and cost by week and team (jobs spanning weeks split in proportion)"),
+    ("wait_by_queue_week", "usage-wait-by-queue-week", "Queue wait time (start - eligible) by queue and week"),
+    ("wait_histogram", "usage-wait-histogram", "Queue wait-time histogram by queue"),
+    ("time_efficiency", "usage-time-efficiency", "Time efficiency (used / requested wall time) by user and agent"),
+    ("job_sizes", "usage-job-sizes", "Job sizes (GPUs per job)"),
+    ("success_by_agent", "usage-success-by-agent", "Success rate by agent"),
+    ("job_efficiency", "usage-job-efficiency", "CPU and memory efficiency per job (least CPU-efficient first)"),
+)
+"""(report field, artifact key, description) of each table artifact."""
+CHARTS = (
+    ("chart_path", "usage-daily-cost-chart", "Daily GPU cost by team"),
+    ("wait_chart_path", "usage-wait-time-chart", "Queue wait time by queue (jobs per wait bucket)"),
+)
+"""(report field, artifact key, title) of each chart artifact."""
 
 
 class UsageReport(BaseModel):
@@ -21,15 +42,23 @@ class UsageReport(BaseModel):
 
     start: datetime
     end: datetime
-    by_team: list[dict[str, object]]
-    by_model: list[dict[str, object]]
-    by_user: list[dict[str, object]]
+    by_team: Rows
+    by_model: Rows
+    by_user: Rows
+    by_week: Rows
+    wait_by_queue_week: Rows
+    wait_histogram: Rows
+    time_efficiency: Rows
+    job_sizes: Rows
+    success_by_agent: Rows
+    job_efficiency: Rows
     chart_path: str
+    wait_chart_path: str
 
 
 @task(cache_policy=NO_CACHE)
 def compute_usage(start: datetime, end: datetime) -> UsageReport:
-    """Run the report's SQL and draw its chart.
+    """Run the report's SQL and draw its charts.
 
     Example:
         ```python
@@ -37,20 +66,30 @@ def compute_usage(start: datetime, end: datetime) -> UsageReport:
         ```
     """
     engine = open_engine()
-    chart = daily_cost_chart(
-        analytics.daily_cost_by_team(engine, start, end),
-        get_settings().home / "reports" / f"daily-cost-{start:%Y%m%d}-{end:%Y%m%d}.png",
-        f"Daily GPU cost by team, {start:%Y-%m-%d} to {end:%Y-%m-%d}",
+    folder, span = get_settings().home / "reports", f"{start:%Y%m%d}-{end:%Y%m%d}"
+    window = f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
+    wait_histogram = metrics.wait_histogram(engine, start, end)
+    daily_cost = stacked_bar_chart(analytics.usage_by_period(engine, start, end, "day"), "day", "team", "cost_usd",
+                                   folder / f"daily-cost-{span}.png", f"Daily GPU cost by team, {window}", "cost (USD)")
+    wait_chart = stacked_bar_chart(wait_histogram, "wait", "queue", "jobs", folder / f"wait-time-{span}.png",
+                                   f"Queue wait time (start - eligible), {window}", "jobs",
+                                   [label for _, label in metrics.WAIT_BUCKETS])
+    return UsageReport(
+        start=start, end=end, by_team=analytics.cost_by_team(engine, start, end), by_model=analytics.cost_by_model(engine, start, end),
+        by_user=analytics.user_metrics(engine, start, end), by_week=analytics.usage_by_period(engine, start, end, "week"),
+        wait_by_queue_week=metrics.wait_by_queue_and_week(engine, start, end), wait_histogram=wait_histogram,
+        time_efficiency=metrics.time_efficiency(engine, start, end), job_sizes=metrics.job_sizes(engine, start, end),
+        success_by_agent=metrics.success_by_agent(engine, start, end), job_efficiency=metrics.job_efficiency(engine, start, end),
+        chart_path=str(daily_cost), wait_chart_path=str(wait_chart),
     )
-    return UsageReport(start=start, end=end, by_team=analytics.cost_by_team(engine, start, end),
-                       by_model=analytics.cost_by_model(engine, start, end), by_user=analytics.user_metrics(engine, start, end),
-                       chart_path=str(chart))
 
 
 @flow(name="usage-report")
 def usage_report(start: datetime | None = None, end: datetime | None = None) -> UsageReport:
-    """Usage and cost for `[start, end)` (default: the last 7 days) as Prefect artifacts: tables
-    of cost by team, cost by model and per-user metrics, and a PNG chart of daily cost by team.
+    """Usage and cost for `[start, end)` (default: the last 7 days) as Prefect artifacts: a table
+    each for `TABLES` (cost by team, model and user; usage by week; wait time by queue and week
+    and its histogram; time efficiency; job sizes; success by agent; CPU and memory efficiency),
+    and PNG charts of daily cost by team and of the wait-time histogram.
 
     Example:
         ```python
@@ -62,16 +101,13 @@ def usage_report(start: datetime | None = None, end: datetime | None = None) -> 
     start = start or end - timedelta(days=7)
     report = compute_usage(start, end)
     window = f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
-    for key, rows, what in (("usage-cost-by-team", report.by_team, "Cost by team"),
-                            ("usage-cost-by-model", report.by_model, "Cost by model"),
-                            ("usage-user-metrics", report.by_user, "Per-user metrics")):
-        create_table_artifact(table=rows, key=key, description=f"{what}, {window}")
-    with open(report.chart_path, "rb") as handle:
-        encoded = base64.b64encode(handle.read()).decode()
-    create_markdown_artifact(
-        key="usage-daily-cost-chart",
-        markdown=f"## Daily GPU cost by team, {window}\n\n![daily cost by team](data:image/png;base64,{encoded})\n\n"
-                 f"PNG: `{report.chart_path}`\n",
-        description=f"Daily cost by team, {window}",
-    )
+    tables = report.model_dump(mode="json")
+    for field, key, what in TABLES:
+        create_table_artifact(table=tables[field], key=key, description=f"{what}, {window}")
+    for field, key, title in CHARTS:
+        path = getattr(report, field)
+        with open(path, "rb") as handle:
+            encoded = base64.b64encode(handle.read()).decode()
+        create_markdown_artifact(key=key, markdown=f"## {title}, {window}\n\n![{title}](data:image/png;base64,{encoded})\n\nPNG: `{path}`\n",
+                                 description=f"{title}, {window}")
     return report

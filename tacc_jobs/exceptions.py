@@ -75,3 +75,9 @@ class TapisRequestError(PermanentSchedulerError):
 
 class TapisUnavailableError(TransientSchedulerError):
     """Tapis did not answer, or answered 429 or 5xx, even after the client's retries."""
+
+
+class InvalidAccountingInput(TaccOrchestratorError, ValueError):
+    """Accounting input that cannot be read as it is (a missing file, malformed JSON or CSV, a
+    wrong column set, an unknown time zone): permanent, and the message names the input and
+    what is wrong with it."""

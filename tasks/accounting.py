@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from prefect import get_run_logger
@@ -14,9 +14,15 @@ from prefect import get_run_logger
 from blocks.clusters import scheduler_for
 from blocks.database import open_engine
 from tacc_jobs.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
-from tacc_jobs.accounting.normalize import CostRates, Normalized, normalize_records
-from tacc_jobs.accounting.sources import file_frames, http_frames
+from tacc_jobs.accounting.normalize import (
+    DEFAULT_SOURCE_ZONE,
+    CostRates,
+    Normalized,
+    normalize_records,
+)
+from tacc_jobs.accounting.sources import RecordFile, http_frames, load_teams
 from tacc_jobs.accounting.warehouse import Warehouse
+from tacc_jobs.exceptions import InvalidAccountingInput
 from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.settings import OrchestratorSettings, get_settings
 from tacc_jobs.store import JobStore
@@ -28,41 +34,68 @@ def cost_rates(settings: OrchestratorSettings) -> CostRates:
     return CostRates(usd_per_gpu_hour=settings.usd_per_gpu_hour, usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type)
 
 
-def team_budgets(settings: OrchestratorSettings) -> dict[str, float]:
-    """Budgets (USD) of the teams listed in the teams file."""
-    if not settings.teams_file.exists():
-        return {}
-    return {team["name"]: team["budget_usd"] for team in json.loads(settings.teams_file.read_text()) if team.get("budget_usd") is not None}
+def source_zone(name: str) -> str:
+    """`name` if it is an IANA time zone.
+
+    Raises:
+        InvalidAccountingInput: Otherwise.
+
+    Example:
+        >>> source_zone("America/Chicago")
+        'America/Chicago'
+    """
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidAccountingInput(f"source_timezone: {name!r} is not an IANA time zone (e.g. America/Chicago, UTC)") from None
+    return name
 
 
-def normalized_chunks(source: str, system: str, start: datetime, end: datetime, path: str | None, url: str | None,
-                      job_store: JobStore) -> Iterator[Normalized]:
-    """The chosen source's rows, chunk by chunk, normalized."""
+def record_file(path: str | None) -> RecordFile:
+    """The file of a `source='file'` ingestion, opened and checked.
+
+    Example:
+        ```python
+        record_file("tacc_jobs/accounting/sample/mock_jobs.json").teams  # the document's three teams
+        ```
+    """
+    if not path:
+        raise InvalidAccountingInput("path: a .csv, .json or .jsonl file is required for source='file'")
+    return RecordFile(Path(path))
+
+
+def normalized_chunks(source: str, system: str, start: datetime, end: datetime, records: RecordFile | None, url: str | None,
+                      zone: str, job_store: JobStore) -> Iterator[Normalized]:
+    """The chosen source's rows, chunk by chunk, normalized.
+
+    Example:
+        ```python
+        chunks = normalized_chunks("file", "-", start, end, record_file(path), None, "America/Chicago", JobStore(engine))
+        ```
+    """
     settings = get_settings()
     rates = cost_rates(settings)
     if source == "sacct":
         agents = {scheduler_job_name(job_id): agent for job_id, agent in job_store.agents(system).items()}
         yield from sacct_chunks(scheduler_for(system).accounting(start, end), system, rates, agents, settings.ingest_chunk_rows)
-    elif source == "file":
-        if not path:
-            raise ValueError("path: a .csv, .json or .jsonl file is required for source='file'")
-        for frame in file_frames(Path(path), settings.ingest_chunk_rows):
-            yield normalize_records(frame, "file", rates)
-    elif source == "http":
-        if not url:
-            raise ValueError("url: an http(s) URL is required for source='http'")
+    elif records is not None:
+        for frame in records.frames(settings.ingest_chunk_rows):
+            yield normalize_records(frame, "file", rates, zone)
+    elif url:
         with httpx.Client(timeout=30.0, transport=httpx.HTTPTransport(retries=3)) as client:
             for frame in http_frames(url, client, start, end):
-                yield normalize_records(frame, "http", rates)
+                yield normalize_records(frame, "http", rates, zone)
     else:
-        raise ValueError(f"source: {source!r} is not one of 'sacct', 'file', 'http'")
+        raise InvalidAccountingInput("url: an http(s) URL is required for source='http'")
 
 
 @cluster_task
-def ingest_window(source: str, system: str, start: datetime, end: datetime, path: str | None = None, url: str | None = None) -> IngestSummary:
+def ingest_window(source: str, system: str, start: datetime, end: datetime, path: str | None = None, url: str | None = None,
+                  source_timezone: str = DEFAULT_SOURCE_ZONE) -> IngestSummary:
     """Ingest one window of one source: normalize, create teams, upsert, quarantine, record the run.
 
-    The run's window becomes the next nightly run's watermark only when it completes.
+    The run's window becomes the next nightly run's watermark only when it completes. Bad input
+    (`InvalidAccountingInput`) fails the run at once; only transient failures are retried.
 
     Example:
         ```python
@@ -75,8 +108,14 @@ def ingest_window(source: str, system: str, start: datetime, end: datetime, path
     run_id = warehouse.start_run(source, system, start, end)
     summary = IngestSummary(run_id=run_id, source=source, system=system, window_start=start, window_end=end)
     try:
-        with closing(normalized_chunks(source, system, start, end, path, url, JobStore(engine))) as chunks:  # a failure ends the sacct stream (and its SSH session) here
-            ingest_chunks(warehouse, chunks, summary, team_budgets(get_settings()))
+        if source not in ("sacct", "file", "http"):
+            raise InvalidAccountingInput(f"source: {source!r} is not one of 'sacct', 'file', 'http'")
+        zone = source_zone(source_timezone)
+        records = record_file(path) if source == "file" else None
+        teams = [*load_teams(get_settings().teams_file), *(records.teams if records else [])]
+        chunks = normalized_chunks(source, system, start, end, records, url, zone, JobStore(engine))
+        with closing(chunks):  # a failure ends the sacct stream (and its SSH session) here
+            ingest_chunks(warehouse, chunks, summary, teams)
     except Exception as error:
         warehouse.finish_run(run_id, "FAILED", error=str(error)[:2000], rows_read=summary.rows_read, failed=summary.failed)
         raise

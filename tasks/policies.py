@@ -12,12 +12,14 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.tasks import Task, exponential_backoff
 from prefect.utilities.hashing import hash_objects
+from sqlalchemy import exc as database_errors
 
 from tacc_jobs.exceptions import TransientError
 
 
 def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry only what may succeed next time: dropped connections, timeouts, 5xx answers.
+    """Retry only what may succeed next time: dropped connections, timeouts, 5xx answers, a
+    database that could not be reached or timed out (SQLAlchemy's OperationalError).
 
     Example:
         ```python
@@ -28,7 +30,8 @@ def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> 
     error = state.data if isinstance(state.data, BaseException) else None
     if isinstance(error, httpx.HTTPStatusError):
         return error.response.status_code >= 500 or error.response.status_code == 429
-    return isinstance(error, (TransientError, httpx.TransportError, TimeoutError, ConnectionError))
+    return isinstance(error, (TransientError, httpx.TransportError, TimeoutError, ConnectionError,
+                              database_errors.OperationalError, database_errors.TimeoutError))
 
 
 cluster_task = partial(

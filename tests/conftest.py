@@ -19,10 +19,12 @@ from pydantic import BaseModel, SecretStr
 from sqlalchemy import Engine, create_engine
 
 from blocks.credentials import TaccCredentials
+from tacc_jobs.accounting.warehouse import Warehouse
 from tacc_jobs.schedulers import SchedulerJobState
 from tacc_jobs.schedulers.local import LocalScheduler
 from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.ssh import SshConnection
+from tacc_jobs.store import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get("TACC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -76,6 +78,13 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
             connection.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def warehouse(engine: Engine) -> Warehouse:
+    """The accounting warehouse on a migrated database (SQLite and PostgreSQL)."""
+    migrate(engine)
+    return Warehouse(engine)
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.1) -> object:

@@ -25,9 +25,9 @@ from flows.ingest import ingest_job_metadata
 from flows.report import usage_report
 from tacc_jobs.accounting.ingest import IngestSummary, ingest_chunks, sacct_chunks
 from tacc_jobs.accounting.normalize import CostRates, normalize_records
-from tacc_jobs.accounting.sources import file_frames
+from tacc_jobs.accounting.sources import RecordFile, Team
 from tacc_jobs.accounting.warehouse import Warehouse
-from tacc_jobs.schedulers import JobSubmission
+from tacc_jobs.schedulers import SACCT_FIELDS, JobSubmission
 from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.store import migrate
 from tacc_jobs.store.tables import IngestRunRow, JobUsageRow, QuarantineRow, TeamRow
@@ -44,14 +44,8 @@ def count(engine: Engine, table) -> int:
 
 def run_file(warehouse: Warehouse, path: Path) -> IngestSummary:
     summary = IngestSummary(run_id=warehouse.start_run("file", "-", *NOV), source="file", system="-", window_start=NOV[0], window_end=NOV[1])
-    return ingest_chunks(warehouse, (normalize_records(frame, "file", CostRates()) for frame in file_frames(path, 7)), summary,
-                         {"ml-research": 400.0})
-
-
-@pytest.fixture
-def warehouse(engine: Engine) -> Warehouse:
-    migrate(engine)
-    return Warehouse(engine)
+    return ingest_chunks(warehouse, (normalize_records(frame, "file", CostRates()) for frame in RecordFile(path).frames(7)), summary,
+                         [Team(name="ml-research", budget_usd=400.0)])
 
 
 def test_same_input_twice_leaves_the_same_rows(warehouse: Warehouse) -> None:
@@ -83,7 +77,7 @@ def test_malformed_rows_land_in_quarantine_with_their_reason(warehouse: Warehous
     assert summary.failed == 4 and summary.inserted == 27 and summary.steps_folded == 60
     with warehouse.engine.connect() as connection:
         reasons = connection.execute(select(QuarantineRow.reason)).scalars().all()
-    assert sorted(reasons) == ["End is before Start"] * 3 + ["expected 13 '|'-separated fields"]
+    assert sorted(reasons) == ["End is before Start"] * 3 + ["expected 17 '|'-separated fields"]
 
 
 class PagedFeed:
@@ -171,7 +165,7 @@ def test_real_sacct_from_the_sandbox_cluster(slurm: SlurmScheduler, ls6_block, p
     expected = {ok, failed, f"{array}_1", f"{array}_2"}
 
     def all_accounted() -> bool:
-        rows = {row[0]: row[5] for row in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1))}
+        rows = {row[0]: row[SACCT_FIELDS.index("State")] for row in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1))}
         return all(rows.get(job_id, "PENDING") in ("COMPLETED", "FAILED") for job_id in expected)
 
     wait_until(all_accounted, timeout=90, interval=1)

@@ -6,26 +6,28 @@ import pandas as pd
 import pytest
 
 from bench.synthetic import synthetic_sacct_rows
-from tacc_jobs.accounting.normalize import CostRates, normalize_records, normalize_sacct
+from tacc_jobs.accounting.normalize import CostRates, normalize_records
+from tacc_jobs.accounting.sacct import normalize_sacct
 from tacc_jobs.accounting.sources import sacct_frames
+from tacc_jobs.schedulers.base import sacct_rows
 
 ROWS = """\
-123|tacc-abc|jdoe|ml-research|gpu-a100|COMPLETED|0:0|2026-11-01T10:00:00|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00|4|billing=4,cpu=512,node=4
-123.batch|batch||ml-research||COMPLETED|0:0|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00|1|cpu=128,node=1
-123.extern|extern||ml-research||COMPLETED|0:0|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00|4|node=4
-123.0|python||ml-research||COMPLETED|0:0|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00|4|node=4
-124_1|sweep|asmith|data-science|gpu-h100|CANCELLED by 1001|0:15|2026-11-01T10:00:00|2026-11-01T11:00:00|2026-11-02T13:00:00|1-02:00:00|1|billing=2,gres/gpu=2,node=1
-124_2|sweep|asmith|data-science|gpu-h100|PENDING|0:0|2026-11-01T10:00:00|Unknown|Unknown|00:00:00|1|
-125|x|jdoe|ml-research|gpu-a100|FAILED|3:0|2026-11-01T10:00:00|2026-11-01T11:00:00|2026-11-01T09:00:00|00:00:00|1|
-126|x|jdoe|ml-research|gpu-a100|FAILED|3:0|garbage|2026-11-01T11:00:00|2026-11-01T12:00:00|01:00:00|1|
-abc|x|jdoe|ml-research|gpu-a100|FAILED|3:0|2026-11-01T10:00:00|2026-11-01T11:00:00|2026-11-01T12:00:00|01:00:00|1|
-127|x|jdoe|ml-research|gpu-a100|RUNNING|0:0|2026-11-01T10:00:00|2026-11-01T11:00:00|Unknown|25:00|x|
+123|jdoe|ml-research|gpu-a100|COMPLETED|0:0|2026-11-01T10:00:00|2026-11-01T10:00:00|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00|02:00:00|4|billing=4,cpu=512,node=4|||tacc-abc
+123.batch||ml-research||COMPLETED|0:0|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00||1|cpu=128,node=1|||batch
+123.extern||ml-research||COMPLETED|0:0|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00||4|node=4|||extern
+123.0||ml-research||COMPLETED|0:0|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:00:05|2026-11-01T10:05:05|00:05:00||4|node=4|||python
+124_1|asmith|data-science|gpu-h100|CANCELLED by 1001|0:15|2026-11-01T10:00:00|2026-11-01T10:00:00|2026-11-01T11:00:00|2026-11-02T13:00:00|1-02:00:00|02:00:00|1|billing=2,gres/gpu=2,node=1|||sweep
+124_2|asmith|data-science|gpu-h100|PENDING|0:0|2026-11-01T10:00:00|2026-11-01T10:00:00|Unknown|Unknown|00:00:00|02:00:00|1||||sweep
+125|jdoe|ml-research|gpu-a100|FAILED|3:0|2026-11-01T10:00:00|2026-11-01T10:00:00|2026-11-01T11:00:00|2026-11-01T09:00:00|00:00:00|02:00:00|1||||x
+126|jdoe|ml-research|gpu-a100|FAILED|3:0|garbage|garbage|2026-11-01T11:00:00|2026-11-01T12:00:00|01:00:00|02:00:00|1||||x
+abc|jdoe|ml-research|gpu-a100|FAILED|3:0|2026-11-01T10:00:00|2026-11-01T10:00:00|2026-11-01T11:00:00|2026-11-01T12:00:00|01:00:00|02:00:00|1||||x
+127|jdoe|ml-research|gpu-a100|RUNNING|0:0|2026-11-01T10:00:00|2026-11-01T10:00:00|2026-11-01T11:00:00|Unknown|25:00|02:00:00|x||||x
 """
 
 
 @pytest.fixture
 def normalized():
-    (frame, malformed), = sacct_frames((line.split("|") for line in ROWS.splitlines()), 100)
+    (frame, malformed), = sacct_frames(sacct_rows(ROWS.splitlines()), 100)
     assert malformed == []
     return normalize_sacct(frame, "ls6", CostRates(), {"tacc-abc": "AlphaCal"})
 
@@ -53,7 +55,7 @@ def test_costs_follow_tacc_formula_and_rates(normalized) -> None:
     assert usage.loc["124_1", "su_charged"] == 1 * 26 * 6
     assert usage.loc["124_2", "su_charged"] == 0, "a job that never started is not charged"
     assert usage.loc["124_1", "cost_usd"] == pytest.approx(2 * 26 * 0.35)
-    rated = normalize_sacct(next(sacct_frames((line.split("|") for line in ROWS.splitlines()), 100))[0], "ls6",
+    rated = normalize_sacct(next(sacct_frames(sacct_rows(ROWS.splitlines()), 100))[0], "ls6",
                             CostRates(usd_per_gpu_hour_by_type={"h100": 1.0}))
     assert rated.usage.set_index("job_id").loc["124_1", "cost_usd"] == pytest.approx(52.0)
 
@@ -70,8 +72,9 @@ def test_rows_with_the_wrong_field_count_are_set_aside() -> None:
 
 
 def test_chunks_bound_memory_whatever_the_input() -> None:
-    sizes = [len(frame) for frame, _ in sacct_frames(synthetic_sacct_rows(1000), 400)]
-    assert sizes == [400] * 7 + [200]
+    frames = [frame for frame, _ in sacct_frames(synthetic_sacct_rows(1000), 400)]
+    assert [len(frame) for frame in frames] == [402] * 7 + [186], "400 rows, then the rest of the last job's"
+    assert all("." not in frame["JobID"].iloc[0] for frame in frames), "a job's steps are never apart from it"
 
 
 def test_records_are_lower_cased_checked_and_costed() -> None:

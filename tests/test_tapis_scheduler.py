@@ -111,7 +111,7 @@ def test_an_agent_job_runs_on_slurm_to_finished_with_outputs_history_and_webhook
     assert delivered == events and all(item["event"]["subject"] == job_id for item in webhook.received)
     end = datetime.now(timezone.utc) + timedelta(minutes=1)
     rows = [row for row in staged.accounting(end - timedelta(hours=1), end) if row[0] == tapis_job["remoteJobId"]]
-    assert [row[1:7] for row in rows] == [[submission.name, "tacctest", sandbox.account, "gpu-a100", "COMPLETED", "0:0"]]
+    assert [row[1:6] + row[-1:] for row in rows] == [["tacctest", sandbox.account, "gpu-a100", "COMPLETED", "0:0", submission.name]]
 
 
 def test_a_submission_is_exactly_once(staged: TapisScheduler, tapis_server: TapisTestServer) -> None:

@@ -1,18 +1,38 @@
-"""Usage and cost analytics, computed in SQL."""
+"""Usage and cost analytics, computed in SQL.
+
+Every attempt of a requeued job is charged, so GPU-hours, SUs and dollars sum every attempt;
+job counts and success rates count final attempts only. Days and weeks (Monday to Monday) are UTC.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, Float, Numeric, case, cast, func, select
+from sqlalchemy import (
+    Engine,
+    Float,
+    Numeric,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.sql import ColumnElement
 
+from tacc_jobs.accounting.sqltime import epoch, greatest, least
 from tacc_jobs.store.tables import JobUsageRow, TeamRow
 
 usage = JobUsageRow.__table__
 when = usage.c.start_time  # usage counts jobs that ran; one that never started cost nothing
+final = usage.c.final_attempt
+PERIOD_SECONDS = {"day": 86400, "week": 7 * 86400}
+MONDAY = datetime(1970, 1, 5, tzinfo=timezone.utc)
 
 
 class UsagePage(BaseModel):
@@ -23,25 +43,56 @@ class UsagePage(BaseModel):
     has_more: bool
 
 
-def _round(expression: ColumnElement[Any], digits: int) -> ColumnElement[float]:
-    """Round on every backend (PostgreSQL rounds numerics, not doubles), returned as a float."""
+def rounded(expression: ColumnElement[Any], digits: int) -> ColumnElement[float]:
+    """Round on every backend (PostgreSQL rounds numerics, not doubles), returned as a float.
+
+    Example:
+        ```python
+        select(rounded(func.avg(usage.c.gpu_hours), 3).label("avg_gpu_hours"))
+        ```
+    """
     return cast(func.round(cast(expression, Numeric), digits), Float)
 
 
-def _window(start: datetime, end: datetime) -> list[ColumnElement[bool]]:
-    return [when >= start, when < end]
+def within(column: ColumnElement[Any], start: datetime, end: datetime) -> list[ColumnElement[bool]]:
+    """`column` in `[start, end)`, as conditions of a WHERE clause.
+
+    Example:
+        ```python
+        select(func.count()).where(*within(usage.c.end_time, start, end))
+        ```
+    """
+    return [column >= start, column < end]
+
+
+def final_jobs() -> ColumnElement[int]:
+    """How many final attempts (jobs) a group holds: requeued attempts are charged, not counted.
+
+    Example:
+        ```python
+        select(usage.c.team_name, final_jobs().label("jobs")).group_by(usage.c.team_name)
+        ```
+    """
+    return func.coalesce(func.sum(case((final, 1), else_=0)), 0)
 
 
 def _totals() -> list[ColumnElement[Any]]:
     return [
-        func.count().label("jobs"),
-        _round(func.sum(usage.c.gpu_hours), 3).label("gpu_hours"),
-        _round(func.coalesce(func.sum(usage.c.su_charged), 0), 3).label("su"),
-        _round(func.sum(usage.c.cost_usd), 2).label("cost_usd"),
+        final_jobs().label("jobs"),
+        rounded(func.sum(usage.c.gpu_hours), 3).label("gpu_hours"),
+        rounded(func.coalesce(func.sum(usage.c.su_charged), 0), 3).label("su"),
+        rounded(func.sum(usage.c.cost_usd), 2).label("cost_usd"),
     ]
 
 
-def _rows(engine: Engine, query: Any) -> list[dict[str, Any]]:
+def rows(engine: Engine, query: Any) -> list[dict[str, Any]]:
+    """The rows of a query, as dicts.
+
+    Example:
+        ```python
+        rows(engine, select(usage.c.job_id, usage.c.status).limit(5))  # [{"job_id": "123", "status": "completed"}, ...]
+        ```
+    """
     with engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
 
@@ -51,44 +102,86 @@ def cost_by_team(engine: Engine, start: datetime, end: datetime) -> list[dict[st
     cost = func.sum(usage.c.cost_usd)
     query = (
         select(usage.c.team_name.label("team"), *_totals(), TeamRow.budget_usd.label("budget_usd"),
-               _round(100 * cost / TeamRow.budget_usd, 1).label("budget_used_pct"))
+               rounded(100 * cost / TeamRow.budget_usd, 1).label("budget_used_pct"))
         .select_from(usage.outerjoin(TeamRow.__table__, TeamRow.name == usage.c.team_name))
-        .where(*_window(start, end))
+        .where(*within(when, start, end))
         .group_by(usage.c.team_name, TeamRow.budget_usd)
         .order_by(cost.desc())
     )
-    return _rows(engine, query)
+    return rows(engine, query)
 
 
 def cost_by_model(engine: Engine, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """Jobs, GPU-hours, SUs and dollars per model (agent) in `[start, end)`, costliest first."""
-    query = (select(usage.c.model_name.label("model"), *_totals()).where(*_window(start, end))
+    query = (select(usage.c.model_name.label("model"), *_totals()).where(*within(when, start, end))
              .group_by(usage.c.model_name).order_by(func.sum(usage.c.cost_usd).desc()))
-    return _rows(engine, query)
+    return rows(engine, query)
 
 
 def user_metrics(engine: Engine, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """Per user: jobs, success rate, average runtime, GPU-hours, SUs and dollars."""
-    completed = func.sum(case((usage.c.status == "completed", 1), else_=0))
+    completed = func.sum(case((and_(final, usage.c.status == "completed"), 1), else_=0))
     query = (
         select(
             usage.c.user_name.label("user"), *_totals(),
-            _round(100.0 * completed / func.count(), 1).label("success_rate_pct"),
-            _round(func.avg(usage.c.elapsed_seconds) / 60.0, 1).label("avg_runtime_minutes"),
+            rounded(100.0 * completed / func.nullif(final_jobs(), 0), 1).label("success_rate_pct"),
+            rounded(func.avg(usage.c.elapsed_seconds) / 60.0, 1).label("avg_runtime_minutes"),
         )
-        .where(*_window(start, end))
+        .where(*within(when, start, end))
         .group_by(usage.c.user_name)
         .order_by(func.sum(usage.c.cost_usd).desc())
     )
-    return _rows(engine, query)
+    return rows(engine, query)
 
 
-def daily_cost_by_team(engine: Engine, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Dollars per day and team, for the chart."""
-    day = func.date(when).label("day")
-    query = (select(day, usage.c.team_name.label("team"), _round(func.sum(usage.c.cost_usd), 2).label("cost_usd"))
-             .where(*_window(start, end)).group_by(day, usage.c.team_name).order_by(day))
-    return _rows(engine, query)
+def report_periods(start: datetime, end: datetime, period: Literal["day", "week"]) -> list[tuple[datetime, datetime]]:
+    """The UTC days or weeks (from Monday) that `[start, end)` overlaps, each cut to the window.
+
+    Example:
+        >>> [f"{a:%a %d %H:%M}-{b:%a %d %H:%M}" for a, b in report_periods(
+        ...     datetime(2026, 11, 4, 12, tzinfo=timezone.utc), datetime(2026, 11, 11, 12, tzinfo=timezone.utc), "week")]
+        ['Wed 04 12:00-Mon 09 00:00', 'Mon 09 00:00-Wed 11 12:00']
+    """
+    step = timedelta(seconds=PERIOD_SECONDS[period])
+    boundary = MONDAY + (start.astimezone(timezone.utc) - MONDAY) // step * step
+    periods = []
+    while boundary < end:
+        periods.append((max(boundary, start), min(boundary + step, end)))
+        boundary += step
+    return periods
+
+
+def usage_by_period(engine: Engine, start: datetime, end: datetime, period: Literal["day", "week"]) -> list[dict[str, Any]]:
+    """GPU-hours, SUs and dollars per team and period (`report_periods`), a job that spans
+    periods split between them in proportion to its time in each (as XDMoD does): a job running
+    over midnight counts in both days. A running job counts up to its elapsed time.
+
+    Example:
+        ```python
+        usage_by_period(engine, datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 15, tzinfo=timezone.utc), "week")
+        ```
+    """
+    spans = [select(literal(a.timestamp()).label("p_start"), literal(b.timestamp()).label("p_end"))
+             for a, b in report_periods(start, end, period)]
+    if not spans:
+        return []
+    periods = union_all(*spans).subquery("periods")
+    job_start = epoch(usage.c.start_time)
+    job_end = func.coalesce(epoch(usage.c.end_time), job_start + usage.c.elapsed_seconds)
+    overlap = greatest(least(job_end, periods.c.p_end) - greatest(job_start, periods.c.p_start), 0.0)
+    instant = and_(job_end == job_start, job_start >= periods.c.p_start)
+    share = case((job_end > job_start, overlap / (job_end - job_start)), (instant, 1.0), else_=0.0)
+    query = (
+        select(periods.c.p_start, usage.c.team_name.label("team"),
+               rounded(func.sum(usage.c.gpu_hours * share), 3).label("gpu_hours"),
+               rounded(func.sum(func.coalesce(usage.c.su_charged, 0) * share), 3).label("su"),
+               rounded(func.sum(usage.c.cost_usd * share), 2).label("cost_usd"))
+        .select_from(usage.join(periods, and_(job_start < periods.c.p_end, or_(job_end > periods.c.p_start, instant))))
+        .where(when < end, when.is_not(None))
+        .group_by(periods.c.p_start, usage.c.team_name)
+        .order_by(periods.c.p_start, usage.c.team_name)
+    )
+    return [{period: datetime.fromtimestamp(row.pop("p_start"), timezone.utc).date(), **row} for row in rows(engine, query)]
 
 
 def list_usage(
@@ -102,8 +195,8 @@ def list_usage(
                                                      (usage.c.provider, provider), (usage.c.system, system)) if value is not None]
     with engine.connect() as connection:
         total = connection.scalar(select(func.count()).select_from(usage).where(*filters)) or 0
-        rows = connection.execute(
+        page = connection.execute(
             select(usage).where(*filters).order_by(when.desc(), usage.c.system, usage.c.job_id).offset(offset).limit(limit)
         )
-        items = [dict(row._mapping) for row in rows]
+        items = [dict(row._mapping) for row in page]
     return UsagePage(items=items, total=total, has_more=offset + len(items) < total)

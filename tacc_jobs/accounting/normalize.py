@@ -1,27 +1,29 @@
-"""Parse and normalize accounting rows with pandas, keeping every bad row with its reason.
+"""Normalized accounting rows: the `job_usage` columns, costs by TACC's SU rule and the dollar
+rates, bad rows kept with their reason; and job records from JSON/CSV files and HTTP feeds.
 
-Output columns (`USAGE_COLUMNS`) are those of the `job_usage` table, less id/run/ingestion time.
+Output columns (`USAGE_COLUMNS`) are those of the `job_usage` table, less the final-attempt mark
+(the warehouse keeps it), the run and the ingestion time. sacct rows: `tacc_jobs.accounting.sacct`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel
 
+from tacc_jobs.accounting.parsing import parse_times
 from tacc_jobs.planning.catalog import load_catalog
 from tacc_jobs.planning.charges import service_units
 
+DEFAULT_SOURCE_ZONE = "America/Chicago"
+"""The zone of file and HTTP times written without an offset: TACC's clusters' local time."""
 RECORD_FIELDS = ["job_id", "team_name", "model_name", "provider", "gpu_type", "start_time", "end_time", "status"]
-USAGE_COLUMNS = ["system", "job_id", "job_name", "user_name", "account", "team_name", "model_name", "provider",
-                 "gpu_type", "partition", "status", "exit_code", "submit_time", "start_time", "end_time",
-                 "elapsed_seconds", "nodes", "gpu_count", "gpu_hours", "su_charged", "cost_usd", "source"]
-_JOB_ID = r"\d+(?:_(?:\d+|\[[0-9,%-]+\]))?"
-_ELAPSED = r"^(?:(?P<d>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d{1,2}):(?P<s>\d{2})$"
-_MISSING_TIMES = {"", "Unknown", "None", "N/A"}
+OPTIONAL_RECORD_FIELDS = ["system", "user_name", "partition", "nodes", "gpu_count", "submit_time"]
+USAGE_COLUMNS = ["system", "job_id", "submit_time", "job_name", "user_name", "account", "team_name", "model_name", "provider",
+                 "gpu_type", "partition", "status", "exit_code", "eligible_time", "start_time", "end_time", "elapsed_seconds",
+                 "time_limit_seconds", "nodes", "gpu_count", "cpus", "mem_bytes", "cpu_seconds", "max_rss_bytes", "gpu_hours",
+                 "su_charged", "cost_usd", "source"]
+_COUNTS = {"elapsed_seconds": "int64", "nodes": "int64", "gpu_count": "int64"}
+_OPTIONAL_COUNTS = ["time_limit_seconds", "cpus", "mem_bytes", "max_rss_bytes"]
 
 
 class Normalized(BaseModel):
@@ -41,49 +43,38 @@ class CostRates(BaseModel):
     usd_per_gpu_hour_by_type: dict[str, float] = {}
 
 
-def _queue_table() -> pd.DataFrame:
+def queue_table() -> pd.DataFrame:
+    """The catalog's queues as a frame: system, partition, GPUs per node, SU rate, GPU type.
+
+    Example:
+        >>> queue_table().set_index(["system", "partition"]).loc[("ls6", "gpu-h100"), "su_rate"]
+        np.float64(6.0)
+    """
     return pd.DataFrame(
         [(q.system, q.queue, q.gpus_per_node, q.su_per_node_hour, q.gpu_type) for q in load_catalog()],
         columns=["system", "partition", "gpus_per_node", "su_rate", "catalog_gpu_type"],
     )
 
 
-def _times(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Parsed UTC times, and a mask of values that were present but unparsable."""
-    text = values.fillna("").astype(str).str.strip()
-    missing = text.isin(_MISSING_TIMES)
-    parsed = pd.to_datetime(text.where(~missing), utc=True, errors="coerce", format="ISO8601")
-    return parsed, parsed.isna() & ~missing
+def quarantined(raw: pd.DataFrame, mask: pd.Series, reason: pd.Series) -> pd.DataFrame:
+    """The input rows under `mask` as they came (fields joined by `|`), with their reasons.
 
-
-def _extract(values: pd.Series, pattern: str) -> pd.DataFrame:
-    """Named regex groups as columns, vectorized by Arrow (no Python per row); NaN where no match."""
-    groups = pc.extract_regex(pa.array(values.fillna("").astype(str), type=pa.string()), pattern)
-    matched = groups.is_valid().to_numpy(zero_copy_only=False)
-    frame = pd.DataFrame({name: groups.field(name).to_numpy(zero_copy_only=False) for name in groups.type.names}, index=values.index)
-    return frame.where(pd.Series(matched, index=values.index), axis=0)
-
-
-def elapsed_to_seconds(values: pd.Series) -> pd.Series:
-    """Slurm's `[D-]HH:MM:SS` or `MM:SS` as seconds (NaN where unparsable)."""
-    parts = _extract(values, _ELAPSED)
-    parts = parts.where(parts.isna(), parts.replace("", "0")).astype(float)
-    return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
-
-
-def _quarantine(raw: pd.DataFrame, mask: pd.Series, reason: str | pd.Series) -> pd.DataFrame:
+    Example:
+        >>> raw = pd.DataFrame({"JobID": ["1", "x"], "State": ["COMPLETED", ""]})
+        >>> quarantined(raw, raw["State"] == "", pd.Series(["", "State is empty"])).values.tolist()
+        [['x|', 'State is empty']]
+    """
     bad = raw[mask]
     if bad.empty:
         return pd.DataFrame({"raw": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-    reasons = reason[mask] if isinstance(reason, pd.Series) else pd.Series(reason, index=bad.index)
     text = bad.astype(object).where(bad.notna(), "")
-    return pd.DataFrame({"raw": text.apply(lambda row: "|".join(map(str, row)), axis=1), "reason": reasons})
+    return pd.DataFrame({"raw": text.apply(lambda row: "|".join(map(str, row)), axis=1), "reason": reason[mask]})
 
 
 def add_costs(usage: pd.DataFrame, rates: CostRates) -> pd.DataFrame:
-    """Add gpu_hours, su_charged (TACC: nodes x max(hours, 0.25) x queue rate, for jobs that ran
-    on a known queue) and cost_usd (GPU-hours x the GPU type's rate)."""
-    usage = usage.merge(_queue_table()[["system", "partition", "su_rate"]], on=["system", "partition"], how="left")
+    """Add gpu_hours, su_charged (TACC's rule, `service_units`, for jobs that ran on a known queue;
+    every attempt of a requeued job is charged its own) and cost_usd (GPU-hours x the GPU type's rate)."""
+    usage = usage.merge(queue_table()[["system", "partition", "su_rate"]], on=["system", "partition"], how="left")
     hours = usage["elapsed_seconds"] / 3600
     usage["gpu_hours"] = (usage["gpu_count"] * hours).round(6)
     ran = usage["start_time"].notna()
@@ -94,66 +85,36 @@ def add_costs(usage: pd.DataFrame, rates: CostRates) -> pd.DataFrame:
     return usage.drop(columns=["su_rate"])
 
 
-def normalize_sacct(raw: pd.DataFrame, system: str, rates: CostRates, agents: Mapping[str, str] | None = None) -> Normalized:
-    """Normalize one chunk of `sacct --parsable2` output (columns `SACCT_FIELDS`, all strings).
+def usage_frame(usage: pd.DataFrame) -> pd.DataFrame:
+    """`USAGE_COLUMNS` in order, counts as integers (nullable where sacct may not know them).
 
-    Job steps (`123.batch`, `123.extern`, `123.0`) fold into their job; array tasks (`123_4`)
-    stay jobs of their own. `agents` maps a Slurm job name to the agent (model) that ran.
+    Example:
+        ```python
+        usage_frame(add_costs(jobs, CostRates()))  # ready for `Warehouse.upsert`
+        ```
     """
-    raw = raw.fillna("")
-    steps = raw["JobID"].str.contains(".", regex=False)
-    steps_folded = int(steps.sum())
-    raw = raw[~steps]  # a step folds into its job: nothing of it is kept
-    job_ids = raw["JobID"].where(raw["JobID"].str.fullmatch(_JOB_ID).fillna(False).astype(bool))
-    problems = pd.Series("", index=raw.index)
-    problems[job_ids.isna()] = "JobID is not a Slurm job id"
-    submit, bad_submit = _times(raw["Submit"])
-    start, bad_start = _times(raw["Start"])
-    end, bad_end = _times(raw["End"])
-    elapsed = elapsed_to_seconds(raw["Elapsed"])
-    nodes = pd.to_numeric(raw["NNodes"], errors="coerce")
-    for mask, reason in (
-        (bad_submit, "Submit is not a time"), (bad_start, "Start is not a time"), (bad_end, "End is not a time"),
-        (elapsed.isna(), "Elapsed is not [D-]HH:MM:SS"), (nodes.isna(), "NNodes is not a number"),
-        (raw["State"].str.strip() == "", "State is empty"),
-        (end.notna() & start.notna() & (end < start), "End is before Start"),
-    ):
-        problems[mask & (problems == "")] = reason
-    keep = problems == ""
-    queues = _queue_table()
-    jobs = pd.DataFrame({
-        "system": system,
-        "job_id": job_ids,
-        "job_name": raw["JobName"],
-        "user_name": raw["User"].replace("", None),
-        "account": raw["Account"].replace("", None),
-        "partition": raw["Partition"],
-        "status": raw["State"].str.split().str[0].str.rstrip("+").str.lower(),
-        "exit_code": raw["ExitCode"].replace("", None),
-        "submit_time": submit, "start_time": start, "end_time": end,
-        "elapsed_seconds": elapsed, "nodes": nodes,
-        "tres_gpus": pd.to_numeric(_extract(raw["AllocTRES"], r"gres/gpu=(?P<gpus>\d+)")["gpus"], errors="coerce"),
-    })[keep]
-    jobs = jobs.merge(queues[["system", "partition", "gpus_per_node", "catalog_gpu_type"]], on=["system", "partition"], how="left")
-    jobs["gpu_count"] = jobs["tres_gpus"].fillna(jobs["nodes"] * jobs["gpus_per_node"]).fillna(0)
-    jobs["gpu_type"] = jobs["catalog_gpu_type"].fillna("unknown")
-    jobs["team_name"] = jobs["account"]
-    jobs["model_name"] = jobs["job_name"].replace(dict(agents or {}))
-    jobs["provider"] = "tacc"
-    jobs["source"] = "sacct"
-    jobs = jobs.astype({"elapsed_seconds": "int64", "nodes": "int64", "gpu_count": "int64"})
-    usage = add_costs(jobs.drop(columns=["tres_gpus", "gpus_per_node", "catalog_gpu_type"]), rates)
-    return Normalized(usage=usage[USAGE_COLUMNS], quarantine=_quarantine(raw, problems != "", problems), steps_folded=steps_folded)
+    usage = usage[USAGE_COLUMNS].astype(_COUNTS)
+    return usage.assign(**{name: pd.to_numeric(usage[name]).round().astype("Int64") for name in _OPTIONAL_COUNTS})
 
 
-def normalize_records(raw: pd.DataFrame, source: str, rates: CostRates) -> Normalized:
+def normalize_records(raw: pd.DataFrame, source: str, rates: CostRates, zone: str = DEFAULT_SOURCE_ZONE) -> Normalized:
     """Normalize one chunk of job records from a JSON/CSV file or an HTTP feed.
 
-    Required: `RECORD_FIELDS`. Optional: system, user_name, partition, nodes, gpu_count.
-    Provider, GPU type and status are lower-cased; end must not be before start.
+    Required: `RECORD_FIELDS`; optional: `OPTIONAL_RECORD_FIELDS` (submit_time defaults to
+    start_time). Provider, GPU type and status are lower-cased; end must not be before start.
+    Times without an offset are wall-clock times in `zone` (an IANA name); one that daylight
+    saving time makes ambiguous takes its first occurrence, except an end time that would then
+    come before its start, which takes its second.
+
+    Example:
+        >>> record = {"job_id": "a-1", "team_name": "ml", "model_name": "llama", "provider": "TACC", "gpu_type": "A100",
+        ...           "start_time": "2026-11-01T01:50:00", "end_time": "2026-11-01T01:10:00", "status": "COMPLETED"}
+        >>> usage = normalize_records(pd.DataFrame([record]), "file", CostRates()).usage
+        >>> usage.loc[0, "start_time"].isoformat(), usage.loc[0, "elapsed_seconds"]
+        ('2026-11-01T06:50:00+00:00', np.int64(1200))
     """
     raw = raw.copy()
-    for column in [*RECORD_FIELDS, "system", "user_name", "partition", "nodes", "gpu_count"]:
+    for column in [*RECORD_FIELDS, *OPTIONAL_RECORD_FIELDS]:
         if column not in raw:
             raw[column] = None
     text = raw.astype("string")
@@ -161,13 +122,13 @@ def normalize_records(raw: pd.DataFrame, source: str, rates: CostRates) -> Norma
     for column in RECORD_FIELDS:
         missing = text[column].fillna("").str.strip() == ""
         problems[missing & (problems == "")] = f"{column} is missing"
-    start, bad_start = _times(text["start_time"])
-    end, bad_end = _times(text["end_time"])
+    start, end, submit = (parse_times(text[column], zone) for column in ("start_time", "end_time", "submit_time"))
+    end_time = end.first.where(~(end.first < start.first), end.last)
     gpus = pd.to_numeric(raw["gpu_count"], errors="coerce")
     nodes = pd.to_numeric(raw["nodes"], errors="coerce")
     for mask, reason in (
-        (bad_start, "start_time is not a time"), (bad_end, "end_time is not a time"),
-        (end.notna() & start.notna() & (end < start), "end_time is before start_time"),
+        (start.bad, "start_time is not a time"), (end.bad, "end_time is not a time"), (submit.bad, "submit_time is not a time"),
+        (end_time.notna() & start.first.notna() & (end_time < start.first), "end_time is before start_time"),
         (raw["gpu_count"].notna() & (gpus.isna() | (gpus < 0)), "gpu_count is not a count"),
         (raw["nodes"].notna() & (nodes.isna() | (nodes < 0)), "nodes is not a count"),
     ):
@@ -177,6 +138,7 @@ def normalize_records(raw: pd.DataFrame, source: str, rates: CostRates) -> Norma
     usage = pd.DataFrame({
         "system": text["system"].str.strip().str.lower().fillna(provider),
         "job_id": text["job_id"].str.strip(),
+        "submit_time": submit.first.where(submit.first.notna(), start.first),
         "job_name": text["model_name"],
         "user_name": text["user_name"],
         "account": text["team_name"],
@@ -187,11 +149,11 @@ def normalize_records(raw: pd.DataFrame, source: str, rates: CostRates) -> Norma
         "partition": text["partition"],
         "status": text["status"].str.strip().str.lower(),
         "exit_code": None,
-        "submit_time": start, "start_time": start, "end_time": end,
-        "elapsed_seconds": ((end - start).dt.total_seconds()).fillna(0),
-        "nodes": nodes.fillna(1), "gpu_count": gpus.fillna(1),
+        "eligible_time": pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]"),
+        "start_time": start.first, "end_time": end_time,
+        "elapsed_seconds": ((end_time - start.first).dt.total_seconds()).fillna(0),
+        "time_limit_seconds": None, "nodes": nodes.fillna(1), "gpu_count": gpus.fillna(1),
+        "cpus": None, "mem_bytes": None, "cpu_seconds": None, "max_rss_bytes": None,
         "source": source,
     })[keep]
-    usage = usage.astype({"elapsed_seconds": "int64", "nodes": "int64", "gpu_count": "int64"})
-    usage = add_costs(usage, rates)
-    return Normalized(usage=usage[USAGE_COLUMNS], quarantine=_quarantine(raw, problems != "", problems))
+    return Normalized(usage=usage_frame(add_costs(usage, rates)), quarantine=quarantined(raw, problems != "", problems))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -10,9 +10,35 @@ from pydantic import BaseModel, Field
 
 from tacc_jobs.models import JobStatus
 
-SACCT_FIELDS = ("JobID", "JobName", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Start", "End",
-                "Elapsed", "NNodes", "AllocTRES")
-"""The accounting fields every backend reports, in this order (`sacct --format`)."""
+SACCT_FIELDS = ("JobID", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Eligible", "Start", "End",
+                "Elapsed", "Timelimit", "NNodes", "AllocTRES", "TRESUsageInTot", "MaxRSS", "JobName")
+"""The accounting fields every backend reports, in this order (`sacct --format`). JobName, the
+one free-text field, comes last, so a name holding the delimiter cannot shift the others."""
+
+
+def sacct_rows(lines: Iterable[str]) -> Iterator[list[str]]:
+    """`sacct --parsable2` output lines as rows of `SACCT_FIELDS`.
+
+    Each line is split at most `len(SACCT_FIELDS) - 1` times, so a `|` in the job name (the last
+    field) stays in the name. A line with fewer delimiters than a row needs is the rest of the
+    previous row's name, which held a newline (sacct prints names raw), and is joined back.
+
+    Example:
+        >>> line = "7|jdoe|acct|gpu-a100|COMPLETED|0:0" + "|2026-11-01T10:00:00" * 4 + "|00:01:00|01:00:00|1|node=1|||a|b"
+        >>> [row[-1] for row in sacct_rows([line, "c|d"])]
+        ['a|b\\nc|d']
+    """
+    splits = len(SACCT_FIELDS) - 1
+    row: list[str] | None = None
+    for line in lines:
+        if row is not None and line.count("|") < splits:
+            row[-1] += "\n" + line
+            continue
+        if row is not None:
+            yield row
+        row = line.split("|", splits)
+    if row is not None:
+        yield row
 
 
 class JobSubmission(BaseModel):
@@ -97,7 +123,10 @@ class Scheduler(Protocol):
 
     def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
         """Accounting rows of the jobs in `[start, end)`, streamed: the `SACCT_FIELDS` as
-        `sacct --parsable2` prints them (times in UTC, job steps as rows of their own)."""
+        `sacct --parsable2 --duplicates` prints them (times in UTC, job steps as rows of their own,
+        every attempt of a requeued job). The window is sacct's without `--state`: every job
+        eligible before `end` that had not ended before `start`, so a job that ended in the window
+        is in it however long ago it was submitted."""
 
     def resources(self) -> list[QueueResources]:
         """Allocated and idle nodes and idle GPUs per queue."""

@@ -246,18 +246,20 @@ class LocalScheduler:
                 pass
 
     def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
-        """Jobs submitted, or ended, inside `[start, end)`, as sacct prints them."""
+        """Jobs eligible before `end` that had not ended before `start` (sacct's window without
+        `--state`), as sacct prints them; a local job is eligible when submitted and has no steps."""
         for job_id in self._job_ids():
             job, state = self.load_job(job_id), self.read_state(job_id)
             started, ended = _parse_time(state.get("start")), _parse_time(state.get("end"))
-            if not (start <= job.submit < end or (ended and start <= ended < end)):
+            if not (job.submit < end and (ended is None or ended >= start)):
                 continue
             elapsed = int(((ended or utcnow()) - started).total_seconds()) if started else 0
             gpus = job.nodes * self.queues[job.partition].gpus_per_node
             yield [
-                job_id, job.name, job.user, job.account or "", job.partition, state["state"], state.get("exit_code") or "0:0",
-                _sacct_time(job.submit), _sacct_time(started), _sacct_time(ended), format_walltime(timedelta(seconds=elapsed)),
-                str(job.nodes), f"billing={job.nodes},node={job.nodes},gres/gpu={gpus}",
+                job_id, job.user, job.account or "", job.partition, state["state"], state.get("exit_code") or "0:0",
+                _sacct_time(job.submit), _sacct_time(job.submit), _sacct_time(started), _sacct_time(ended),
+                format_walltime(timedelta(seconds=elapsed)), format_walltime(timedelta(seconds=job.time_limit_seconds)),
+                str(job.nodes), f"billing={job.nodes},node={job.nodes},gres/gpu={gpus}", "", "", job.name,
             ]
 
     def allocated_nodes(self) -> int:

@@ -254,13 +254,20 @@ class SlurmScheduler:
             raise scheduler_error("scancel", completed)
 
     def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
-        """`sacct --parsable2` for the window (jobs and their steps), streamed line by line."""
+        """`sacct --parsable2 --duplicates` for the window (every attempt, jobs and their steps), streamed.
+
+        `TZ=UTC` makes sacct read the window and print its times in UTC whatever the login
+        node's zone; `SLURM_TIME_FORMAT=standard` overrides a login profile's `relative` times.
+        No `--state`: with one, the window would select jobs in that state during it instead.
+        """
+        from tacc_jobs.schedulers.base import sacct_rows
+
         window = [f"--starttime={start.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}",
                   f"--endtime={end.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}"]
-        argv = ["env", "TZ=UTC", "sacct", "--noheader", "--parsable2", *window, f"--format={','.join(SACCT_FIELDS)}"]
+        argv = ["env", "TZ=UTC", "SLURM_TIME_FORMAT=standard", "sacct", "--noheader", "--parsable2", "--duplicates", *window,
+                f"--format={','.join(SACCT_FIELDS)}"]
         try:
-            for line in self.transport.stream(argv):
-                yield line.split("|")
+            yield from sacct_rows(self.transport.stream(argv))
         except subprocess.CalledProcessError as error:
             raise scheduler_error("sacct", subprocess.CompletedProcess(argv, error.returncode, "", error.stderr)) from None
 

@@ -272,9 +272,10 @@ class TapisScheduler:
             elapsed = (state.end or datetime.now(timezone.utc)) - job.remote_started if job.remote_started else None
             options = json.loads(job.parameter_set or "{}").get("schedulerOptions") or []
             account = next((option["arg"].split()[1] for option in options if option.get("arg", "").startswith("-A ")), "")
-            yield [job.remote_job_id, job.name, job.owner or "", account, job.exec_system_logical_queue or "", _sacct_state(job, state),
-                   state.exit_code or "0:0", _sacct_time(job.remote_submitted or job.created), _sacct_time(job.remote_started),
-                   _sacct_time(state.end), format_walltime(elapsed) if elapsed else "00:00:00", str(job.node_count or 1), ""]
+            submitted = _sacct_time(job.remote_submitted or job.created)  # Tapis reports no eligible time: the submission's
+            yield [job.remote_job_id, job.owner or "", account, job.exec_system_logical_queue or "", _sacct_state(job, state),
+                   state.exit_code or "0:0", submitted, submitted, _sacct_time(job.remote_started), _sacct_time(state.end),
+                   format_walltime(elapsed) if elapsed else "00:00:00", "", str(job.node_count or 1), "", "", "", job.name]
 
     def resources(self) -> list[QueueResources]:
         """Not available: Tapis reports a system's queues and their limits, not how busy they are.

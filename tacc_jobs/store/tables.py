@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -139,7 +141,11 @@ class TeamRow(Base):
 
 
 class JobUsageRow(Base):
-    """One accounted job (from sacct, a file or an HTTP feed), with its cost."""
+    """One accounted job attempt (from sacct, a file or an HTTP feed), with its cost.
+
+    Keyed by (system, job id, submit time): a reused job id, or another attempt of a requeued
+    job, is another row. `final_attempt` is false for an attempt a requeue superseded.
+    """
 
     __tablename__ = "job_usage"
     __table_args__ = (
@@ -148,6 +154,7 @@ class JobUsageRow(Base):
 
     system: Mapped[str] = mapped_column(String(32), primary_key=True)
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    submit_time: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
     job_name: Mapped[str | None] = mapped_column(Text)
     user_name: Mapped[str | None] = mapped_column(String(64))
     account: Mapped[str | None] = mapped_column(String(64))
@@ -158,16 +165,22 @@ class JobUsageRow(Base):
     partition: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))
     exit_code: Mapped[str | None] = mapped_column(String(16))
-    submit_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    eligible_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
     start_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
     end_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
     elapsed_seconds: Mapped[int] = mapped_column(BigInteger)
+    time_limit_seconds: Mapped[int | None] = mapped_column(BigInteger)
     nodes: Mapped[int] = mapped_column(Integer)
     gpu_count: Mapped[int] = mapped_column(Integer)
+    cpus: Mapped[int | None] = mapped_column(Integer)
+    mem_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    cpu_seconds: Mapped[float | None] = mapped_column(Float)
+    max_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     gpu_hours: Mapped[float] = mapped_column(Float)
     su_charged: Mapped[float | None] = mapped_column(Float)
     cost_usd: Mapped[float] = mapped_column(Float)
     source: Mapped[str] = mapped_column(String(16))
+    final_attempt: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     ingested_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
