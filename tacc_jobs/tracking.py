@@ -84,14 +84,8 @@ class TrackingPolicy(BaseModel):
         (False, True)
     """
 
-    unseen_grace_seconds: float = Field(
-        default=900.0, gt=0,
-        description="A job neither squeue nor accounting reports for this long is lost (FAILED); shorter absences "
-        "(a controller restart, slurmdbd down) change nothing",
-    )
-    max_transient_failures: int = Field(
-        default=20, ge=1, description="Polls in a row a waiting run may fail (dropped connection, controller down) before it stops waiting"
-    )
+    unseen_grace_seconds: float = Field(default=900.0, gt=0, description="Unseen this long, a job is lost")
+    max_transient_failures: int = Field(default=20, ge=1, description="Failed polls in a row a waiting run sits out")
 
     @classmethod
     def from_settings(cls, settings: OrchestratorSettings) -> TrackingPolicy:
