@@ -157,6 +157,9 @@ class JobRequest(BaseModel):
     retention_days: int | None = Field(
         default=None, ge=1, le=3650, description="Keep the record and results this long after the job ends (default 30)"
     )
+    exclusive: bool = Field(
+        default=False, description="Run alone: never packed with other requests into one allocation or array"
+    )
 
 
 def parse_request(data: JobRequest | dict[str, Any]) -> JobRequest:

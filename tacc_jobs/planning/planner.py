@@ -53,6 +53,28 @@ def _fits(spec: QueueSpec, request: JobRequest) -> bool:
     )
 
 
+def check_agent(request: JobRequest) -> None:
+    """Refuse a request whose agent has no job-script template.
+
+    Raises:
+        PlanRefused: When the agent is unknown.
+    """
+    if request.agent not in known_agents():
+        raise PlanRefused("agent", f"unknown agent {request.agent!r}; known agents: {', '.join(sorted(known_agents()))}")
+
+
+def cost_usd(spec: QueueSpec, gpus: int, duration: timedelta, context: PlanningContext) -> float:
+    """Dollars for `gpus` allocated GPUs of `spec`'s type for `duration` (billed hours, 15 min at
+    least), at the context's rate for that GPU type, else its default rate.
+
+    Example:
+        >>> cost_usd(find_queue("stampede3", "h100"), 4, timedelta(hours=1), PlanningContext())
+        1.4
+    """
+    rate = context.usd_per_gpu_hour_by_type.get(spec.gpu_type, context.usd_per_gpu_hour)
+    return round(gpus * billed_hours(duration) * rate, 2)
+
+
 def choose_queue(request: JobRequest) -> QueueSpec:
     """The named queue, checked against its limits, or the first production queue that fits.
 
@@ -158,14 +180,12 @@ def plan_request(request: JobRequest, context: PlanningContext) -> Plan:
         >>> plan.queue, plan.nodes, plan.estimated_su
         ('gpu-a100', 2, 16.0)
     """
-    if request.agent not in known_agents():
-        raise PlanRefused("agent", f"unknown agent {request.agent!r}; known agents: {', '.join(sorted(known_agents()))}")
+    check_agent(request)
     spec = choose_queue(request)
     nodes = nodes_needed(spec, request.gpu_count)
     allocated = nodes * spec.gpus_per_node
     estimated_su = charge_su(spec, nodes, request.max_runtime)
-    rate = context.usd_per_gpu_hour_by_type.get(spec.gpu_type, context.usd_per_gpu_hour)
-    cost = round(allocated * billed_hours(request.max_runtime) * rate, 2)
+    cost = cost_usd(spec, allocated, request.max_runtime, context)
     if context.su_budget is not None and context.su_committed + estimated_su > context.su_budget:
         raise PlanRefused(
             "gpu_count",
