@@ -5,16 +5,23 @@ from __future__ import annotations
 from prefect import task
 
 from blocks.clusters import saved_credentials
+from blocks.credentials import TaccCredentials
 from blocks.database import open_job_store, open_staging_store
-from blocks.tapis import saved_tapis_credentials
+from blocks.tapis import TapisCredentials, saved_tapis_credentials
 from tacc_jobs.exceptions import PlanRefused, StagingError
 from tacc_jobs.models import JobRequest, Plan
+from tacc_jobs.planning.packing import BatchPlan, pack_requests
 from tacc_jobs.planning.planner import PlanningContext, plan_request
 from tacc_jobs.settings import get_settings
 from tacc_jobs.staging.datasets import layout_advice, survey_dataset
 from tacc_jobs.staging.transfer import LocalCopy
 from tacc_jobs.webhooks import private_webhook_reason
 from tasks.policies import ONCE_PER_FLOW_RUN
+
+
+def system_credentials(system: str) -> TapisCredentials | TaccCredentials | None:
+    """The block saved for a system: `TapisCredentials` first, else `TaccCredentials`, else None."""
+    return saved_tapis_credentials(system) or saved_credentials(system)
 
 
 @task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
@@ -47,7 +54,7 @@ def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
         dataset = survey_dataset(settings.dataset_root, request.dataset_id)
     except StagingError as error:
         raise PlanRefused("dataset_id", str(error)) from None
-    credentials = saved_tapis_credentials(system) or saved_credentials(system)
+    credentials = system_credentials(system)
     host = LocalCopy.host if system == "local" else credentials.host if credentials else None
     measured = open_staging_store().bandwidth(host) if host else None
     based_on = [f"bandwidth measured on past transfers to {host}" if measured else
@@ -69,3 +76,24 @@ def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
         layout_advice=layout_advice(dataset),
     )
     return plan_request(request, context).model_copy(update={"based_on": based_on})
+
+
+@task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
+def plan_request_batch(requests: list[JobRequest]) -> BatchPlan:
+    """Pack a batch with the settings' dollar rates and each system's allocation from its saved
+    block (none saved: no `-A`).
+
+    Example:
+        ```python
+        batch = plan_request_batch([JobRequest(agent="AlphaCal", dataset_id=f"d{i}", gpu_count=1,
+                                               max_runtime="1h", user_id="jdoe", system="stampede3")
+                                    for i in range(24)])
+        ```
+    """
+    settings = get_settings()
+    accounts = {}
+    for system in sorted({request.system.value for request in requests}):
+        credentials = system_credentials(system)
+        accounts[system] = credentials.allocation if credentials else None
+    context = PlanningContext(usd_per_gpu_hour=settings.usd_per_gpu_hour, usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type)
+    return pack_requests(requests, context, accounts)

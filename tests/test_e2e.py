@@ -71,8 +71,9 @@ def read_flow_run(env: dict[str, str], flow_run_id: uuid.UUID | str) -> dict[str
 
 def test_every_deployment_is_there_and_scheduled(stack: dict[str, str]) -> None:
     deployments = {d["name"]: d for d in api(stack, "/deployments/filter")}  # type: ignore[union-attr]
-    assert set(deployments) >= {"submit-job", "submit-batch", "plan-job", "watch-jobs", "cancel-job", "stage-dataset",
-                                "cluster-resources", "ingest-job-metadata", "usage-report", "cleanup", "register-tapis-apps"}
+    assert set(deployments) >= {"submit-job", "submit-batch", "plan-job", "plan-batch", "watch-jobs", "cancel-job",
+                                "stage-dataset", "cluster-resources", "ingest-job-metadata", "usage-report", "cleanup",
+                                "register-tapis-apps"}
     crons = {name: [s["schedule"].get("cron") for s in d["schedules"]] for name, d in deployments.items()}
     assert crons["watch-jobs"] == ["* * * * *"] and crons["ingest-job-metadata"] == ["0 2 * * *"]
     assert crons["usage-report"] == ["0 6 * * 1"] and crons["cleanup"] == ["30 3 * * *"]
@@ -288,7 +289,7 @@ def test_the_stack_runs_on_a_postgresql_server_database(tmp_path: Path, postgres
         with psycopg.connect(f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{server_db}") as connection:
             deployments = connection.execute("SELECT count(*) FROM deployment").fetchone()[0]
             runs = connection.execute("SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'").fetchone()[0]
-        assert deployments == 11 and runs >= 1, "the server keeps its state in PostgreSQL"
+        assert deployments == 12 and runs >= 1, "the server keeps its state in PostgreSQL"
     finally:
         subprocess.run([stack_script, "down"], env=env, capture_output=True, timeout=120)
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:

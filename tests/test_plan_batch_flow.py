@@ -1,0 +1,31 @@
+"""The plan-batch flow under a real Prefect server: the plan, its table artifact, nothing submitted."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from blocks.database import open_job_store
+from flows.plan_batch import plan_batch
+from tacc_jobs.exceptions import PlanRefused
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+REQUEST = {"agent": "AlphaCal", "gpu_count": 1, "max_runtime": "1h", "user_id": "batchplanner", "system": "stampede3",
+           "queue": "h100"}
+
+
+def test_plan_batch_writes_the_plan_and_its_saving_as_a_table_artifact() -> None:
+    plan = plan_batch([{**REQUEST, "dataset_id": f"d{index}"} for index in range(24)])
+    assert (plan.packed.su, plan.one_per_request.su, plan.packed.slurm_jobs) == (24.0, 96.0, 2)
+    assert open_job_store().history("batchplanner").total == 0
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["batch-plan"])), limit=1)
+    assert artifact.type == "table" and "72 saved" in artifact.description
+    assert '"saving"' in artifact.data and '"12.0x sooner"' in artifact.data
+
+
+def test_plan_batch_refuses_a_request_beyond_its_queue() -> None:
+    with pytest.raises(PlanRefused, match="at most 4 nodes"):
+        plan_batch([{**REQUEST, "dataset_id": "d0", "gpu_count": 20}])
