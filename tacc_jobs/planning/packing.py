@@ -105,6 +105,9 @@ class _Node:
     def earliest(self, count: int) -> list[int]:
         return sorted(range(len(self.free_at)), key=lambda gpu: (self.free_at[gpu], gpu))[:count]
 
+    def start(self, count: int) -> timedelta:
+        return max(self.free_at[gpu] for gpu in self.earliest(count))
+
     def end(self) -> timedelta:
         return max(self.free_at)
 
@@ -150,14 +153,13 @@ def _pack(spec: QueueSpec, indexed: list[tuple[int, JobRequest]]) -> list[tuple[
             nodes += [_Node(spec.gpus_per_node, block=len(nodes)) for _ in gpus]
             start = timedelta(0)
         else:
-            fits = [n for n, node in enumerate(nodes)
-                    if max(node.free_at[g] for g in node.earliest(request.gpu_count)) + request.max_runtime <= wall]
-            if not fits:
+            fitting = (n for n, node in enumerate(nodes) if node.start(request.gpu_count) + request.max_runtime <= wall)
+            target = next(fitting, None)
+            if target is None:
                 nodes.append(_Node(spec.gpus_per_node, block=len(nodes)))
-                fits = [len(nodes) - 1]
-            chosen = nodes[fits[0]].earliest(request.gpu_count)
-            gpus = {fits[0]: sorted(chosen)}
-            start = max(nodes[fits[0]].free_at[g] for g in chosen)
+                target = len(nodes) - 1
+            gpus = {target: sorted(nodes[target].earliest(request.gpu_count))}
+            start = nodes[target].start(request.gpu_count)
         for n, ids in gpus.items():
             for gpu in ids:
                 nodes[n].free_at[gpu] = start + request.max_runtime
