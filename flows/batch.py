@@ -63,7 +63,7 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     interval = max(poll_floor_seconds(system) for system in systems)
     while True:
         for system in systems:
-            sweep_system(system)
+            sweep_system(system, return_state=True)  # a failed sweep is retried next cycle; it fails nothing
         launching: list[tuple[JobRecord, PrefectFuture[DatasetStaging], PrefectFuture[JobRecord]]] = []
         for record, request, plan in list(pending):
             if len(launching) == parallel_limit:

@@ -252,6 +252,7 @@ class JobRecord(BaseModel):
     retention_days: int | None = None
     attempt: int = Field(default=1, description="1, then one more each time Slurm requeues the job")
     unseen_since: datetime | None = Field(default=None, description="Since when the scheduler has not reported the job")
+    submit_started_at: datetime | None = Field(default=None, description="When its submission began (a job may exist from then on)")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

@@ -63,8 +63,9 @@ class OrchestratorSettings(BaseSettings):
     )
     unsubmitted_timeout_seconds: float = Field(
         default=86400.0, gt=0,
-        description="A job with no scheduler id, none found by name, and a flow run that still looks alive is "
-        "abandoned (its name fenced, its record FAILED) after this long; at once when its flow run has ended",
+        description="A job whose submission began but left no scheduler id, none found by name, and whose flow run "
+        "still looks alive is abandoned (its name fenced, its record FAILED) this long after the submission began; "
+        "at once when its flow run has ended",
     )
 
     default_bandwidth_mb_per_s: float = Field(

@@ -40,13 +40,18 @@ def stop_orphaned_agents() -> None:
     """Stop the agents, and remove the directories, of connections whose process died unclosed."""
     for directory in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
         try:
+            if directory.stat().st_uid != os.getuid() or directory.stat().st_mode & 0o077:
+                continue  # not one of ours
             owner = int((directory / OWNER).read_text())
         except (OSError, ValueError):
             continue
         if process_alive(owner):
             continue
         try:
-            os.kill(int((directory / AGENT_PID).read_text()), signal.SIGKILL)
+            agent = int((directory / AGENT_PID).read_text())
+            command = Path(f"/proc/{agent}/cmdline").read_bytes().split(b"\0")
+            if command[:4] == [b"ssh-agent", b"-D", b"-a", str(directory / AGENT_SOCKET).encode()]:  # not a reused pid
+                os.kill(agent, signal.SIGKILL)
         except (OSError, ValueError):
             pass
         shutil.rmtree(directory, ignore_errors=True)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from tacc_jobs.exceptions import IllegalTransition
+from tacc_jobs.exceptions import IllegalTransition, SchedulerError
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.planning.catalog import find_queue
 from tacc_jobs.planning.charges import charge_su
@@ -137,6 +137,8 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
     observations = []
     for job in jobs:
         state = states.get(job.scheduler_job_id)
+        if state is not None and state.name not in (None, job.name):  # two records share a reused id: the other's job
+            state = None
         observation = JobObservation(scheduler_job_id=job.scheduler_job_id, state=state)
         if state is not None:
             observation.status, observation.reason = map_scheduler_state(state)
@@ -212,41 +214,61 @@ NEVER_SUBMITTED_REASON = "never reached the scheduler: no job of this name, and 
 def reconcile_unsubmitted(store: JobStore, scheduler: Scheduler, records: Sequence[JobRecord], policy: TrackingPolicy,
                           submitter_gone: Callable[[JobRecord], bool], timeout: timedelta,
                           now: datetime | None = None) -> list[Transition]:
-    """Settle jobs recorded QUEUED with no scheduler id (their submitter may have died between
-    `sbatch` and recording its answer): each is looked up by its name, in one call for all.
+    """Settle jobs recorded QUEUED with no scheduler id whose submitter may have died between
+    `sbatch` and recording its answer: those whose submission began, and those whose flow run
+    has ended. Each is looked up by its name, in one call for all. A job whose submission never
+    began and whose flow run is alive (a batch job waiting for a slot, a long staging) is left
+    alone.
 
     A job found is adopted: its real id recorded, then its state applied. A job not found is
-    abandoned once its submitter is gone (its flow run ended) or `timeout` after it was
-    recorded: under the name's lock the scheduler either finds it after all (adopted) or fences
-    the name, so no later submission can run it, and the record ends FAILED with a reason that
-    says so. A job whose submitter may still be at work (staging a large dataset) is left alone.
+    abandoned once its submitter is gone or `timeout` after its submission began: under the
+    name's lock the scheduler either finds it after all (adopted) or fences the name, so no later
+    submission can run it, and the record ends FAILED with a reason that says so. One record's
+    failure (a scratch quota, an unreachable daemon) is logged in its reason's place and leaves
+    the others to settle.
 
     Returns:
         The transitions made, in order (an adoption may make two: QUEUING, then the job's state).
     """
     now = now or utcnow()
-    if not records:
+    candidates = [record for record in records if record.submit_started_at is not None or submitter_gone(record)]
+    if not candidates:
         return []
-    since = min(record.created_at for record in records) - NAME_LOOKUP_MARGIN
-    found = scheduler.find([scheduler_job_name(record.id) for record in records], since)
+    since = min(record.created_at for record in candidates) - NAME_LOOKUP_MARGIN
+    found = scheduler.find([scheduler_job_name(record.id) for record in candidates], since)
     transitions: list[Transition] = []
-    for record in records:
-        name = scheduler_job_name(record.id)
-        work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
-        state = found.get(name)
-        if state is None and (submitter_gone(record) or now - record.created_at >= timeout):
-            state = scheduler.abandon(name, work_dir, record.created_at - NAME_LOOKUP_MARGIN)
-            if state is None:
-                transitions.append(_apply(store, record, JobStatus.FAILED, JobUpdate(reason=NEVER_SUBMITTED_REASON, completed_at=now)))
-                continue
+    for record in candidates:
+        try:
+            transitions += _settle(store, scheduler, record, found.get(scheduler_job_name(record.id)), policy,
+                                   submitter_gone(record) or (record.submit_started_at is not None
+                                                              and now - record.submit_started_at >= timeout), now)
+        except SchedulerError:
+            continue  # the next sweep tries again; the other records are settled meanwhile
+    return transitions
+
+
+def _settle(store: JobStore, scheduler: Scheduler, record: JobRecord, state: SchedulerJobState | None,
+            policy: TrackingPolicy, may_abandon: bool, now: datetime) -> list[Transition]:
+    name = scheduler_job_name(record.id)
+    work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
+    if state is None and may_abandon:
+        state = scheduler.abandon(name, work_dir, record.created_at - NAME_LOOKUP_MARGIN)
         if state is None:
-            continue
-        adopted = _apply(store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=state.job_id, work_dir=work_dir, reason=ADOPTED_REASON))
-        transitions.append(adopted)
-        if adopted.record.scheduler_job_id == state.job_id and not adopted.record.status.is_terminal:
-            status, reason = map_scheduler_state(state)
-            observation = JobObservation(scheduler_job_id=state.job_id, state=state, status=status, reason=reason)
-            transitions.append(record_observation(store, adopted.record, observation, policy, now) or adopted)
+            return [_apply(store, record, JobStatus.FAILED, JobUpdate(reason=NEVER_SUBMITTED_REASON, completed_at=now))]
+    if state is None:
+        return []
+    return adopt(store, record, state, work_dir, policy, now)
+
+
+def adopt(store: JobStore, record: JobRecord, state: SchedulerJobState, work_dir: str, policy: TrackingPolicy,
+          now: datetime | None = None) -> list[Transition]:
+    """Record a job found by name as the record's: its id (QUEUING), then the state it is in."""
+    adopted = _apply(store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=state.job_id, work_dir=work_dir, reason=ADOPTED_REASON))
+    transitions = [adopted]
+    if adopted.record.scheduler_job_id == state.job_id and not adopted.record.status.is_terminal:
+        status, reason = map_scheduler_state(state)
+        observation = JobObservation(scheduler_job_id=state.job_id, state=state, status=status, reason=reason)
+        transitions.append(record_observation(store, adopted.record, observation, policy, now) or adopted)
     return transitions
 
 

@@ -12,8 +12,9 @@ from blocks.database import open_job_store
 from tacc_jobs.exceptions import IllegalTransition, JobAlreadyEnded
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.schedulers.job_script import JobPaths, scheduler_job_name
+from tacc_jobs.settings import get_settings
 from tacc_jobs.store import JobStore, JobUpdate
-from tacc_jobs.tracking import NAME_LOOKUP_MARGIN
+from tacc_jobs.tracking import NAME_LOOKUP_MARGIN, TrackingPolicy, adopt
 from tacc_jobs.walltime import utcnow
 from tasks.notifications import announce
 from tasks.policies import cluster_task
@@ -37,17 +38,18 @@ def cancel_stored_job(store: JobStore, record: JobRecord, reason: str) -> JobRec
             f"job {record.id} already ended {record.status.value} at {record.completed_at or record.updated_at:%Y-%m-%d %H:%M:%S} UTC; nothing to cancel"
         )
     scheduler = scheduler_for(record.system)
-    scheduler_job_id = record.scheduler_job_id
-    if scheduler_job_id is None:
+    name = scheduler_job_name(record.id)
+    if record.scheduler_job_id is None:
         work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
-        found = scheduler.abandon(scheduler_job_name(record.id), work_dir, record.created_at - NAME_LOOKUP_MARGIN)
-        scheduler_job_id = found.job_id if found else None
-    if scheduler_job_id:
-        scheduler.cancel(scheduler_job_id)
+        found = scheduler.abandon(name, work_dir, record.created_at - NAME_LOOKUP_MARGIN)
+        if found is not None:  # recorded as the record's first, so an end it already reached is kept, not overwritten
+            for transition in adopt(store, record, found, work_dir, TrackingPolicy.from_settings(get_settings())):
+                announce(store, scheduler, transition)
+            return cancel_stored_job(store, store.get(record.id), reason)
+    if record.scheduler_job_id:
+        scheduler.cancel(record.scheduler_job_id, name)
     try:
-        transition = store.transition(
-            record.id, JobStatus.CANCELLED, JobUpdate(reason=reason, completed_at=utcnow(), scheduler_job_id=scheduler_job_id)
-        )
+        transition = store.transition(record.id, JobStatus.CANCELLED, JobUpdate(reason=reason, completed_at=utcnow()))
     except IllegalTransition:  # it ended on its own between the read and the cancel
         return cancel_stored_job(store, store.get(record.id), reason)
     return announce(store, scheduler, transition)

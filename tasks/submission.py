@@ -17,7 +17,7 @@ from blocks.jobs import BatchJob
 from tacc_jobs.agents import AGENTS_DIR
 from tacc_jobs.exceptions import JobAlreadyEnded, TaccOrchestratorError, TransientError
 from tacc_jobs.models import JobRecord, JobRequest, JobStatus, Plan
-from tacc_jobs.schedulers import JobSubmission
+from tacc_jobs.schedulers import JobSubmission, Scheduler
 from tacc_jobs.schedulers.job_script import (
     JobPaths,
     job_environment,
@@ -97,6 +97,7 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
     current = store.get(record.id)
     if current.status is not JobStatus.QUEUED:  # cancelled or abandoned meanwhile: submit nothing
         raise JobAlreadyEnded(f"job {record.id} is {current.status.value} ({current.reason}); it is not submitted")
+    store.mark_submit_started(record.id, utcnow())
     job = batch_job_for(record, request, plan)
     if record.system != "local":
         transfer_for(record.system).push(AGENTS_DIR, agent_runtime(record.system).agent_home)
@@ -110,15 +111,17 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
         current = store.get(record.id)
         if current.scheduler_job_id == run.scheduler_job_id:  # a watch-jobs sweep adopted it first
             return current
-        run.scheduler.cancel(run.scheduler_job_id)  # cancelled meanwhile, or not recorded: none runs untracked
-        raise
+        if current.status.is_terminal:  # cancelled or abandoned meanwhile: its job must not run untracked
+            run.scheduler.cancel(run.scheduler_job_id, job.submission.name)
+        raise  # not recorded (the database failed): a retry, or watch-jobs, adopts the job by name
 
 
 def end_unsubmitted_job(record: JobRecord, error: BaseException, sbatch_attempted: bool) -> JobRecord:
     """After staging or submission failed: FAILED when certainly nothing reached the scheduler
-    (staging failed first, or a permanent refusal such as sbatch rejecting the options);
-    otherwise (a lost answer, a time-out) the job stays QUEUED with the reason, for watch-jobs to
-    find by name or to end for certain. It is never marked FAILED on a guess.
+    (staging failed first; or sbatch refused the job and a look-up by name, under the name's
+    lock, found none and fenced the name); otherwise (a lost answer, a time-out) the job stays
+    QUEUED with the reason, for watch-jobs to adopt by name or to end for certain. It is never
+    marked FAILED on a guess.
 
     Args:
         record: The job.
@@ -134,8 +137,20 @@ def end_unsubmitted_job(record: JobRecord, error: BaseException, sbatch_attempte
     current = store.get(record.id)
     if current.status is not JobStatus.QUEUED:  # submitted after all, cancelled, or ended meanwhile: keep that
         return current
-    if sbatch_attempted and (isinstance(error, TransientError) or not isinstance(error, TaccOrchestratorError)):
+    scheduler = scheduler_for(record.system)
+    if sbatch_attempted and not _certainly_not_submitted(scheduler, current, error):
         reason = f"submission unconfirmed ({error}); watch-jobs will find the job by name or end this record"
         return store.transition(record.id, JobStatus.QUEUED, JobUpdate(reason=reason)).record
     transition = store.transition(record.id, JobStatus.FAILED, JobUpdate(reason=f"not submitted: {error}", completed_at=utcnow()))
-    return announce(store, scheduler_for(record.system), transition)
+    return announce(store, scheduler, transition)
+
+
+def _certainly_not_submitted(scheduler: Scheduler, record: JobRecord, error: BaseException) -> bool:
+    """A permanent refusal, and no job of the name (which is now fenced): nothing can run."""
+    if isinstance(error, TransientError) or not isinstance(error, TaccOrchestratorError):
+        return False
+    work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
+    try:
+        return scheduler.abandon(scheduler_job_name(record.id), work_dir, record.created_at - NAME_LOOKUP_MARGIN) is None
+    except TaccOrchestratorError:  # the look-up failed too: leave it to watch-jobs
+        return False

@@ -62,6 +62,8 @@ def wait_for_job(record: JobRecord, pending_timeout: float | None = None) -> Job
             logger.info("[%s %s] %s", record.system, record.scheduler_job_id, line)
         transition = record_observation(store, record, observation, job.tracking)
         if transition is None:
+            if observation.unseen:  # it noted since when: the next seen poll must clear that
+                record = store.get(record.id)
             return
         if transition.moved or transition.record.reason != record.reason:
             reason = f" ({transition.record.reason})" if transition.record.reason else ""
@@ -106,10 +108,14 @@ def sweep_system(system: str) -> SystemSweep:
     scheduler = scheduler_for(system)
     now = utcnow()
     unsubmitted = store.unsubmitted(system, created_before=now - timedelta(seconds=settings.unsubmitted_grace_seconds))
-    ended_runs = ended_flow_runs({record.flow_run_id for record in unsubmitted if record.flow_run_id}) if unsubmitted else set()
-    settled = reconcile_unsubmitted(store, scheduler, unsubmitted, policy,
-                                    lambda record: record.flow_run_id is None or record.flow_run_id in ended_runs,
-                                    timedelta(seconds=settings.unsubmitted_timeout_seconds), now)
+    try:  # reconciliation failing (a daemon down, the API unreachable) must not stop the sweep of active jobs
+        ended_runs = ended_flow_runs({record.flow_run_id for record in unsubmitted if record.flow_run_id}) if unsubmitted else set()
+        settled = reconcile_unsubmitted(store, scheduler, unsubmitted, policy,
+                                        lambda record: record.flow_run_id is None or record.flow_run_id in ended_runs,
+                                        timedelta(seconds=settings.unsubmitted_timeout_seconds), now)
+    except Exception as error:
+        logger.warning("%s: jobs recorded without a scheduler id not settled this sweep: %s", system, error)
+        settled = []
     for transition in settled:
         logger.warning("%s job %s: %s -> %s (%s)", system, transition.record.id, transition.previous.value,
                        transition.record.status.value, transition.record.reason)

@@ -114,10 +114,13 @@ def cluster(tmp_path: Path) -> LocalScheduler:
     return LocalScheduler(tmp_path / "cluster")
 
 
-def unsubmitted(store: JobStore, cluster: LocalScheduler) -> tuple[JobRecord, JobSubmission]:
+def unsubmitted(store: JobStore, cluster: LocalScheduler, attempted: bool = True) -> tuple[JobRecord, JobSubmission]:
     request = parse_request({"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 1, "max_runtime": "1h",
                              "user_id": "jdoe", "system": "local"})
     record = store.create(request, plan_request(request, PlanningContext()), flow_run_id=uuid.uuid4())
+    if attempted:  # as submit_to_scheduler does right before sbatch
+        store.mark_submit_started(record.id, record.created_at)
+        record = store.get(record.id)
     paths = JobPaths.for_job(cluster.scratch_root, record.id, record.dataset_id)
     return record, JobSubmission(name=scheduler_job_name(record.id), script="#!/bin/bash\nsleep 1\n", work_dir=paths.work_dir,
                                  stdout_path=paths.stdout, stderr_path=paths.stderr, sbatch_args=["-p", "local-gpu", "-t", "00:01:00"])
@@ -153,3 +156,33 @@ def test_an_old_job_found_by_name_is_adopted_not_abandoned(store: JobStore, clus
     reconcile_unsubmitted(store, cluster, [record], POLICY, lambda _: False, too_old)
     assert store.get(record.id).scheduler_job_id == job_id
     wait_until(lambda: state_of(cluster, job_id).state == "COMPLETED", timeout=30)
+
+
+def test_a_job_never_submitted_is_left_to_its_live_run_however_old(store: JobStore, cluster: LocalScheduler) -> None:
+    """A batch holds requests back for TACC's per-user limit: days old, never attempted, fine."""
+    record, submission = unsubmitted(store, cluster, attempted=False)
+    long_after = record.created_at + timedelta(days=3)
+    assert reconcile_unsubmitted(store, cluster, [record], POLICY, lambda _: False, timedelta(days=1), long_after) == []
+    assert store.get(record.id).status is JobStatus.QUEUED
+    ended = reconcile_unsubmitted(store, cluster, [record], POLICY, lambda _: True, timedelta(days=1), long_after)
+    assert [t.record.reason for t in ended] == [NEVER_SUBMITTED_REASON], "once its run has ended, it is settled"
+
+
+class ReusedIds:
+    """A scheduler whose job id 57 now belongs to another job (ids restart after a controller reset)."""
+
+    def states(self, jobs: dict[str, str]) -> dict[str, SchedulerJobState]:
+        return {"57": SchedulerJobState(job_id="57", name="tacc-new", state="RUNNING")}
+
+    def read_files(self, offsets: dict[str, int], limit: int = 65536) -> dict[str, object]:
+        from tacc_jobs.schedulers import FileTail
+
+        return {path: FileTail(data="", next_offset=0) for path in offsets}
+
+
+def test_a_state_answered_for_another_name_is_not_this_jobs() -> None:
+    from tacc_jobs.tracking import TrackedJob, observe
+
+    old, new = (TrackedJob(scheduler_job_id="57", name=name, progress_path=f"/p/{name}") for name in ("tacc-old", "tacc-new"))
+    seen_old, seen_new = observe(ReusedIds(), [old, new])  # type: ignore[arg-type]
+    assert seen_old.unseen and seen_new.status is JobStatus.RUNNING

@@ -118,8 +118,9 @@ class Scheduler(Protocol):
         """Make sure no job of this name will run untracked: the job when one was submitted,
         else None, and from then on a submission of the name is refused (atomic with `submit`)."""
 
-    def cancel(self, job_id: str) -> None:
-        """Cancel a job; cancelling an ended job does nothing."""
+    def cancel(self, job_id: str, name: str | None = None) -> None:
+        """Cancel a job; cancelling an ended job does nothing. With `name`, only if the job under
+        that id has that name (ids repeat: the id of an ended job may be a fresh job's now)."""
 
     def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
         """Accounting rows of the jobs in `[start, end)`, streamed: the `SACCT_FIELDS` as

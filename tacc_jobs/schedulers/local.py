@@ -228,10 +228,12 @@ class LocalScheduler:
             (Path(work_dir) / ABANDONED).touch()
             return None
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, name: str | None = None) -> None:
         """Cancel a pending or running job (SIGTERM to its process group); ended or already
-        cancelled jobs are left alone."""
+        cancelled jobs, and with `name` a job of another name, are left alone."""
         with self.locked():
+            if name is not None and self.load_job(job_id).name != name:
+                return
             state = self.read_state(job_id)
             if state["state"] in TERMINAL_STATES or state["state"].startswith("CANCELLED"):
                 return

@@ -56,10 +56,12 @@ mkdir -p -- "$work_dir" || exit 1
 exec 9>>"$work_dir/.submit.lock" || exit 1
 flock -w 600 9 || exit 75
 found=$(squeue --me --noheader --states=all --name="$name" --format="$SQUEUE_FORMAT") || exit 75
+source=squeue
 if [ -z "$found" ]; then
   found=$(sacct --noheader -X --parsable2 --name="$name" --starttime="$since" --format="$SACCT_FORMAT") || exit 75
+  source=sacct
 fi
-if [ -n "$found" ]; then printf 'found %s\n' "$(printf '%s\n' "$found" | sort -t'|' -k6,6 | tail -n1)"; exit 0; fi
+if [ -n "$found" ]; then printf 'found %s %s\n' "$source" "$(printf '%s\n' "$found" | sort -t'|' -k6,6 | tail -n1)"; exit 0; fi
 if [ "$mode" = abandon ]; then : > "$work_dir/.abandoned" && echo abandoned; exit; fi
 if [ -e "$work_dir/.abandoned" ]; then
   echo "sbatch: $name was abandoned by watch-jobs (its record ended before the job was submitted)" >&2; exit 3
@@ -153,7 +155,7 @@ class SlurmScheduler:
         self.transport, self.system, self.scratch_root = transport, system, scratch_root
 
     def _run(self, argv: Sequence[str], stdin: str | None = None, label: str | None = None) -> str:
-        completed = self.transport.run(["env", "TZ=UTC", *argv], stdin=stdin)
+        completed = self.transport.run(["env", "TZ=UTC", "SLURM_TIME_FORMAT=standard", *argv], stdin=stdin)
         if completed.returncode != 0:
             raise scheduler_error(label or argv[0], completed)
         return completed.stdout
@@ -168,7 +170,8 @@ class SlurmScheduler:
                            stdin=script, label="sbatch" if mode == "submit" else "abandon")
         last = output.strip().splitlines()[-1] if output.strip() else ""
         if last.startswith("found "):
-            return _parse_job_line(last.removeprefix("found "), in_queue=False)
+            source, _, line = last.removeprefix("found ").partition(" ")
+            return _parse_job_line(line, in_queue=source == "squeue")
         if last == "abandoned":
             return None
         job_id = last.split(";")[0].strip()
@@ -244,11 +247,14 @@ class SlurmScheduler:
             found.setdefault(job_id, state)
         return found
 
-    def cancel(self, job_id: str) -> None:
-        """`scancel` the job; a job that has already ended is left alone."""
+    def cancel(self, job_id: str, name: str | None = None) -> None:
+        """`scancel` the job (`--name` too, when given: only the job of that name); a job that
+        has already ended is left alone."""
         if not JOB_ID.fullmatch(job_id):
             raise PermanentSchedulerError(f"{job_id!r} is not a Slurm job id")
-        completed = self.transport.run(["scancel", job_id])
+        if name is not None and not JOB_NAME.fullmatch(name):
+            raise PermanentSchedulerError(f"job name {name!r} is not a safe Slurm job name")
+        completed = self.transport.run(["scancel", *([f"--name={name}"] if name else []), job_id])
         message = completed.stderr
         if completed.returncode != 0 and not re.search(r"already completing or completed|Invalid job id", message):
             raise scheduler_error("scancel", completed)

@@ -241,8 +241,9 @@ class TapisScheduler:
                              if job.exec_system_exec_dir and job.status in TAPIS_WAITING_STATUSES}
         return {job.uuid: job_state(job) for job in found}
 
-    def cancel(self, job_id: str) -> None:
-        """Cancel the job; a job that has already ended is left alone.
+    def cancel(self, job_id: str, name: str | None = None) -> None:
+        """Cancel the job (Tapis uuids are never reused, so `name` changes nothing); a job that
+        has already ended is left alone.
 
         Example:
             ```python

@@ -214,6 +214,11 @@ class JobStore:
         with Session(self.engine) as session:
             return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
 
+    def mark_submit_started(self, job_id: uuid.UUID, at: datetime) -> None:
+        """Record that the job's submission begins: from now on a job of its name may exist."""
+        with self.engine.begin() as connection:
+            connection.execute(update(JobRow).where(JobRow.id == job_id, JobRow.submit_started_at.is_(None)).values(submit_started_at=at))
+
     def mark_unseen(self, job_id: uuid.UUID, since: datetime | None) -> None:
         """Record since when the scheduler has not reported an active job (None: it is seen again)."""
         noted = JobRow.unseen_since.is_(None) if since is not None else JobRow.unseen_since.is_not(None)

@@ -84,6 +84,7 @@ class JobRow(Base):
     retention_days: Mapped[int | None] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     unseen_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    submit_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
