@@ -26,6 +26,7 @@ from prefect import get_client
 from prefect.logging import disable_run_logger
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
+from sqlalchemy.exc import OperationalError
 
 from blocks.database import open_job_store
 from flows.submit import submit_job
@@ -354,7 +355,7 @@ def test_postgresql_job_store_stopped_under_a_sweep_then_started() -> None:
     postgres = ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main"]
     subprocess.run([*postgres, "stop", "-m", "fast"], check=True, capture_output=True, timeout=120)  # under the sweep's feet
     try:
-        with disable_run_logger(), pytest.raises(Exception):  # noqa: B017, PT011: the database is gone: this sweep fails
+        with disable_run_logger(), pytest.raises(OperationalError):  # the database is gone: this sweep fails
             sweep_system.fn("ls6")
     finally:
         subprocess.run([*postgres, "start"], check=True, capture_output=True, timeout=120)
