@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,16 @@ def scontrol(*args: str) -> None:
 
 
 def start_now(job_id: str) -> None:
-    """A requeued job waits for its begin time (a minute or two); let it start now if it still waits."""
+    """A requeued job waits for its begin time (a minute or two); let it start now if it still waits.
+
+    Not within the second its previous attempt ended: slurmd still holds that attempt's revoked
+    credential and kills the restart ("Job credential revoked"), a real FAILED that Slurm's own
+    begin-time delay exists to avoid.
+    """
+    ends = subprocess.run(["sacct", "-D", "-X", "--noheader", "--parsable2", f"--jobs={job_id}", "--format=End"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    last_end = max((datetime.fromisoformat(end) for end in ends if end[:1].isdigit()), default=datetime.now())
+    time.sleep(max(0.0, (last_end + timedelta(seconds=2) - datetime.now()).total_seconds()))
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
 
 
@@ -300,7 +310,7 @@ def test_slurmdbd_down_while_jobs_end_then_back_two_minutes_later() -> None:
 def test_scontrol_requeue_of_a_running_job_is_attempt_two_then_completed() -> None:
     store, user = open_job_store(), f"rq{uuid.uuid4().hex[:6]}"
     record = submitted(user, seconds_per_chunk=1.5)
-    running(store, record)
+    wait_until(lambda: sweep() and store.get(record.id).progress > 0, timeout=120, interval=1)  # the agent runs
     scontrol("requeue", record.scheduler_job_id)
     requeued = wait_until(lambda: sweep() and (now := store.get(record.id)).attempt == 2 and now, timeout=60, interval=1)
     assert requeued.status in (JobStatus.QUEUING, JobStatus.RUNNING), requeued
