@@ -80,8 +80,9 @@ def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
 
 @task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
 def plan_request_batch(requests: list[JobRequest]) -> BatchPlan:
-    """Pack a batch with the settings' dollar rates and each system's allocation from its saved
-    block (none saved: no `-A`).
+    """Pack a batch with the settings' dollar rates, each system's allocation from its saved
+    block (none saved: no `-A`), and the SUs left of each user's budget (the settings' budget
+    minus what the store has charged and holds for active jobs).
 
     Example:
         ```python
@@ -96,4 +97,7 @@ def plan_request_batch(requests: list[JobRequest]) -> BatchPlan:
         credentials = system_credentials(system)
         accounts[system] = credentials.allocation if credentials else None
     context = PlanningContext(usd_per_gpu_hour=settings.usd_per_gpu_hour, usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type)
-    return pack_requests(requests, context, accounts)
+    store = open_job_store()
+    su_left = {user: settings.su_budgets[user] - store.su_committed(user)
+               for user in sorted({request.user_id for request in requests}) if user in settings.su_budgets}
+    return pack_requests(requests, context, accounts, su_left)

@@ -114,3 +114,16 @@ def test_groups_split_by_queue_agent_and_account() -> None:
 def test_unknown_agents_are_refused() -> None:
     with pytest.raises(PlanRefused, match="unknown agent 'Nope'"):
         pack_requests(requests(1, agent="Nope"))
+
+
+def test_each_request_bears_its_share_by_gpu_hours_and_budgets_are_checked_on_the_shares() -> None:
+    batch = requests(1, user_id="ana", max_runtime="3h") + requests(3, user_id="bo")
+    plan = pack_requests(batch)
+    [allocation] = plan.allocations
+    assert (allocation.su, allocation.request_su) == (12.0, [6.0, 2.0, 2.0, 2.0])
+    assert plan.su_by_user(batch) == {"ana": 6.0, "bo": 6.0}  # packed, bo pays 6 instead of 3 whole nodes' 12
+    assert pack_requests(batch, su_left={"ana": 6.0, "bo": 6.0}).packed.su == 12.0  # exactly at the budget fits
+    with pytest.raises(PlanRefused, match=r"user_id: the batch may charge bo 6 SUs .* more than the 5.5 SUs left"):
+        pack_requests(batch, su_left={"bo": 5.5})
+    with pytest.raises(PlanRefused, match="more than the 0 SUs left"):
+        pack_requests(batch, su_left={"ana": -2.0})  # already over budget

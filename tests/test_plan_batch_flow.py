@@ -29,3 +29,10 @@ def test_plan_batch_writes_the_plan_and_its_saving_as_a_table_artifact() -> None
 def test_plan_batch_refuses_a_request_beyond_its_queue() -> None:
     with pytest.raises(PlanRefused, match="at most 4 nodes"):
         plan_batch([{**REQUEST, "dataset_id": "d0", "gpu_count": 20}])
+
+
+def test_plan_batch_refuses_a_batch_over_a_user_s_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TACC_ORCH_SU_BUDGETS", '{"batchplanner": 5}')  # 8 one-GPU hours are 8 SUs packed
+    with pytest.raises(PlanRefused, match="may charge batchplanner 8 SUs .* more than the 5 SUs left"):
+        plan_batch([{**REQUEST, "dataset_id": f"d{index}"} for index in range(8)])
+    assert plan_batch([{**REQUEST, "dataset_id": f"d{index}"} for index in range(4)]).packed.su == 4.0

@@ -20,6 +20,7 @@ from itertools import groupby
 
 from pydantic import BaseModel, Field
 
+from tacc_jobs.exceptions import PlanRefused
 from tacc_jobs.models import JobRequest, WallTime
 from tacc_jobs.planning.catalog import QueueSpec
 from tacc_jobs.planning.charges import charge_su
@@ -65,6 +66,7 @@ class Allocation(BaseModel):
     placements: list[Placement] = Field(default_factory=list, description="GPU assignment (packed and single)")
     sbatch_args: list[str]
     su: float = Field(description="SUs if it runs its full wall time (all array tasks)")
+    request_su: list[float] = Field(description="Each request's share of `su` by the GPU-hours it asks for, in `requests` order")
     cost_usd: float
 
     @property
@@ -93,6 +95,23 @@ class BatchPlan(BaseModel):
     def su_saved(self) -> float:
         """SUs the packed plan saves."""
         return round(self.one_per_request.su - self.packed.su, 4)
+
+    def su_by_user(self, requests: Sequence[JobRequest]) -> dict[str, float]:
+        """What the packed plan may charge each user: the shares of their requests.
+
+        Example:
+            >>> from tacc_jobs.models import parse_request
+            >>> batch = [parse_request({"agent": "AlphaCal", "dataset_id": "d1", "gpu_count": 1, "max_runtime": runtime,
+            ...     "user_id": user, "system": "stampede3", "queue": "h100"}) for user, runtime in (("ana", "3h"), ("bo", "1h"))]
+            >>> plan = pack_requests(batch)
+            >>> plan.packed.su, plan.su_by_user(batch)  # one node for 3 h, shared by GPU-hours asked
+            (12.0, {'ana': 9.0, 'bo': 3.0})
+        """
+        shares: dict[str, float] = defaultdict(float)
+        for allocation in self.allocations:
+            for index, su in zip(allocation.requests, allocation.request_su):
+                shares[requests[index].user_id] += su
+        return {user: round(su, 4) for user, su in shares.items()}
 
 
 class _Node:
@@ -186,16 +205,20 @@ def _pack(spec: QueueSpec, indexed: list[tuple[int, JobRequest]]) -> list[tuple[
 def _group_allocations(
     spec: QueueSpec, agent: str, account: str | None, indexed: list[tuple[int, JobRequest]], context: PlanningContext
 ) -> list[Allocation]:
+    by_index = dict(indexed)
+
     def allocation(strategy: Strategy, reason: str, requests: list[int], nodes: int, wall: timedelta,
                    placements: list[Placement]) -> Allocation:
         tasks = len(requests) if strategy is Strategy.ARRAY else 1
+        su = round(tasks * charge_su(spec, nodes, wall), 4)
+        gpu_hours = [by_index[index].gpu_count * by_index[index].max_runtime.total_seconds() for index in requests]
         arguments = sbatch_arguments(spec, nodes, wall, account)
         if strategy is Strategy.ARRAY:
             arguments += ["--array", f"0-{tasks - 1}%{spec.max_jobs_per_user}"]
         return Allocation(
             system=spec.system, queue=spec.queue, agent=agent, account=account, strategy=strategy, reason=reason,
             requests=requests, nodes=nodes, wall_time=wall, placements=placements, sbatch_args=arguments,
-            su=round(tasks * charge_su(spec, nodes, wall), 4),
+            su=su, request_su=[round(su * share / sum(gpu_hours), 4) for share in gpu_hours],
             cost_usd=round(tasks * cost_usd(spec, nodes * spec.gpus_per_node, wall, context), 2),
         )
 
@@ -237,6 +260,7 @@ def pack_requests(
     requests: Sequence[JobRequest],
     context: PlanningContext | None = None,
     accounts: Mapping[str, str | None] | None = None,
+    su_left: Mapping[str, float] | None = None,
 ) -> BatchPlan:
     """Plan a batch: group compatible requests, pack them, compare with one job per request.
 
@@ -244,9 +268,12 @@ def pack_requests(
         requests: Validated requests; each gets its queue from the planner's `choose_queue`.
         context: Dollar rates (the planner's); the defaults otherwise.
         accounts: The allocation (`sbatch -A`) per system, when one is known.
+        su_left: SUs left of each user's budget (budget minus charged and committed); users
+            not listed have no budget.
 
     Raises:
-        PlanRefused: For an unknown agent or a request beyond its queue's limits.
+        PlanRefused: For an unknown agent, a request beyond its queue's limits, or a user whose
+            share of the packed plan exceeds the SUs left of their budget.
 
     Example:
         >>> from tacc_jobs.models import parse_request
@@ -279,7 +306,13 @@ def pack_requests(
         for (system, queue, agent, account), indexed in groups.items()
         for index, request in indexed
     ]
-    return BatchPlan(allocations=allocations, packed=_figures(allocations, specs), one_per_request=_figures(singles, specs))
+    plan = BatchPlan(allocations=allocations, packed=_figures(allocations, specs), one_per_request=_figures(singles, specs))
+    for user, su in plan.su_by_user(requests).items():
+        left = (su_left or {}).get(user)
+        if left is not None and su > left:
+            raise PlanRefused("user_id", f"the batch may charge {user} {su:g} SUs (their share of the packed plan), "
+                                         f"more than the {max(left, 0.0):g} SUs left of their budget")
+    return plan
 
 
 def _figures(allocations: list[Allocation], specs: Mapping[tuple[str, str], QueueSpec]) -> PlanFigures:
