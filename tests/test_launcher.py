@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from itertools import combinations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tacc_jobs.agents import AGENTS_DIR, agent_template
 from tacc_jobs.launcher import (
     CANCEL_FILE,
     STATUS_FILE,
@@ -22,12 +25,20 @@ from tacc_jobs.launcher import (
     MemberStatus,
     launcher_lines,
 )
+from tacc_jobs.models import parse_request
 from tacc_jobs.schedulers import JobSubmission
+from tacc_jobs.schedulers.job_script import (
+    WRITE_PARAMS,
+    AgentRuntime,
+    JobPaths,
+    job_environment,
+)
 from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.schedulers.states import map_slurm_state
 from tacc_jobs.ssh import SshConnection
 from tests.conftest import Sandbox, wait_until
 
+REPO = Path(__file__).resolve().parents[1]
 RECORD_GPUS = 'echo "$CUDA_VISIBLE_DEVICES|$TACC_GPU_COUNT|$TACC_NODE" > seen\n'
 """A member's first line: what it was given, into `seen` in its work dir."""
 
@@ -187,35 +198,91 @@ def test_a_manifest_member_larger_than_a_node_is_refused(tmp_path: Path) -> None
     assert refused.returncode == 2 and "do not fit on a node of 1 GPUs" in refused.stderr
 
 
+def alphacal_member(root: Path, index: int, gpus: int) -> ManifestMember:
+    """An AlphaCal member.sh as the orchestrator renders one: the job's exports, its params, the agent's body."""
+    job_id = uuid.uuid4()
+    paths = JobPaths.for_work_dir(str(root / "jobs" / job_id.hex), str(REPO / "datasets" / "VLASS2.1.eb123456"))
+    request = parse_request({"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": gpus, "max_runtime": "00:05:00",
+                             "user_id": "jdoe", "params": {"step_seconds": 0.3}})
+    environment = job_environment(job_id, request, paths, AgentRuntime(python=sys.executable, agent_home=str(AGENTS_DIR)))
+    exports = (f"export {name}={shlex.quote(value)}" for name, value in environment.items())
+    Path(paths.work_dir).mkdir(parents=True)
+    Path(paths.work_dir, "member.sh").write_text("\n".join(["#!/bin/bash", *exports, WRITE_PARAMS, agent_template("AlphaCal")]))
+    return ManifestMember(name=f"tacc-{job_id.hex}", gpus=gpus, work_dir=paths.work_dir, script=f"{paths.work_dir}/member.sh",
+                          runtime_seconds=300)
+
+
+def test_alphacal_members_see_their_own_gpus(tmp_path: Path) -> None:
+    members = [alphacal_member(tmp_path, 0, 2), alphacal_member(tmp_path, 1, 1), alphacal_member(tmp_path, 2, 1)]
+    run_pile(allocation(tmp_path, members))
+    results = [json.loads(Path(one.work_dir, "output", "result.json").read_text()) for one in members]
+    assert [(result["visible_gpus"], result["node"]) for result in results] == [
+        (["0", "1"], socket.gethostname()), (["2"], socket.gethostname()), (["3"], socket.gethostname())]
+    assert [status(one).state for one in members] == ["COMPLETED"] * 3
+
+
+def test_alphacal_refuses_gpus_that_do_not_match_its_count(tmp_path: Path) -> None:
+    one = alphacal_member(tmp_path, 0, 2)
+    environment = {name: value for name, value in os.environ.items() if name not in ("CUDA_VISIBLE_DEVICES", "TACC_GPU_COUNT")}
+    for devices in ("0", "1,1", None):
+        given = {"TACC_GPU_COUNT": "2", **({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {})}
+        refused = subprocess.run(["bash", one.script], cwd=one.work_dir, env={**environment, **given}, capture_output=True, text=True)
+        assert refused.returncode == 3 and "alphacal: wrong GPUs: TACC_GPU_COUNT=2 but CUDA_VISIBLE_DEVICES=" in refused.stderr
+        assert not Path(one.work_dir, "output", "result.json").exists()
+    alone = subprocess.run(["bash", one.script], cwd=one.work_dir, env=environment, capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(Path(one.work_dir, "output", "result.json").read_text())["visible_gpus"] is None
+
+
+class SlurmAllocation:
+    """A packed allocation submitted to the sandbox as its test user, as the orchestrator submits one."""
+
+    def __init__(self, sandbox: Sandbox, connection: SshConnection, bodies: list[str], tasks_per_node: str = "1") -> None:
+        root = Path(f"/home/{sandbox.user}/scratch/launcher-{uuid.uuid4().hex[:8]}")
+        self.members = [member(root, index, body) for index, body in enumerate(bodies)]
+        self.dir = allocation(root, self.members, placement="srun")
+        subprocess.run(["chown", "-R", f"{sandbox.user}:{sandbox.user}", str(root)], check=True)
+        self.name = f"tacc-{uuid.uuid4().hex}"
+        self.slurm = SlurmScheduler(connection, "stampede3", str(root))
+        self.job_id = self.slurm.submit(JobSubmission(
+            name=self.name, script=(self.dir / "batch.sh").read_text(), work_dir=str(self.dir),
+            stdout_path=str(self.dir / "stdout.log"), stderr_path=str(self.dir / "stderr.log"),
+            sbatch_args=["-p", "h100", "-N", "1", "--ntasks-per-node", tasks_per_node, "-t", "00:02:00"]))
+
+    def wait_end(self) -> None:
+        """Wait for the allocation's end: COMPLETED, as the launcher exits 0."""
+        def ended():
+            state = self.slurm.states({self.job_id: self.name}).get(self.job_id)
+            return state if state and map_slurm_state(state.state, state.exit_code)[0].is_terminal else None
+
+        final = wait_until(ended, timeout=90, interval=1)
+        assert final.state == "COMPLETED", (self.dir / "stdout.log").read_text() + (self.dir / "stderr.log").read_text()
+
+    def steps(self, count: int) -> dict[str, str]:
+        """Step name -> state, from accounting, once it holds `count` steps."""
+        def found():
+            rows = subprocess.run(["sacct", "-j", self.job_id, "--noheader", "--parsable2", "--format=JobID,JobName,State"],
+                                  capture_output=True, text=True, check=True).stdout.splitlines()
+            steps = {name: state for job_id, name, state in (row.split("|") for row in rows) if "." in job_id and name != "batch"}
+            return steps if len(steps) >= count else None
+
+        return wait_until(found, timeout=30, interval=1)
+
+
 @pytest.mark.parametrize("tasks_per_node", ["1", "4"])
 def test_srun_steps_on_the_sandbox_slurm(sandbox: Sandbox, sandbox_connection: SshConnection, tasks_per_node: str) -> None:
     """A real packed allocation on the sandbox: one srun step per member, named by the member;
     concurrent members on disjoint GPUs; a cancelled member's step stopped. With one task per
     node (the planner's sbatch options) the steps share the allocation's CPU (--overlap); with
     four, each gets its own (--exclusive --cpus-per-task)."""
-    root = Path(f"/home/{sandbox.user}/scratch/launcher-{uuid.uuid4().hex[:8]}")
-    members = [member(root, index, f"sleep {seconds}") for index, seconds in enumerate([1, 3, 1, 3, 2, 2])]
-    doomed = member(root, 6, "sleep 60")
-    allocation_dir = allocation(root, [*members, doomed], placement="srun")
-    subprocess.run(["chown", "-R", f"{sandbox.user}:{sandbox.user}", str(root)], check=True)
-    name = f"tacc-{uuid.uuid4().hex}"
-    slurm = SlurmScheduler(sandbox_connection, "stampede3", str(root))
-    job_id = slurm.submit(JobSubmission(
-        name=name, script=(allocation_dir / "batch.sh").read_text(), work_dir=str(allocation_dir),
-        stdout_path=str(allocation_dir / "stdout.log"), stderr_path=str(allocation_dir / "stderr.log"),
-        sbatch_args=["-p", "h100", "-N", "1", "--ntasks-per-node", tasks_per_node, "-t", "00:02:00"]))
+    packed = SlurmAllocation(sandbox, sandbox_connection, [f"sleep {seconds}" for seconds in [1, 3, 1, 3, 2, 2]] + ["sleep 60"],
+                             tasks_per_node)
+    *members, doomed = packed.members
     wait_until(lambda: status(doomed) and status(doomed).state == "RUNNING", timeout=90)
     (Path(doomed.work_dir) / CANCEL_FILE).touch()
-
-    def ended():
-        state = slurm.states({job_id: name}).get(job_id)
-        return state if state and map_slurm_state(state.state, state.exit_code)[0].is_terminal else None
-
-    final = wait_until(ended, timeout=90, interval=1)
-    log = (allocation_dir / "stdout.log").read_text() + (allocation_dir / "stderr.log").read_text()
-    assert final.state == "COMPLETED", log
+    packed.wait_end()
     statuses = [status(one) for one in members]
-    assert [one.state for one in statuses] == ["COMPLETED"] * 6, log
+    assert [one.state for one in statuses] == ["COMPLETED"] * 6
     node = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
     for one, state in zip(members, statuses):
         assert seen(one) == (state.gpus, 1, node) and state.node == node
@@ -224,13 +291,20 @@ def test_srun_steps_on_the_sandbox_slurm(sandbox: Sandbox, sandbox_connection: S
     assert max_concurrency(statuses) == 4
     cancelled = status(doomed)
     assert cancelled.state == "CANCELLED" and (cancelled.end - cancelled.start).total_seconds() < 30
-
-    def steps():
-        rows = subprocess.run(["sacct", "-j", job_id, "--noheader", "--parsable2", "--format=JobID,JobName,State"],
-                              capture_output=True, text=True, check=True).stdout.split()
-        found = {row.split("|")[1]: row.split("|")[2] for row in rows if "." in row.split("|")[0]}
-        return found if len(found) >= 7 else None
-
-    found = wait_until(steps, timeout=30, interval=1)
+    found = packed.steps(7)
     assert {found[one.name] for one in members} == {"COMPLETED"}
     assert found[doomed.name].startswith("CANCELLED"), found
+
+
+def test_allocation_ending_on_slurm_stops_the_steps_as_timeout(sandbox: Sandbox, sandbox_connection: SshConnection) -> None:
+    """`--signal=B:USR1@...` reaches the launcher (the batch shell it replaced): its steps stop, TIMEOUT."""
+    packed = SlurmAllocation(sandbox, sandbox_connection, ["sleep 60"] * 5)
+    wait_until(lambda: all(status(one) for one in packed.members[:4]), timeout=90)
+    time.sleep(1)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", packed.job_id], check=True)
+    packed.wait_end()
+    for one in packed.members[:4]:
+        ended = status(one)
+        assert ended.state == "TIMEOUT" and 1 <= ended.gpu_seconds < 30, ended
+    assert status(packed.members[4]) is None
+    assert all(state.startswith("CANCELLED") for state in packed.steps(4).values())

@@ -275,7 +275,7 @@ def main(argv: List[str]) -> int:
     log("{} member(s) to run on {} ({} GPUs each), {} ended before".format(
         len(pile.waiting), ",".join(pile.free), pile.gpus_per_node, len(manifest["members"]) - len(pile.waiting)))
     pile.run()
-    log("pile done")
+    log("pile stopped: the allocation is ending" if pile.ending else "pile done")
     return 0
 
 
