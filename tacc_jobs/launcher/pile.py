@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 STATUS_FILE = "output/status.json"
 """The member's status, relative to its work dir."""
@@ -125,7 +125,7 @@ def member_argv(placement: str, member: dict, node: str, gpus_per_node: int, cpu
     return ["srun", *sharing, "-N1", "-n1", "-w", node, "--job-name", member["name"], "--export=ALL", *command]
 
 
-def take_gpus(free: Dict[str, List[int]], count: int) -> Optional[tuple]:
+def take_gpus(free: Dict[str, List[int]], count: int) -> Optional[Tuple[str, List[int]]]:
     """The first node with `count` free GPUs, and the lowest of them, taken from `free`.
 
     Example:
@@ -181,6 +181,7 @@ class Pile:
         return bool(status and status.get("state") in FINAL_STATES)
 
     def record(self, member: dict, status: dict) -> None:
+        """Write a member's status.json (with this attempt's restart count) and log it."""
         write_json_atomically(os.path.join(member["work_dir"], STATUS_FILE), dict(status, restart=self.restart))
         log("{} {}".format(member["name"], json.dumps(status)))
 
@@ -200,12 +201,14 @@ class Pile:
             self.running.append(self.launch(member, *place))
 
     def launch(self, member: dict, node: str, gpus: List[int]) -> Running:
+        """Start a member on its GPUs, its output appended to its stdout.log and stderr.log."""
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), TACC_GPU_COUNT=str(member["gpus"]),
                    TACC_NODE=node)
+        argv = member_argv(self.placement, member, node, self.gpus_per_node, self.cpus_on_node)
         work_dir = member["work_dir"]
         with open(os.path.join(work_dir, "stdout.log"), "ab") as stdout, open(os.path.join(work_dir, "stderr.log"), "ab") as stderr:
-            process = subprocess.Popen(member_argv(self.placement, member, node, self.gpus_per_node, self.cpus_on_node), cwd=work_dir, env=env,
-                                       stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True)
+            process = subprocess.Popen(argv, cwd=work_dir, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                       start_new_session=True)
         start = time.time()
         self.record(member, {"state": "RUNNING", "node": node, "gpus": gpus, "start": utc_iso(start)})
         return Running(member, process, node, gpus, start)
@@ -222,12 +225,13 @@ class Pile:
     def check_running(self) -> None:
         """Stop cancelled members, kill those past their grace, record those that ended."""
         for run in list(self.running):
-            if os.path.exists(os.path.join(run.member["work_dir"], CANCEL_FILE)):
-                run.stop("CANCELLED")
             if run.process.poll() is not None:
                 ended = "COMPLETED" if run.process.returncode == 0 else "TIMEOUT" if self.ending else "FAILED"
                 self.finish(run, run.stop_reason or ended)
-            elif run.stop_reason and time.monotonic() > run.kill_at:
+                continue
+            if os.path.exists(os.path.join(run.member["work_dir"], CANCEL_FILE)):
+                run.stop("CANCELLED")
+            if run.stop_reason and time.monotonic() > run.kill_at:
                 run.signal(signal.SIGKILL)
 
     def stop_all(self) -> None:
