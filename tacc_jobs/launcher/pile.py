@@ -1,0 +1,287 @@
+"""Run a packed allocation's members as a work pile over its nodes' GPUs.
+
+    python3 launcher.py <allocation dir>/manifest.json
+
+Each member starts as soon as one node of the allocation has as many free GPUs as it asks
+for, pinned to them with `CUDA_VISIBLE_DEVICES` (and `TACC_GPU_COUNT`, `TACC_NODE`), as TACC's
+launcher does; its GPUs are free again when it ends. Placement "srun" runs each member as an
+srun step on its node; "local" runs it as a process group on this host. Each member's
+`output/status.json` says how it is doing (written atomically). A member whose `cancel`
+marker appears is stopped (CANCELLED); a member that already ended in an earlier attempt of a
+requeued allocation is skipped; SIGTERM/SIGUSR1 (the allocation is ending) stops the running
+members (TIMEOUT). Exits 0 once the pile is done, whatever the members' results.
+
+Standard library only, Python >= 3.8, no import from the project: the batch script embeds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Dict, List, Optional, Tuple
+
+STATUS_FILE = "output/status.json"
+"""The member's status, relative to its work dir."""
+CANCEL_FILE = "cancel"
+"""The marker the orchestrator creates in a member's work dir to cancel it."""
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+POLL_SECONDS = 0.5
+STOP_GRACE_SECONDS = 3.0
+"""How long a stopped member has between SIGTERM and SIGKILL."""
+
+
+def utc_iso(moment: float) -> str:
+    """A Unix time as ISO-8601 UTC.
+
+    Example:
+        >>> utc_iso(0)
+        '1970-01-01T00:00:00.000+00:00'
+    """
+    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def write_json_atomically(path: str, data: dict) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half of it.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "output", "status.json")
+        >>> write_json_atomically(path, {"state": "RUNNING"})
+        >>> read_status(os.path.dirname(os.path.dirname(path)))
+        {'state': 'RUNNING'}
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = "{}.{}.tmp".format(path, os.getpid())
+    with open(partial, "w") as handle:
+        json.dump(data, handle)
+    os.replace(partial, path)
+
+
+def read_status(work_dir: str) -> Optional[dict]:
+    """A member's status.json, or None when there is none (or it cannot be read).
+
+    Example:
+        >>> read_status("/nonexistent") is None
+        True
+    """
+    try:
+        with open(os.path.join(work_dir, STATUS_FILE)) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def exit_code_of(returncode: int) -> int:
+    """A process's return code in the shell's words: killed by signal N is 128 + N.
+
+    Example:
+        >>> exit_code_of(-15), exit_code_of(3)
+        (143, 3)
+    """
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def allocation_nodes(placement: str) -> List[str]:
+    """The nodes members run on: the allocation's (srun), or this host (local).
+
+    Example:
+        >>> allocation_nodes("local") == [socket.gethostname()]
+        True
+    """
+    if placement == "local":
+        return [socket.gethostname()]
+    names = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+                           stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    return names.split()
+
+
+def member_argv(placement: str, member: dict, node: str, gpus_per_node: int, cpus_on_node: int) -> List[str]:
+    """The command that runs one member on its node.
+
+    An srun step asks for the member's share of the node's CPUs (`SLURM_CPUS_ON_NODE` x its
+    GPUs / GPUs per node), so steps never wait for each other's CPUs; an allocation holding
+    fewer CPUs than GPUs per node lets the steps share them (`--overlap`) instead.
+
+    Example:
+        >>> member = {"name": "tacc-1", "gpus": 1, "script": "/j/member.sh"}
+        >>> member_argv("local", member, "c001", 4, 0)
+        ['bash', '/j/member.sh']
+        >>> " ".join(member_argv("srun", member, "c001", 4, 96))
+        'srun --exclusive --cpus-per-task=24 -N1 -n1 -w c001 --job-name tacc-1 --export=ALL bash /j/member.sh'
+        >>> member_argv("srun", member, "c001", 4, 1)[:2]
+        ['srun', '--overlap']
+    """
+    command = ["bash", member["script"]]
+    if placement == "local":
+        return command
+    cpus = cpus_on_node * member["gpus"] // gpus_per_node
+    sharing = ["--exclusive", "--cpus-per-task={}".format(cpus)] if cpus >= 1 else ["--overlap"]
+    return ["srun", *sharing, "-N1", "-n1", "-w", node, "--job-name", member["name"], "--export=ALL", *command]
+
+
+def take_gpus(free: Dict[str, List[int]], count: int) -> Optional[Tuple[str, List[int]]]:
+    """The first node with `count` free GPUs, and the lowest of them, taken from `free`.
+
+    Example:
+        >>> free = {"c001": [3], "c002": [0, 1, 2, 3]}
+        >>> take_gpus(free, 2), free
+        (('c002', [0, 1]), {'c001': [3], 'c002': [2, 3]})
+        >>> take_gpus(free, 3) is None
+        True
+    """
+    for node, ids in free.items():
+        if len(ids) >= count:
+            taken, free[node] = ids[:count], ids[count:]
+            return node, taken
+    return None
+
+
+class Running:
+    """One started member: its process, where it runs, and why it is being stopped, if it is."""
+
+    def __init__(self, member: dict, process: subprocess.Popen, node: str, gpus: List[int], start: float) -> None:
+        self.member, self.process, self.node, self.gpus, self.start = member, process, node, gpus, start
+        self.stop_reason: Optional[str] = None
+        self.kill_at = 0.0
+
+    def stop(self, reason: str) -> None:
+        """SIGTERM to the member's process group (an srun step forwards it to its tasks)."""
+        if self.stop_reason is None:
+            self.stop_reason, self.kill_at = reason, time.monotonic() + STOP_GRACE_SECONDS
+            self.signal(signal.SIGTERM)
+
+    def signal(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+class Pile:
+    """The work pile of one allocation attempt."""
+
+    def __init__(self, manifest: dict, nodes: List[str], restart: int) -> None:
+        self.placement, self.gpus_per_node, self.restart = manifest["placement"], manifest["gpus_per_node"], restart
+        self.cpus_on_node = int(os.environ.get("SLURM_CPUS_ON_NODE") or 0)
+        self.free = {node: list(range(self.gpus_per_node)) for node in nodes}
+        self.waiting = [member for member in manifest["members"] if not self.ended_before(member)]
+        self.running: List[Running] = []
+        self.ending: Optional[int] = None
+
+    @staticmethod
+    def ended_before(member: dict) -> bool:
+        """Whether an earlier attempt of the allocation already ended this member."""
+        status = read_status(member["work_dir"])
+        return bool(status and status.get("state") in FINAL_STATES)
+
+    def record(self, member: dict, status: dict) -> None:
+        """Write a member's status.json (with this attempt's restart count) and log it."""
+        write_json_atomically(os.path.join(member["work_dir"], STATUS_FILE), dict(status, restart=self.restart))
+        log("{} {}".format(member["name"], json.dumps(status)))
+
+    def start_what_fits(self) -> None:
+        """Start, in pile order, every waiting member that fits on a node now."""
+        for member in list(self.waiting):
+            if os.path.exists(os.path.join(member["work_dir"], CANCEL_FILE)):
+                self.waiting.remove(member)
+                now = utc_iso(time.time())
+                self.record(member, {"state": "CANCELLED", "exit_code": None, "node": None, "gpus": [],
+                                     "start": now, "end": now, "gpu_seconds": 0.0})
+                continue
+            place = take_gpus(self.free, member["gpus"])
+            if place is None:
+                continue
+            self.waiting.remove(member)
+            self.running.append(self.launch(member, *place))
+
+    def launch(self, member: dict, node: str, gpus: List[int]) -> Running:
+        """Start a member on its GPUs, its output appended to its stdout.log and stderr.log."""
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), TACC_GPU_COUNT=str(member["gpus"]),
+                   TACC_NODE=node)
+        argv = member_argv(self.placement, member, node, self.gpus_per_node, self.cpus_on_node)
+        work_dir = member["work_dir"]
+        with open(os.path.join(work_dir, "stdout.log"), "ab") as stdout, open(os.path.join(work_dir, "stderr.log"), "ab") as stderr:
+            process = subprocess.Popen(argv, cwd=work_dir, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                       start_new_session=True)
+        start = time.time()
+        self.record(member, {"state": "RUNNING", "node": node, "gpus": gpus, "start": utc_iso(start)})
+        return Running(member, process, node, gpus, start)
+
+    def finish(self, run: Running, state: str) -> None:
+        """Record a member's end and free its GPUs."""
+        end = time.time()
+        self.record(run.member, {"state": state, "exit_code": exit_code_of(run.process.returncode), "node": run.node,
+                                 "gpus": run.gpus, "start": utc_iso(run.start), "end": utc_iso(end),
+                                 "gpu_seconds": round(len(run.gpus) * (end - run.start), 3)})
+        self.running.remove(run)
+        self.free[run.node] = sorted(self.free[run.node] + run.gpus)
+
+    def check_running(self) -> None:
+        """Stop cancelled members, kill those past their grace, record those that ended."""
+        for run in list(self.running):
+            if run.process.poll() is not None:
+                ended = "COMPLETED" if run.process.returncode == 0 else "TIMEOUT" if self.ending else "FAILED"
+                self.finish(run, run.stop_reason or ended)
+                continue
+            if os.path.exists(os.path.join(run.member["work_dir"], CANCEL_FILE)):
+                run.stop("CANCELLED")
+            if run.stop_reason and time.monotonic() > run.kill_at:
+                run.signal(signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        """The allocation is ending: stop every running member, record TIMEOUT, start nothing more."""
+        self.check_running()
+        log("signal {}: stopping {} running member(s)".format(self.ending, len(self.running)))
+        for run in self.running:
+            run.stop("TIMEOUT")
+        while self.running:
+            self.check_running()
+            time.sleep(0.1)
+
+    def run(self) -> None:
+        """Work the pile until every member has ended, or the allocation is ending."""
+        while (self.waiting or self.running) and not self.ending:
+            self.check_running()
+            if not self.ending:
+                self.start_what_fits()
+            time.sleep(POLL_SECONDS)
+        if self.ending:
+            self.stop_all()
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.ending = signum
+
+
+def log(message: str) -> None:
+    print("{} launcher: {}".format(utc_iso(time.time()), message), flush=True)
+
+
+def main(argv: List[str]) -> int:
+    """Run the pile of the manifest at argv[1]; 0 once done, 2 for a manifest it cannot run."""
+    if len(argv) != 2:
+        print("usage: launcher.py MANIFEST", file=sys.stderr)
+        return 2
+    with open(argv[1]) as handle:
+        manifest = json.load(handle)
+    too_big = [member["name"] for member in manifest["members"] if not 1 <= member["gpus"] <= manifest["gpus_per_node"]]
+    if too_big:
+        print("launcher: members {} do not fit on a node of {} GPUs".format(too_big, manifest["gpus_per_node"]), file=sys.stderr)
+        return 2
+    pile = Pile(manifest, allocation_nodes(manifest["placement"]), int(os.environ.get("SLURM_RESTART_COUNT") or 0))
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, pile.on_signal)
+    log("{} member(s) to run on {} ({} GPUs each), {} ended before".format(
+        len(pile.waiting), ",".join(pile.free), pile.gpus_per_node, len(manifest["members"]) - len(pile.waiting)))
+    pile.run()
+    log("pile stopped: the allocation is ending" if pile.ending else "pile done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
