@@ -96,11 +96,11 @@ def max_concurrency(statuses: list[MemberStatus]) -> int:
 
 
 def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, killed and not yet reaped by its new parent, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def test_pile_reuses_gpus_of_members_that_end_early(tmp_path: Path) -> None:
@@ -138,12 +138,12 @@ def test_cancel_marker_stops_a_member_and_one_cancelled_before_it_starts_never_r
     early = member(tmp_path, 1, "touch ran")
     (Path(early.work_dir) / CANCEL_FILE).touch()
     launcher = start_launcher(allocation(tmp_path, [running, early]))
-    wait_until(lambda: (Path(running.work_dir) / "pid").exists(), timeout=10)
+    wait_until(lambda: (Path(running.work_dir) / "pid").exists() and status(running) and status(early), timeout=10)
     assert status(running).state == "RUNNING" and status(early).state == "CANCELLED"
     (Path(running.work_dir) / CANCEL_FILE).touch()
     cancelled_at = time.monotonic()
-    wait_until(lambda: status(running).is_final, timeout=5, interval=0.05)
-    assert time.monotonic() - cancelled_at < 2
+    wait_until(lambda: status(running).is_final, timeout=10, interval=0.05)
+    assert time.monotonic() - cancelled_at < 5  # a poll (0.5 s) and SIGTERM; bash ends at once
     assert launcher.wait(timeout=5) == 0
     stopped = status(running)
     assert (stopped.state, stopped.exit_code, stopped.gpus) == ("CANCELLED", 143, [0])
@@ -168,15 +168,56 @@ def test_restart_skips_ended_members_and_reruns_one_left_running(tmp_path: Path)
         assert (Path(one.work_dir) / "runs").read_text() == "ran\n"
 
 
-def test_allocation_ending_records_timeout_and_stops_every_member(tmp_path: Path) -> None:
-    # m1 ignores SIGTERM (killed after the grace); m2 waits for a GPU and never starts
+def test_a_member_s_leftover_processes_are_killed_before_its_gpu_is_given_again(tmp_path: Path) -> None:
+    # m0's shell ends on SIGTERM; its child ignores SIGTERM and would hold GPU 0 under m1
+    child = ("python3 -c 'import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             "open(\"child\", \"w\").write(str(os.getpid())); time.sleep(60)'")
+    first, second = member(tmp_path, 0, child), member(tmp_path, 1, "touch ran")
+    launcher = start_launcher(allocation(tmp_path, [first, second], gpus_per_node=1))
+    wait_until(lambda: (Path(first.work_dir) / "child").exists(), timeout=10)
+    (Path(first.work_dir) / CANCEL_FILE).touch()
+    assert launcher.wait(timeout=20) == 0
+    assert (status(first).state, status(second).state) == ("CANCELLED", "COMPLETED")
+    assert not alive(int((Path(first.work_dir) / "child").read_text()))
+    assert status(second).start >= status(first).end
+
+
+def test_sigterm_stops_the_members_and_leaves_them_to_run_again_after_a_requeue(tmp_path: Path) -> None:
+    # SIGTERM is a requeue, a cancel of the whole allocation or the wall time: the members are
+    # stopped, not ended; the allocation's end decides theirs, and a restart runs them again
+    members = [member(tmp_path, index, "echo ran >> runs; [[ -e second ]] && exit 0; touch second; echo $$ > pid; sleep 30")
+               for index in range(2)]
+    allocation_dir = allocation(tmp_path, members, gpus_per_node=2)
+    launcher = start_launcher(allocation_dir)
+    wait_until(lambda: all((Path(one.work_dir) / "pid").exists() for one in members), timeout=10)
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=10)
+    assert launcher.returncode == 0, output
+    for one in members:
+        assert status(one).state == "RUNNING" and not alive(int((Path(one.work_dir) / "pid").read_text()))
+    run_pile(allocation_dir, restart=1)
+    for one in members:
+        assert (status(one).state, status(one).restart) == ("COMPLETED", 1)
+        assert (Path(one.work_dir) / "runs").read_text() == "ran\nran\n"
+
+
+def test_a_member_that_cannot_start_fails_alone(tmp_path: Path) -> None:
+    gone, fine = member(tmp_path, 0, "true"), member(tmp_path, 1, "true")
+    Path(gone.work_dir).rename(tmp_path / "elsewhere")  # its work dir vanished before it started: no log to open
+    output = run_pile(allocation(tmp_path, [gone, fine], gpus_per_node=1))
+    assert f"{gone.name} could not start" in output
+    assert (status(gone).state, status(gone).gpu_seconds, status(fine).state) == ("FAILED", 0, "COMPLETED")
+
+
+def test_the_wall_time_warning_records_timeout_and_stops_every_member(tmp_path: Path) -> None:
+    # USR1 (sbatch --signal=B:USR1@N); m1 ignores SIGTERM (killed after the grace); m2 waits for a GPU and never starts
     members = [member(tmp_path, 0, "echo $$ > pid; sleep 30"),
                member(tmp_path, 1, "echo $$ > pid; trap '' TERM; while true; do sleep 0.2; done"),
                member(tmp_path, 2, "touch ran")]
     launcher = start_launcher(allocation(tmp_path, members, gpus_per_node=2))
     wait_until(lambda: all((Path(one.work_dir) / "pid").exists() for one in members[:2]), timeout=10)
     time.sleep(1)
-    launcher.send_signal(signal.SIGTERM)
+    launcher.send_signal(signal.SIGUSR1)
     output, _ = launcher.communicate(timeout=10)
     assert launcher.returncode == 0, output
     for one in members[:2]:

@@ -31,7 +31,9 @@ def launcher_lines(allocation_dir: str) -> list[str]:
         >>> lines[0], lines[-1]
         ("cat > /scratch/u/allocations/a1/launcher.py <<'TACC_LAUNCHER_SOURCE_END'", 'exec "${TACC_PYTHON:-python3}" /scratch/u/allocations/a1/launcher.py /scratch/u/allocations/a1/manifest.json')
     """
+    source = LAUNCHER_SOURCE.split("\n")
+    assert HEREDOC_END not in source, "the launcher's source would end its own heredoc"
     launcher = shlex.quote(posixpath.join(allocation_dir, "launcher.py"))
     manifest = shlex.quote(posixpath.join(allocation_dir, "manifest.json"))
-    return [f"cat > {launcher} <<'{HEREDOC_END}'", *LAUNCHER_SOURCE.splitlines(), HEREDOC_END,
+    return [f"cat > {launcher} <<'{HEREDOC_END}'", *source, HEREDOC_END,
             f'exec "${{TACC_PYTHON:-python3}}" {launcher} {manifest}']

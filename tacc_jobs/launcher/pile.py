@@ -8,8 +8,12 @@ launcher does; its GPUs are free again when it ends. Placement "srun" runs each 
 srun step on its node; "local" runs it as a process group on this host. Each member's
 `output/status.json` says how it is doing (written atomically). A member whose `cancel`
 marker appears is stopped (CANCELLED); a member that already ended in an earlier attempt of a
-requeued allocation is skipped; SIGTERM/SIGUSR1 (the allocation is ending) stops the running
-members (TIMEOUT). Exits 0 once the pile is done, whatever the members' results.
+requeued allocation is skipped. SIGUSR1 (`--signal=B:USR1@<seconds>`: the wall time is near)
+stops the running members and records TIMEOUT. SIGTERM (a requeue, a cancel of the whole
+allocation, a preemption, the wall time reached) stops them and leaves their status RUNNING:
+the allocation's own end decides theirs, and a requeued allocation runs them again. A member's
+leftover processes are killed with it, so its GPUs are free when they are given again. Exits 0
+once the pile is done, whatever the members' results.
 
 Standard library only, Python >= 3.8, no import from the project: the batch script embeds it.
 """
@@ -32,7 +36,7 @@ CANCEL_FILE = "cancel"
 """The marker the orchestrator creates in a member's work dir to cancel it."""
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
 POLL_SECONDS = 0.5
-STOP_GRACE_SECONDS = 3.0
+STOP_GRACE_SECONDS = 2.0
 """How long a stopped member has between SIGTERM and SIGKILL."""
 
 
@@ -60,21 +64,32 @@ def write_json_atomically(path: str, data: dict) -> None:
     partial = "{}.{}.tmp".format(path, os.getpid())
     with open(partial, "w") as handle:
         json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())  # the rename never outlives the data (a node crash on Lustre or ext4)
     os.replace(partial, path)
 
 
 def read_status(work_dir: str) -> Optional[dict]:
-    """A member's status.json, or None when there is none (or it cannot be read).
+    """A member's status.json, or None when there is none; one that exists but cannot be read
+    or is not a JSON object is logged and counts as none (the member runs).
 
     Example:
         >>> read_status("/nonexistent") is None
         True
     """
+    path = os.path.join(work_dir, STATUS_FILE)
     try:
-        with open(os.path.join(work_dir, STATUS_FILE)) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+        with open(path) as handle:
+            status = json.load(handle)
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as error:
+        log("{}: unreadable ({}); taken as no status".format(path, error))
+        return None
+    if not isinstance(status, dict):
+        log("{}: not a JSON object; taken as no status".format(path))
+        return None
+    return status
 
 
 def exit_code_of(returncode: int) -> int:
@@ -151,16 +166,28 @@ class Running:
         self.kill_at = 0.0
 
     def stop(self, reason: str) -> None:
-        """SIGTERM to the member's process group (an srun step forwards it to its tasks)."""
+        """SIGTERM to the member's process group (srun, so signalled, ends its step at once)."""
         if self.stop_reason is None:
             self.stop_reason, self.kill_at = reason, time.monotonic() + STOP_GRACE_SECONDS
             self.signal(signal.SIGTERM)
 
     def signal(self, signum: int) -> None:
+        """Signal the member's process group (never after its leader is reaped: see `exited`)."""
         try:
             os.killpg(self.process.pid, signum)
         except ProcessLookupError:
             pass
+
+    def exited(self) -> bool:
+        """Whether the member's leader has exited. Before it is reaped (while it is a zombie, the
+        group's id cannot be reused) every process it left behind is killed, so its GPUs are free."""
+        if self.process.returncode is not None:
+            return True
+        if os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            return False
+        self.signal(signal.SIGKILL)
+        self.process.wait()
+        return True
 
 
 class Pile:
@@ -198,7 +225,14 @@ class Pile:
             if place is None:
                 continue
             self.waiting.remove(member)
-            self.running.append(self.launch(member, *place))
+            try:
+                self.running.append(self.launch(member, *place))
+            except OSError as error:  # its work dir is gone, a quota: this member fails, the pile goes on
+                self.free[place[0]] = sorted(self.free[place[0]] + place[1])
+                now = utc_iso(time.time())
+                log("{} could not start: {}".format(member["name"], error))
+                self.record(member, {"state": "FAILED", "exit_code": None, "node": place[0], "gpus": place[1],
+                                     "start": now, "end": now, "gpu_seconds": 0.0, "error": str(error)})
 
     def launch(self, member: dict, node: str, gpus: List[int]) -> Running:
         """Start a member on its GPUs, its output appended to its stdout.log and stderr.log."""
@@ -225,34 +259,42 @@ class Pile:
     def check_running(self) -> None:
         """Stop cancelled members, kill those past their grace, record those that ended."""
         for run in list(self.running):
-            if run.process.poll() is not None:
-                ended = "COMPLETED" if run.process.returncode == 0 else "TIMEOUT" if self.ending else "FAILED"
-                self.finish(run, run.stop_reason or ended)
+            if run.exited():
+                if run.stop_reason == "INTERRUPTED":  # its status stays RUNNING: the allocation's end decides
+                    self.running.remove(run)
+                    continue
+                self.finish(run, run.stop_reason or ("COMPLETED" if run.process.returncode == 0 else "FAILED"))
                 continue
             if os.path.exists(os.path.join(run.member["work_dir"], CANCEL_FILE)):
                 run.stop("CANCELLED")
             if run.stop_reason and time.monotonic() > run.kill_at:
                 run.signal(signal.SIGKILL)
 
-    def stop_all(self) -> None:
-        """The allocation is ending: stop every running member, record TIMEOUT, start nothing more."""
+    def stop_all(self, reason: str) -> None:
+        """Stop every running member for `reason` (TIMEOUT is recorded; INTERRUPTED leaves the
+        status RUNNING) and wait until they are gone; start nothing more."""
         self.check_running()
-        log("signal {}: stopping {} running member(s)".format(self.ending, len(self.running)))
+        log("stopping {} running member(s): {}".format(len(self.running), reason))
         for run in self.running:
-            run.stop("TIMEOUT")
+            run.stop(reason)
         while self.running:
             self.check_running()
             time.sleep(0.1)
 
     def run(self) -> None:
-        """Work the pile until every member has ended, or the allocation is ending."""
-        while (self.waiting or self.running) and not self.ending:
-            self.check_running()
-            if not self.ending:
-                self.start_what_fits()
-            time.sleep(POLL_SECONDS)
+        """Work the pile until every member has ended, or the allocation is ending; should the
+        launcher itself break, its members are stopped before it exits."""
+        try:
+            while (self.waiting or self.running) and not self.ending:
+                self.check_running()
+                if not self.ending:
+                    self.start_what_fits()
+                time.sleep(POLL_SECONDS)
+        finally:
+            if self.running and not self.ending:
+                self.stop_all("INTERRUPTED")
         if self.ending:
-            self.stop_all()
+            self.stop_all("TIMEOUT" if self.ending == signal.SIGUSR1 else "INTERRUPTED")
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.ending = signum
