@@ -71,6 +71,7 @@ class Counters:
     """What the instrumented parts did while `active`."""
 
     active: bool = False
+    depth: int = 0  # scheduler calls under way: a method calling another is one call
     scheduler_calls: Counter[str] = field(default_factory=Counter)
     scheduler_seconds: float = 0.0
     sql_reads: int = 0
@@ -94,12 +95,14 @@ def instrument(api_url: str) -> None:
         method = getattr(LocalScheduler, name)
 
         def counted(*args: Any, __method: Callable[..., Any] = method, __name: str = name, **kwargs: Any) -> Any:
-            if not COUNTERS.active:
+            if not COUNTERS.active or COUNTERS.depth:
                 return __method(*args, **kwargs)
             started = time.perf_counter()
+            COUNTERS.depth += 1
             try:
                 return __method(*args, **kwargs)
             finally:
+                COUNTERS.depth -= 1
                 COUNTERS.scheduler_calls[__name] += 1
                 COUNTERS.scheduler_seconds += time.perf_counter() - started
 
@@ -290,6 +293,8 @@ def report(sizes: dict[int, list[Sweep]], created: dict[int, float], calls: dict
     for size, sweeps in sizes.items():
         mean[size].peak_mb = sweeps[-1].peak_mb
     base = mean[min(mean)]
+    changing = [row for row in mean.values() if row.changed]
+    writes_per_change = changing[0].sql_writes / changing[0].changed if changing else 0.0
     print(f"{'active':>7} {'changed':>7} {'sched':>5} {'SQL rd':>7} {'SQL wr':>7} {'wr/chg':>6} {'API':>5} {'blocks':>6} "
           f"{'logs':>5} {'wall s':>7} {'excl. sched s':>13} {'peak MB':>8} {'create s':>8}  scheduler calls of one sweep")
     for size, row in mean.items():
@@ -300,14 +305,12 @@ def report(sizes: dict[int, list[Sweep]], created: dict[int, float], calls: dict
     print(f"\nratios to {base.jobs} active job(s), measured in this run:")
     for size, row in mean.items():
         print(f"{size:>7}: scheduler calls {ratio(row.scheduler_calls, base.scheduler_calls)}, SQL reads {ratio(row.sql_reads, base.sql_reads)}, "
-              f"SQL writes per changed job {ratio(row.sql_writes / max(row.changed, 1), base.sql_writes / max(base.changed, 1))}, "
+              f"SQL writes per changed job {ratio(row.sql_writes / max(row.changed, 1), writes_per_change)}, "
               f"API requests without logs {ratio(row.api_requests - row.log_posts, base.api_requests - base.log_posts)}, "
               f"wall without scheduler {ratio(row.seconds_without_scheduler, base.seconds_without_scheduler)}, "
               f"peak memory {ratio(row.peak_mb, base.peak_mb)}")
     largest = mean[max(mean)]
     at_1000 = mean.get(1000)
-    changing = [row for row in mean.values() if row.changed]
-    writes_per_change = changing[0].sql_writes / changing[0].changed if changing else 0.0
     targets = {
         "1 scheduler call per sweep at any N": all(row.scheduler_calls == 1 for row in mean.values()),
         "SQL writes proportional to the jobs that changed (none without a change; per changed job within 1.5x of the smallest size's)":

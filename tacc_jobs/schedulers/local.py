@@ -37,10 +37,12 @@ from tacc_jobs.planning.catalog import system_queues
 from tacc_jobs.processes import process_alive
 from tacc_jobs.schedulers.base import (
     FileTail,
+    JobsSnapshot,
     JobSubmission,
     QueueResources,
     SchedulerJobState,
 )
+from tacc_jobs.schedulers.states import poll_in_parts
 from tacc_jobs.walltime import format_walltime, parse_walltime, utcnow
 
 ABANDONED = ".abandoned"
@@ -258,6 +260,11 @@ class LocalScheduler:
             if job_id.isdigit() and (self.job_dir(job_id) / "state.json").exists() and self.load_job(job_id).name == name:
                 found[job_id] = self._state(job_id, name)
         return found
+
+    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
+             limit: int = 65536) -> JobsSnapshot:
+        """States, file tails, and the result files of ended jobs, read from disk."""
+        return poll_in_parts(self, jobs, offsets, results, limit)
 
     def _find_locked(self, names: Sequence[str]) -> dict[str, SchedulerJobState]:
         index, found = self._indexed("names"), {}

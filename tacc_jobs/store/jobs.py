@@ -284,12 +284,22 @@ class JobStore:
         with self.engine.begin() as connection:
             return connection.execute(sa_delete(JobRow).where(JobRow.id.in_(job_ids))).rowcount
 
-    def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None) -> Transition:
+    def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None,
+                   current: JobRecord | None = None) -> Transition:
         """Move a job to `status` (or update it in place when it is already there).
 
         The change is a conditional UPDATE on the status read, so two trackers racing on the
         same job cannot both apply a move. A terminal job accepts no move, only added fields
-        (its result, its charge).
+        (its result, its charge). Only the fields that differ are written; when none does, nothing is.
+
+        Args:
+            job_id: The job.
+            status: Its status from now on.
+            update_fields: Fields to set with it.
+            current: The job as the caller last read it (a sweep's records): compared with
+                instead of reading the job first, so an unchanged job costs no statement at
+                all. The UPDATE is still conditional on its status; if another writer moved
+                it meanwhile, the job is read again and the call decides on what it finds.
 
         Raises:
             IllegalTransition: For a move the lifecycle forbids, e.g. COMPLETED -> RUNNING.
@@ -297,7 +307,7 @@ class JobStore:
         """
         fields = (update_fields or JobUpdate()).model_dump(exclude_none=True)
         for _ in range(3):
-            current = self.get(job_id)
+            current = current if current is not None and current.id == job_id else self.get(job_id)
             if current.status == status and status.is_terminal:
                 fields = {name: value for name, value in fields.items() if getattr(current, name) is None}
             fields = {name: value for name, value in fields.items() if getattr(current, name) != value}  # write what changed
@@ -307,11 +317,13 @@ class JobStore:
                 raise IllegalTransition(f"job {job_id}: {current.status.value} -> {status.value} is not allowed")
             values = {**fields, "status": status.value, "updated_at": utcnow()}
             with self.engine.begin() as connection:
-                changed = connection.execute(
+                row = connection.execute(
                     update(JobRow)
                     .where(JobRow.id == current.id, JobRow.status == current.status.value)
                     .values(**values)
-                ).rowcount
-            if changed:
-                return Transition(record=self.get(job_id), previous=current.status)
+                    .returning(*JobRow.__table__.columns)
+                ).first()
+            if row is not None:
+                return Transition(record=JobRecord.model_validate(row), previous=current.status)
+            current = None
         raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")
