@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, Select, func, select, update
+from sqlalchemy import ColumnElement, Engine, Select, func, select, update
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.orm import Session
 
@@ -187,32 +187,27 @@ class JobStore:
         """Jobs in one status, newest first."""
         return self.search(status=status, limit=limit, offset=offset)
 
+    def _oldest_first(self, *conditions: ColumnElement[bool]) -> list[JobRecord]:
+        """The jobs matching every condition, oldest first, read as plain rows (no ORM objects:
+        a sweep reads thousands)."""
+        query = select(JobRow.__table__).where(*conditions).order_by(JobRow.created_at)
+        with self.engine.connect() as connection:
+            return [JobRecord.model_validate(row) for row in connection.execute(query)]
+
     def active(self, system: str | None = None) -> list[JobRecord]:
         """Submitted jobs that have not ended (QUEUING or RUNNING), oldest first."""
-        query = select(JobRow).where(
-            JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
-            JobRow.scheduler_job_id.is_not(None),
-        )
-        if system is not None:
-            query = query.where(JobRow.system == system)
-        with Session(self.engine) as session:
-            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+        return self._oldest_first(JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
+                                  JobRow.scheduler_job_id.is_not(None), *([JobRow.system == system] if system is not None else []))
 
     def unfinished(self) -> list[JobRecord]:
         """Every job that has not ended, submitted or not (QUEUED, QUEUING, RUNNING), oldest first."""
-        query = select(JobRow).where(JobRow.status.in_([status.value for status in ACTIVE_STATUSES]))
-        with Session(self.engine) as session:
-            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+        return self._oldest_first(JobRow.status.in_([status.value for status in ACTIVE_STATUSES]))
 
     def unsubmitted(self, system: str, created_before: datetime) -> list[JobRecord]:
         """QUEUED jobs with no scheduler id, recorded before `created_before`, oldest first: jobs
         whose submitter may have died between `sbatch` and recording its answer."""
-        query = select(JobRow).where(
-            JobRow.system == system, JobRow.status == JobStatus.QUEUED.value, JobRow.scheduler_job_id.is_(None),
-            JobRow.created_at < created_before,
-        )
-        with Session(self.engine) as session:
-            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+        return self._oldest_first(JobRow.system == system, JobRow.status == JobStatus.QUEUED.value,
+                                  JobRow.scheduler_job_id.is_(None), JobRow.created_at < created_before)
 
     def mark_submit_started(self, job_id: uuid.UUID, at: datetime) -> None:
         """Record that the job's submission begins: from now on a job of its name may exist."""
