@@ -300,9 +300,10 @@ class JobStore:
             IllegalTransition: For a move the lifecycle forbids, e.g. COMPLETED -> RUNNING.
             JobNotFound: When no job has that id.
         """
-        fields = (update_fields or JobUpdate()).model_dump(exclude_none=True)
+        requested = (update_fields or JobUpdate()).model_dump(exclude_none=True)
         for _ in range(3):
             current = current if current is not None and current.id == job_id else self.get(job_id)
+            fields = requested
             if current.status == status and status.is_terminal:
                 fields = {name: value for name, value in fields.items() if getattr(current, name) is None}
             fields = {name: value for name, value in fields.items() if getattr(current, name) != value}  # write what changed
