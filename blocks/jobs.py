@@ -142,4 +142,4 @@ class BatchJobRun(JobRun[dict[str, Any]]):
         assert self.last is not None
         if self.last.status is not JobStatus.COMPLETED:
             raise JobFailed(f"job {self.scheduler_job_id} ended {self.last.status}: {self.last.reason}")
-        return read_result(self.scheduler, self.job.result_path) or {}
+        return self.last.result or read_result(self.scheduler, self.job.result_path) or {}
