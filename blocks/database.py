@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from prefect.blocks.core import Block
+from prefect.settings import PREFECT_API_URL
 from prefect_sqlalchemy import SqlAlchemyConnector
 from sqlalchemy import Engine
 
@@ -37,9 +38,17 @@ def load_saved(block_type: type[BlockType], name: str) -> BlockType | None:
         return None
 
 
+_block_engines: dict[tuple[str, str], Engine] = {}
+"""(Prefect API, block name) -> the engine of the saved block: loaded once per process."""
+
+
 def open_engine() -> Engine:
     """The database, migrated: the `SqlAlchemyConnector` block named by `TACC_ORCH_DATABASE_BLOCK`
     (default `tacc-jobs-db`) when it is saved, else SQLite under `TACC_ORCH_HOME`.
+
+    A saved block is loaded once per process (a flow run's, under a process worker), not once
+    per task: a batch of thousands of jobs would otherwise read it from the API thousands of
+    times. A block saved later is seen by the next process; a missing one is looked up each time.
 
     Example:
         ```python
@@ -47,6 +56,9 @@ def open_engine() -> Engine:
         ```
     """
     settings = get_settings()
+    key = (str(PREFECT_API_URL.value()), settings.database_block)
+    if key in _block_engines:
+        return _block_engines[key]
     try:
         connector = SqlAlchemyConnector.load(settings.database_block)
     except ValueError as error:
@@ -54,7 +66,8 @@ def open_engine() -> Engine:
             raise
         settings.home.mkdir(parents=True, exist_ok=True)
         return migrated_sqlite(f"sqlite:///{settings.sqlite_path}")
-    return migrated(connector.get_engine())
+    _block_engines[key] = migrated(connector.get_engine())
+    return _block_engines[key]
 
 
 def open_job_store() -> JobStore:

@@ -66,7 +66,8 @@ class BatchJobRun(JobRun[dict[str, Any]]):
     def __init__(self, job: BatchJob, scheduler: Scheduler, scheduler_job_id: str) -> None:
         self.job, self.scheduler, self.scheduler_job_id = job, scheduler, scheduler_job_id
         self.tracked = TrackedJob(scheduler_job_id=scheduler_job_id, name=job.submission.name,
-                                  progress_path=job.progress_path, stdout_path=job.submission.stdout_path)
+                                  progress_path=job.progress_path, stdout_path=job.submission.stdout_path,
+                                  result_path=job.result_path)
         self.last: JobObservation | None = None
 
     def wait_for_completion(
@@ -141,4 +142,4 @@ class BatchJobRun(JobRun[dict[str, Any]]):
         assert self.last is not None
         if self.last.status is not JobStatus.COMPLETED:
             raise JobFailed(f"job {self.scheduler_job_id} ended {self.last.status}: {self.last.reason}")
-        return read_result(self.scheduler, self.job.result_path) or {}
+        return self.last.result or read_result(self.scheduler, self.job.result_path) or {}

@@ -34,14 +34,16 @@ class TrackedJob(BaseModel):
     progress_path: str
     stdout_path: str | None = None
     stdout_offset: int = 0
+    result_path: str | None = Field(default=None, description="Read in the same poll once the job has ended")
 
     @classmethod
     def from_record(cls, record: JobRecord) -> TrackedJob:
-        """Follow a stored job (its progress only; no log tail)."""
+        """Follow a stored job (its progress and result; no log tail)."""
         if record.scheduler_job_id is None or record.work_dir is None:
             raise ValueError(f"job {record.id} has not been submitted")
-        return cls(scheduler_job_id=record.scheduler_job_id, name=scheduler_job_name(record.id),
-                   progress_path=JobPaths.for_work_dir(record.work_dir).progress)
+        paths = JobPaths.for_work_dir(record.work_dir)
+        return cls(scheduler_job_id=record.scheduler_job_id, name=scheduler_job_name(record.id), progress_path=paths.progress,
+                   result_path=paths.result)
 
 
 class JobObservation(BaseModel):
@@ -54,6 +56,7 @@ class JobObservation(BaseModel):
     progress: float | None = None
     log: str = ""
     next_stdout_offset: int = 0
+    result: dict[str, object] | None = Field(default=None, description="The agent's result, once the job has ended")
 
     @property
     def ended(self) -> bool:
@@ -124,16 +127,18 @@ def _parse_progress(text: str) -> float | None:
 
 
 def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObservation]:
-    """Observe every job with one `states` call and one `read_files` call, whatever their number.
+    """Observe every job with one `poll` call, whatever their number: states, progress, log
+    tails, and the results of jobs that ended.
 
     Jobs the scheduler no longer knows come back with `state=None`: their status is left as is.
     """
     if not jobs:
         return []
-    states = scheduler.states({job.scheduler_job_id: job.name for job in jobs})
     offsets = {job.progress_path: 0 for job in jobs}
     offsets.update({job.stdout_path: job.stdout_offset for job in jobs if job.stdout_path})
-    files = scheduler.read_files(offsets)
+    snapshot = scheduler.poll({job.scheduler_job_id: job.name for job in jobs}, offsets,
+                              {job.scheduler_job_id: job.result_path for job in jobs if job.result_path})
+    states, files = snapshot.states, snapshot.files
     observations = []
     for job in jobs:
         state = states.get(job.scheduler_job_id)
@@ -146,6 +151,8 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
         if job.stdout_path:
             observation.log = files[job.stdout_path].data
             observation.next_stdout_offset = files[job.stdout_path].next_offset
+        if job.result_path in files:
+            observation.result = _parse_result(files[job.result_path].data)
         observations.append(observation)
     return observations
 
@@ -190,6 +197,8 @@ def record_observation(store: JobStore, record: JobRecord, observation: JobObser
     if policy.requeued(record.status, record.started_at, observation):
         update.attempt = record.attempt + 1
         update.reason = f"requeued by Slurm (attempt {update.attempt})" + (f": {observation.reason}" if observation.reason else "")
+    if status is JobStatus.COMPLETED:
+        update.result = observation.result
     if status.is_terminal:
         end = (state.end if state else None) or now
         update.completed_at = end
@@ -199,7 +208,7 @@ def record_observation(store: JobStore, record: JobRecord, observation: JobObser
 
 def _apply(store: JobStore, record: JobRecord, status: JobStatus, update: JobUpdate) -> Transition:
     try:
-        return store.transition(record.id, status, update)
+        return store.transition(record.id, status, update, current=record)
     except IllegalTransition:
         current = store.get(record.id)
         if current.status.is_terminal:  # ended in the store first (a cancel): a late RUNNING/COMPLETING changes nothing
@@ -274,7 +283,10 @@ def adopt(store: JobStore, record: JobRecord, state: SchedulerJobState, work_dir
 
 def read_result(scheduler: Scheduler, result_path: str) -> dict[str, object] | None:
     """The agent's result JSON, or None when it wrote none (or nothing valid)."""
-    text = scheduler.read_files({result_path: 0})[result_path].data
+    return _parse_result(scheduler.read_files({result_path: 0})[result_path].data)
+
+
+def _parse_result(text: str) -> dict[str, object] | None:
     try:
         result = json.loads(text) if text else None
     except json.JSONDecodeError:

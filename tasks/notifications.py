@@ -18,12 +18,13 @@ from tasks.run_context import run_logger
 
 
 def announce(store: JobStore, scheduler: Scheduler, transition: Transition) -> JobRecord:
-    """After a status change: emit a Prefect event; when it ended the job, keep its result and
-    call its webhook. Only the caller whose transition moved the job does this."""
+    """After a status change: emit a Prefect event; when it ended the job, keep its result (read
+    now, unless the poll that saw the end brought it) and call its webhook. Only the caller whose
+    transition moved the job does this."""
     record = transition.record
     if not transition.moved:
         return record
-    if record.status is JobStatus.COMPLETED and record.work_dir:
+    if record.status is JobStatus.COMPLETED and record.work_dir and record.result is None:  # a sweep's poll brings it
         result = read_result(scheduler, JobPaths.for_work_dir(record.work_dir).result)
         if result is not None:
             record = store.transition(record.id, record.status, JobUpdate(result=result)).record

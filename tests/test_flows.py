@@ -191,6 +191,12 @@ def test_job_store_on_postgresql_through_the_database_block(postgres_url: str, m
     assert os.environ["TACC_ORCH_DATABASE_BLOCK"] == block_name
 
 
+def test_the_database_block_is_read_once_per_process(postgres_block: str) -> None:
+    engine = open_job_store().engine
+    SqlAlchemyConnector.delete(os.environ["TACC_ORCH_DATABASE_BLOCK"])  # no second read would find it now
+    assert open_job_store().engine is engine and engine.url.render_as_string(hide_password=False) == postgres_block
+
+
 def test_webhooks_to_private_addresses_are_refused_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TACC_ORCH_ALLOW_PRIVATE_WEBHOOKS", "false")
     user = request(webhook_url="http://169.254.169.254/latest/meta-data")

@@ -140,3 +140,43 @@ def test_read_files_from_offsets(cluster: LocalScheduler, tmp_path: Path) -> Non
         handle.write("three\n")
     assert cluster.read_files({str(log): first[str(log)].next_offset})[str(log)].data == "three\n"
     assert cluster.read_files({str(log): 0}, limit=6)[str(log)].data == "three\n"
+
+
+def test_a_held_job_waits_without_a_process_until_released(cluster: LocalScheduler) -> None:
+    job = submission(cluster, "echo released")
+    job_id = cluster.submit(job.model_copy(update={"sbatch_args": [*job.sbatch_args, "--hold"]}))
+    time.sleep(0.5)
+    state = state_of(cluster, job_id)
+    assert (state.state, state.reason) == ("PENDING", "JobHeldUser")
+    assert "supervisor_pid" not in cluster.read_state(job_id), "a held job has no process"
+    cluster.release(job_id)
+    assert final_state(cluster, job_id).state == "COMPLETED"
+    assert Path(job.stdout_path).read_text() == "released\n"
+
+
+def test_a_poll_reads_states_files_and_the_results_of_ended_jobs_only(cluster: LocalScheduler) -> None:
+    done = submission(cluster, "echo '{\"rms\": 1}' > result.json")
+    done_id = cluster.submit(done)
+    final_state(cluster, done_id)
+    held = submission(cluster, "true")
+    held_id = cluster.submit(held.model_copy(update={"sbatch_args": [*held.sbatch_args, "--hold"]}))
+    Path(held.work_dir, "result.json").write_text("{}")  # not read: the job has not ended
+    results = {job_id: str(Path(job.work_dir, "result.json")) for job_id, job in ((done_id, done), (held_id, held))}
+    snapshot = cluster.poll({done_id: done.name, held_id: held.name}, {done.stdout_path: 0}, results)
+    assert {job_id: state.state for job_id, state in snapshot.states.items()} == {done_id: "COMPLETED", held_id: "PENDING"}
+    assert {path: tail.data for path, tail in snapshot.files.items()} == {done.stdout_path: "", results[done_id]: '{"rms": 1}\n'}
+
+
+def test_a_cluster_written_before_its_indexes_is_indexed_on_first_use(cluster: LocalScheduler) -> None:
+    running = submission(cluster, "sleep 30", nodes=2)
+    running_id = cluster.submit(running)
+    wait_until(lambda: state_of(cluster, running_id).state == "RUNNING")
+    for index in ("names", "running"):  # as a cluster directory of an earlier version has them
+        for entry in (cluster.root / index).iterdir():
+            entry.unlink()
+        (cluster.root / index).rmdir()
+    assert cluster.find([running.name], datetime.now(timezone.utc))[running.name].job_id == running_id
+    assert cluster.submit(running) == running_id, "a resubmission adopts the job of its name"
+    assert cluster.allocated_nodes() == 2
+    cluster.cancel(running_id)
+    assert cluster.allocated_nodes() == 0

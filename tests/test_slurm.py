@@ -139,7 +139,7 @@ def test_one_scheduler_command_per_poll_cycle(slurm: SlurmScheduler, sandbox_con
         for job_id in ids:
             slurm.cancel(job_id)
     assert counts == {1: 1, 20: 1, 200: 1}
-    # jobs that have left the queue: one squeue, then one sacct for all of them
+    # jobs that have left the queue: one squeue, then one sacct for all of them, in the same command
     def accounted() -> bool:
         in_queue = set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
         states = slurm.states({job_id: NAMES[job_id] for job_id in ids})
@@ -148,7 +148,7 @@ def test_one_scheduler_command_per_poll_cycle(slurm: SlurmScheduler, sandbox_con
     wait_until(accounted, timeout=90, interval=1)
     before = sandbox_connection.commands_run
     assert len(slurm.states({job_id: NAMES[job_id] for job_id in ids})) == 200
-    assert sandbox_connection.commands_run - before == 2
+    assert sandbox_connection.commands_run - before == 1, "squeue and sacct in one remote program"
 
 
 def test_shell_injection_reaches_slurm_as_inert_text(slurm: SlurmScheduler, tmp_path: Path, sandbox: Sandbox) -> None:
@@ -209,3 +209,22 @@ def test_resources_and_accounting(slurm: SlurmScheduler) -> None:
         submission.name, "gpu-a100", "COMPLETED", "1", "sandbox")
     assert job_row["Elapsed"] >= "00:00:01" and "node=1" in job_row["AllocTRES"]
     assert {row["JobID"] for row in rows} >= {job_id, f"{job_id}.batch"}, "steps come as rows of their own"
+
+
+def test_a_poll_of_thousands_of_files_with_the_result_of_an_ended_job_is_one_command(slurm: SlurmScheduler,
+                                                                                      sandbox_connection: SshConnection) -> None:
+    done = job(slurm, """echo '{"rms": 1}' > result.json""")
+    done_id = submit(slurm, done)
+    ended(slurm, done_id)
+    held = job(slurm, "true", "--hold")
+    held_id = submit(slurm, held)
+    sandbox_connection.run(["bash", "-c", 'echo "{}" > "$1"', "write", f"{held.work_dir}/result.json"])  # not read: not ended
+    missing = {f"{slurm.scratch_root}/no-such-job-{index:05d}/output/progress": 0 for index in range(3000)}  # 200 KB of paths
+    results = {done_id: f"{done.work_dir}/result.json", held_id: f"{held.work_dir}/result.json"}
+    before = sandbox_connection.commands_run
+    snapshot = slurm.poll({done_id: done.name, held_id: held.name}, {**missing, done.stdout_path: 0}, results)
+    assert sandbox_connection.commands_run - before == 1
+    assert {job_id: state.state for job_id, state in snapshot.states.items()} == {done_id: "COMPLETED", held_id: "PENDING"}
+    assert snapshot.files[results[done_id]].data == '{"rms": 1}\n' and results[held_id] not in snapshot.files
+    assert len(snapshot.files) == len(missing) + 2 and {snapshot.files[path].data for path in missing} == {""}
+    slurm.cancel(held_id)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from tacc_jobs.exceptions import PermanentSchedulerError
 from tacc_jobs.models import JobRecord, JobStatus, parse_request
@@ -168,6 +168,34 @@ def test_a_job_never_submitted_is_left_to_its_live_run_however_old(store: JobSto
     assert [t.record.reason for t in ended] == [NEVER_SUBMITTED_REASON], "once its run has ended, it is settled"
 
 
+def test_an_unchanged_job_costs_no_statement_and_an_end_one_write_with_its_result(store: JobStore) -> None:
+    record = submitted(store, started_at=T0)
+    statements: list[str] = []
+
+    def note(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    try:
+        assert not record_observation(store, record, seen("RUNNING", start=T0), POLICY, T0).moved
+        assert statements == [], "a sweep compares with the records it read: an unchanged job is not read again"
+        ended = seen("COMPLETED", start=T0, end=T0 + timedelta(hours=1), exit_code="0:0")
+        ended.result = {"rms": 1.5}
+        transition = record_observation(store, record, ended, POLICY, T0 + timedelta(hours=1))
+        assert [statement.split()[0] for statement in statements] == ["UPDATE"], "the end and its result in one write"
+    finally:
+        event.remove(store.engine, "before_cursor_execute", note)
+    assert transition.moved and store.get(record.id) == transition.record
+    assert (transition.record.status, transition.record.result) == (JobStatus.COMPLETED, {"rms": 1.5})
+
+
+def test_a_record_moved_meanwhile_is_read_again_before_a_change(store: JobStore) -> None:
+    stale = submitted(store, started_at=T0)
+    store.transition(stale.id, JobStatus.CANCELLED, JobUpdate(reason="cancelled by jdoe"))
+    transition = record_observation(store, stale, seen("COMPLETED", start=T0, end=T0 + timedelta(hours=1), exit_code="0:0"), POLICY)
+    assert (transition.record.status, transition.moved) == (JobStatus.CANCELLED, False)
+
+
 class ReusedIds:
     """A scheduler whose job id 57 now belongs to another job (ids restart after a controller reset)."""
 
@@ -178,6 +206,11 @@ class ReusedIds:
         from tacc_jobs.schedulers import FileTail
 
         return {path: FileTail(data="", next_offset=0) for path in offsets}
+
+    def poll(self, jobs: dict[str, str], offsets: dict[str, int], results: dict[str, str], limit: int = 65536) -> object:
+        from tacc_jobs.schedulers.states import poll_in_parts
+
+        return poll_in_parts(self, jobs, offsets, results, limit)  # type: ignore[arg-type]
 
 
 def test_a_state_answered_for_another_name_is_not_this_jobs() -> None:

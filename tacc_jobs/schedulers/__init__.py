@@ -4,10 +4,11 @@
 from tacc_jobs.schedulers.base import (
     SACCT_FIELDS,
     FileTail,
+    JobsSnapshot,
     JobSubmission,
     QueueResources,
     Scheduler,
     SchedulerJobState,
 )
 
-__all__ = ["FileTail", "JobSubmission", "SACCT_FIELDS", "QueueResources", "Scheduler", "SchedulerJobState"]
+__all__ = ["FileTail", "JobSubmission", "JobsSnapshot", "SACCT_FIELDS", "QueueResources", "Scheduler", "SchedulerJobState"]

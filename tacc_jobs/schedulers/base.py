@@ -95,6 +95,13 @@ class FileTail(BaseModel):
     next_offset: int
 
 
+class JobsSnapshot(BaseModel):
+    """What one poll of many jobs saw: their states and their files."""
+
+    states: dict[str, SchedulerJobState] = Field(description="As `Scheduler.states` answers")
+    files: dict[str, FileTail] = Field(description="As `Scheduler.read_files` answers, and the result files of ended jobs")
+
+
 class Scheduler(Protocol):
     """Submit, observe many jobs at once, cancel, account and show resources.
 
@@ -110,6 +117,11 @@ class Scheduler(Protocol):
     def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
         """The state of every job (scheduler job id -> job name), in one call; a job the scheduler
         does not know, or knows only under another name (a reused id), is left out."""
+
+    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
+             limit: int = 65536) -> JobsSnapshot:
+        """What a tracker asks each time, in one call: `states(jobs)`, `read_files(offsets, limit)`,
+        and whole, for each job the answer shows ended, its result file (`results`: job id -> path)."""
 
     def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
         """The newest job of each name submitted since `since`, in one call; names with none are left out."""

@@ -4,7 +4,12 @@ State lives on disk under one directory, so jobs outlive the orchestrator proces
 
     <root>/jobs/<id>/job.json     what was submitted (partition, nodes, time limit, paths)
     <root>/jobs/<id>/state.json   PENDING -> RUNNING -> COMPLETED | FAILED | CANCELLED | TIMEOUT
+    <root>/names/<digest>         the newest job id of each job name (the look-up by name)
+    <root>/running/<id>           the nodes each running job holds
     <root>/scratch/               the cluster's scratch file system
+
+The two indexes keep submission and scheduling independent of how many jobs the cluster has
+seen; a cluster directory written before them is indexed once, on first use.
 
 A supervisor process per job (`tacc_jobs.schedulers.local_supervisor`) waits for free nodes,
 runs the script, enforces the wall time and records the exit code.
@@ -13,6 +18,7 @@ runs the script, enforces the wall time and records the exit code.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -31,16 +37,21 @@ from tacc_jobs.planning.catalog import system_queues
 from tacc_jobs.processes import process_alive
 from tacc_jobs.schedulers.base import (
     FileTail,
+    JobsSnapshot,
     JobSubmission,
     QueueResources,
     SchedulerJobState,
 )
+from tacc_jobs.schedulers.states import poll_in_parts
 from tacc_jobs.walltime import format_walltime, parse_walltime, utcnow
 
 ABANDONED = ".abandoned"
 """In a job directory: watch-jobs ended the record before the job was submitted; never submit it."""
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 _SUPPORTED_OPTIONS = {"-p", "-N", "-t", "-A", "-J", "--ntasks-per-node", "-n"}
+HOLD_FLAGS = {"-H", "--hold"}
+"""sbatch's valueless flags that submit a job held: PENDING (JobHeldUser) until `release`."""
+HELD_REASON = "JobHeldUser"
 
 
 class LocalJob(BaseModel):
@@ -67,11 +78,18 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def parse_sbatch_args(arguments: Sequence[str]) -> dict[str, str]:
-    """Read the planned sbatch options, refusing what TACC's sbatch refuses.
+    """Read the planned sbatch options, refusing what TACC's sbatch refuses. A hold flag
+    (`-H`, `--hold`) takes no value and reads as `{"--hold": ""}`.
 
     Raises:
         PermanentSchedulerError: For `--gres`, `--mem` or an option the embedded cluster lacks.
+
+    Example:
+        >>> parse_sbatch_args(["-p", "local-gpu", "--hold", "-N", "2"])
+        {'-p': 'local-gpu', '-N': '2', '--hold': ''}
     """
+    held = any(flag in HOLD_FLAGS for flag in arguments)
+    arguments = [argument for argument in arguments if argument not in HOLD_FLAGS]
     if len(arguments) % 2:
         raise PermanentSchedulerError(f"sbatch: options come in flag/value pairs, got {list(arguments)}")
     options = dict(zip(arguments[::2], arguments[1::2]))
@@ -80,7 +98,7 @@ def parse_sbatch_args(arguments: Sequence[str]) -> dict[str, str]:
             raise PermanentSchedulerError(f"sbatch: error: {flag} is not supported at TACC; request whole nodes with -N")
         if flag not in _SUPPORTED_OPTIONS:
             raise PermanentSchedulerError(f"sbatch: error: unrecognized option {flag!r}")
-    return options
+    return {**options, "--hold": ""} if held else options
 
 
 class LocalScheduler:
@@ -132,6 +150,28 @@ class LocalScheduler:
     def _job_ids(self) -> list[str]:
         return sorted((p.name for p in self.jobs_dir.iterdir() if (p / "state.json").exists()), key=int)
 
+    def _indexed(self, name: str) -> Path:
+        """The index directory `name` (hold `locked()`), built from every job when missing."""
+        index = self.root / name
+        if not index.is_dir():
+            partial = self.root / f"{name}.partial"
+            partial.mkdir(exist_ok=True)
+            for job_id in self._job_ids():
+                if name == "names":
+                    (partial / _name_key(self.load_job(job_id).name)).write_text(job_id)
+                elif self.read_state(job_id)["state"] == "RUNNING":
+                    (partial / job_id).write_text(str(self.load_job(job_id).nodes))
+            os.replace(partial, index)
+        return index
+
+    def set_running(self, job_id: str, nodes: int | None) -> None:
+        """Note that the job holds `nodes` nodes, or (None) none any more (hold `locked()`)."""
+        marker = self._indexed("running") / job_id
+        if nodes is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(str(nodes))
+
     def submit(self, job: JobSubmission) -> str:
         """Write the script, record the job PENDING and start its supervisor."""
         options = parse_sbatch_args(job.sbatch_args)
@@ -173,7 +213,23 @@ class LocalScheduler:
                 submit=utcnow(),
             )
             _write_json(self.job_dir(job_id) / "job.json", record.model_dump(mode="json"))
-            self.write_state(job_id, {"state": "PENDING", "reason": "None"})
+            (self._indexed("names") / _name_key(record.name)).write_text(job_id)
+            self.write_state(job_id, {"state": "PENDING", "reason": HELD_REASON if "--hold" in options else "None"})
+        if "--hold" not in options:
+            self._start_supervisor(job_id)
+        return job_id
+
+    def release(self, job_id: str) -> None:
+        """Let a held job run (`scontrol release`): it waits for nodes like any other; a job
+        not held is left alone."""
+        with self.locked():
+            state = self.read_state(job_id)
+            if state["state"] != "PENDING" or state.get("reason") != HELD_REASON:
+                return
+            self.write_state(job_id, {**state, "reason": "None"})
+        self._start_supervisor(job_id)
+
+    def _start_supervisor(self, job_id: str) -> None:
         with (self.job_dir(job_id) / "supervisor.log").open("w") as supervisor_log:
             supervisor = subprocess.Popen(
                 [sys.executable, "-m", "tacc_jobs.schedulers.local_supervisor", str(self.root), job_id],
@@ -187,7 +243,6 @@ class LocalScheduler:
             state = self.read_state(job_id)
             state["supervisor_pid"] = supervisor.pid
             self.write_state(job_id, state)
-        return job_id
 
     def _state(self, job_id: str, name: str) -> SchedulerJobState:
         state = self.read_state(job_id)
@@ -206,12 +261,18 @@ class LocalScheduler:
                 found[job_id] = self._state(job_id, name)
         return found
 
+    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
+             limit: int = 65536) -> JobsSnapshot:
+        """States, file tails, and the result files of ended jobs, read from disk."""
+        return poll_in_parts(self, jobs, offsets, results, limit)
+
     def _find_locked(self, names: Sequence[str]) -> dict[str, SchedulerJobState]:
-        wanted, found = set(names), {}
-        for job_id in self._job_ids():  # ascending ids: the newest job of a name wins
-            job = self.load_job(job_id)
-            if job.name in wanted:
-                found[job.name] = self._state(job_id, job.name)
+        index, found = self._indexed("names"), {}
+        for name in names:
+            entry = index / _name_key(name)
+            job_id = entry.read_text() if entry.exists() else None
+            if job_id is not None and self.load_job(job_id).name == name:
+                found[name] = self._state(job_id, name)
         return found
 
     def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
@@ -241,6 +302,7 @@ class LocalScheduler:
             state.update(state=f"CANCELLED by {os.getuid()}", end=utcnow().isoformat(), reason="None")
             state.setdefault("exit_code", "0:15")
             self.write_state(job_id, state)
+            self.set_running(job_id, None)
         if pgid:
             try:
                 os.killpg(pgid, signal.SIGTERM)
@@ -266,8 +328,7 @@ class LocalScheduler:
 
     def allocated_nodes(self) -> int:
         """Nodes held by running jobs (hold `locked()` for a consistent answer)."""
-        running = [j for j in self._job_ids() if self.read_state(j)["state"] == "RUNNING"]
-        return sum(self.load_job(j).nodes for j in running)
+        return sum(int(marker.read_text()) for marker in self._indexed("running").iterdir())
 
     def resources(self) -> list[QueueResources]:
         """Nodes and GPUs of the one simulated node pool, seen through each local queue."""
@@ -295,6 +356,11 @@ class LocalScheduler:
                 data, size = b"", offset
             tails[path] = FileTail(data=data.decode(errors="replace"), next_offset=size)
         return tails
+
+
+def _name_key(name: str) -> str:
+    """A job name as a file name (names are free text)."""
+    return hashlib.sha256(name.encode()).hexdigest()
 
 
 def _parse_time(value: str | None) -> datetime | None:

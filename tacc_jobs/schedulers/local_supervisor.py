@@ -29,6 +29,7 @@ def _claim_nodes(cluster: LocalScheduler, job_id: str, nodes: int) -> bool:
             if cluster.allocated_nodes() + nodes <= cluster.total_nodes:
                 state.update(state="RUNNING", reason="None", start=utcnow().isoformat(), supervisor_pid=os.getpid())
                 cluster.write_state(job_id, state)
+                cluster.set_running(job_id, nodes)
                 return True
             if state.get("reason") != "Resources":
                 state["reason"] = "Resources"
@@ -95,6 +96,7 @@ def supervise(cluster: LocalScheduler, job_id: str) -> None:
                 state.update(state="FAILED", exit_code=f"{returncode}:0")
             state["end"] = utcnow().isoformat()
         cluster.write_state(job_id, state)
+        cluster.set_running(job_id, None)
 
 
 def main() -> None:

@@ -23,11 +23,17 @@ from tacc_jobs.planning.catalog import system_queues
 from tacc_jobs.schedulers.base import (
     SACCT_FIELDS,
     FileTail,
+    JobsSnapshot,
     JobSubmission,
     QueueResources,
     SchedulerJobState,
 )
-from tacc_jobs.schedulers.states import MAY_BE_REQUEUED, RUNNING_STATES, WAITING_STATES
+from tacc_jobs.schedulers.states import (
+    MAY_BE_REQUEUED,
+    RUNNING_STATES,
+    WAITING_STATES,
+    ended_result_offsets,
+)
 from tacc_jobs.walltime import utcnow
 
 JOB_ID = re.compile(r"\d+(?:_\d+)?")
@@ -37,6 +43,8 @@ IN_QUEUE_STATES = WAITING_STATES | RUNNING_STATES
 ENDS_SQUEUE_TELLS_WHOLE = frozenset({"COMPLETED", "CANCELLED"})
 """Ends squeue reports as fully as accounting (other ends need accounting's exit code)."""
 DEFAULT_LOOKBACK = timedelta(days=1)
+SLURM_ENV = ["env", "TZ=UTC", "SLURM_TIME_FORMAT=standard"]
+"""Every Slurm command runs with these: times in UTC, never a login profile's `relative` format."""
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # One line per job, the same fields from squeue and from sacct, the name last (it may hold '|').
@@ -69,20 +77,43 @@ fi
 cat > "$work_dir/job.sbatch" && sbatch --parsable "$@" "$work_dir/job.sbatch"
 """
 
-READ_FILES_PROGRAM = r"""
-limit=$1; shift
-while [ $# -gt 1 ]; do
-  file=$1 offset=$2; shift 2
+# One poll, whatever the number of jobs and files; its input comes on stdin (a command line
+# holds at most 128 KiB): "<id> <name>" lines (both checked safe), a "--" line, then file and
+# offset pairs, each NUL-terminated. It prints `squeue <output, base64>`; for the jobs squeue does
+# not settle (SETTLED: the states it tells whole), `sacct <status> <output, base64>` (a failed
+# sacct does not stop the poll: the caller decides); then `file <size>\t<tail, base64>` per file,
+# in order. A missing file costs no process. A failed squeue stops it with squeue's status.
+POLL_PROGRAM = r"""
+limit=$1
+declare -A want
+while IFS=' ' read -r id name && [ "$id" != "--" ]; do want[$id]=$name; done
+if [ ${#want[@]} -gt 0 ]; then
+  queue=$(squeue --me --noheader --states=all --format="$SQUEUE_FORMAT") || exit
+  printf 'squeue %s\n' "$(printf '%s' "$queue" | base64 -w0)"
+  while IFS='|' read -r id state _ _ _ _ name; do
+    if [ -n "$id" ] && [ "${want[$id]-}" = "$name" ] && [[ " $SETTLED " == *" $state "* ]]; then unset 'want[$id]'; fi
+  done <<< "$queue"
+  if [ ${#want[@]} -gt 0 ]; then
+    ids=$(IFS=,; printf '%s' "${!want[*]}")
+    names=$(printf '%s\n' "${want[@]}" | sort -u | paste -sd,)
+    accounted=$(sacct --noheader -X --parsable2 --jobs="$ids" --name="$names" --format="$ACCOUNTED_FORMAT"); status=$?
+    printf 'sacct %s %s\n' "$status" "$(printf '%s' "$accounted" | base64 -w0)"
+  fi
+fi
+while IFS= read -r -d '' file && IFS= read -r -d '' offset; do
   if [ -f "$file" ]; then
     size=$(stat -c %s -- "$file")
     start=$((size - limit)); [ "$offset" -gt "$start" ] && start=$offset
     [ "$start" -lt 0 ] && start=0; [ "$start" -gt "$size" ] && start=$size
-    printf '%s\t' "$size"; tail -c +$((start + 1)) -- "$file" | head -c $((size - start)) | base64 -w0; printf '\n'
+    printf 'file %s\t' "$size"; tail -c +$((start + 1)) -- "$file" | head -c $((size - start)) | base64 -w0; printf '\n'
   else
-    printf '%s\t\n' "$offset"
+    printf 'file %s\t\n' "$offset"
   fi
 done
 """
+SETTLED_BY_SQUEUE = IN_QUEUE_STATES | MAY_BE_REQUEUED
+"""States squeue tells whole: a job in one of them needs no look-up in accounting."""
+ACCOUNTED_FORMAT = "JobID,State,ExitCode,Start,End,Reason,JobName"
 
 _TRANSIENT = re.compile(
     r"Socket timed out|Unable to contact slurm controller|Connection reset|Connection refused|Connection timed out"
@@ -155,7 +186,7 @@ class SlurmScheduler:
         self.transport, self.system, self.scratch_root = transport, system, scratch_root
 
     def _run(self, argv: Sequence[str], stdin: str | None = None, label: str | None = None) -> str:
-        completed = self.transport.run(["env", "TZ=UTC", "SLURM_TIME_FORMAT=standard", *argv], stdin=stdin)
+        completed = self.transport.run([*SLURM_ENV, *argv], stdin=stdin)
         if completed.returncode != 0:
             raise scheduler_error(label or argv[0], completed)
         return completed.stdout
@@ -211,38 +242,77 @@ class SlurmScheduler:
         return found
 
     def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
-        """One `squeue` for every job; one `sacct` (bounded by the jobs' names) for those that left
-        the controller's queue. A job squeue saw complete or cancelled, but accounting does not
-        know yet (slurmdbd lags or is down), takes squeue's answer; another end waits for
-        accounting, which has its exit code."""
+        """The state of every job, in one remote command (see `poll`)."""
+        return self.poll(jobs, {}, {}).states
+
+    def read_files(self, offsets: Mapping[str, int], limit: int = 65536) -> dict[str, FileTail]:
+        """Read every file from its offset in one remote command (see `poll`)."""
+        return self.poll({}, offsets, {}, limit).files
+
+    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
+             limit: int = 65536) -> JobsSnapshot:
+        """States, file tails and the results of ended jobs in one remote command (`POLL_PROGRAM`).
+
+        States: one `squeue` for every job; one `sacct` (bounded by the jobs' names) for those
+        that left the controller's queue. A job squeue saw complete or cancelled, but accounting
+        does not know yet (slurmdbd lags or is down), takes squeue's answer; another end waits for
+        accounting, which has its exit code. Result files are read for every job that may have
+        ended (a missing file costs nothing) and kept for those whose answer is an end.
+
+        Example:
+            ```python
+            slurm.poll({"123": "tacc-6f1c..."}, {paths.progress: 0}, {"123": paths.result}).states["123"].state
+            ```
+        """
         wanted = {job_id: name for job_id, name in jobs.items() if JOB_ID.fullmatch(job_id) and JOB_NAME.fullmatch(name)}
-        if not wanted:
-            return {}
+        files = {**offsets, **{path: 0 for job_id, path in results.items() if job_id in wanted}}
+        if not wanted and not files:
+            return JobsSnapshot(states={}, files={})
+        stdin = "".join(f"{job_id} {name}\n" for job_id, name in wanted.items()) + "--\n"
+        stdin += "".join(f"{path}\0{offset}\0" for path, offset in files.items())
+        completed = self.transport.run([*SLURM_ENV, f"SQUEUE_FORMAT={SQUEUE_FORMAT}",
+                                        f"SETTLED={' '.join(sorted(SETTLED_BY_SQUEUE))}", f"ACCOUNTED_FORMAT={ACCOUNTED_FORMAT}",
+                                        "bash", "-c", POLL_PROGRAM, "poll", str(limit)], stdin=stdin)
+        if completed.returncode != 0:
+            raise scheduler_error("squeue" if wanted else "read-files", completed)
+        sections: dict[str, list[str]] = {"squeue": [], "sacct": [], "file": []}
+        for line in completed.stdout.splitlines():
+            kind, _, rest = line.partition(" ")
+            sections[kind].append(rest)
+        tails = {}
+        for path, line in zip(files, sections["file"]):
+            size, _, encoded = line.partition("\t")
+            tails[path] = FileTail(data=base64.b64decode(encoded).decode(errors="replace"), next_offset=int(size))
+        states = self._answered(wanted, *sections["squeue"], *sections["sacct"], stderr=completed.stderr) if wanted else {}
+        ended = ended_result_offsets(states, results)
+        return JobsSnapshot(states=states, files={path: tail for path, tail in tails.items() if path in offsets or path in ended})
+
+    @staticmethod
+    def _answered(wanted: Mapping[str, str], queue: str, accounted: str | None = None, stderr: str = "") -> dict[str, SchedulerJobState]:
+        """The jobs' states from the poll's squeue output and, for those it does not settle, its
+        `sacct` section (`<status> <output, base64>`)."""
         found: dict[str, SchedulerJobState] = {}
         ended_in_queue: dict[str, SchedulerJobState] = {}
-        for line in self._run(["squeue", "--me", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}"]).splitlines():
+        for line in base64.b64decode(queue).decode(errors="replace").splitlines():
             state = _parse_job_line(line, in_queue=True)
             if wanted.get(state.job_id) != state.name:  # not ours, or an id reused by another job
                 continue
-            if state.state in IN_QUEUE_STATES or state.state in MAY_BE_REQUEUED:
+            if state.state in SETTLED_BY_SQUEUE:
                 found[state.job_id] = state
             elif state.state in ENDS_SQUEUE_TELLS_WHOLE:
                 ended_in_queue[state.job_id] = state
         left = [job_id for job_id in wanted if job_id not in found]
-        if left:
-            try:
-                sacct = self._run(["sacct", "--noheader", "-X", "--parsable2", f"--jobs={','.join(left)}",
-                                   f"--name={','.join(sorted({wanted[job_id] for job_id in left}))}",
-                                   "--format=JobID,State,ExitCode,Start,End,Reason,JobName"])
-            except TransientSchedulerError:
-                if any(job_id not in ended_in_queue for job_id in left):
-                    raise
-                sacct = ""
-            for line in sacct.splitlines():
-                job_id, state, exit_code, start, end, reason, name = (line.split("|", 6) + [""] * 6)[:7]
-                if job_id in left and wanted[job_id] == name:
-                    found[job_id] = SchedulerJobState(job_id=job_id, name=name, state=state, exit_code=exit_code, reason=reason,
-                                                      start=_slurm_time(start), end=_slurm_time(end))
+        status, _, encoded = (accounted or "0 ").partition(" ")
+        if int(status) != 0:
+            error = scheduler_error("sacct", subprocess.CompletedProcess(["sacct"], int(status), "", stderr))
+            if not isinstance(error, TransientSchedulerError) or any(job_id not in ended_in_queue for job_id in left):
+                raise error
+            encoded = ""
+        for line in base64.b64decode(encoded).decode(errors="replace").splitlines():
+            job_id, state, exit_code, start, end, reason, name = (line.split("|", 6) + [""] * 6)[:7]
+            if job_id in left and wanted[job_id] == name:
+                found[job_id] = SchedulerJobState(job_id=job_id, name=name, state=state, exit_code=exit_code, reason=reason,
+                                                  start=_slurm_time(start), end=_slurm_time(end))
         for job_id, state in ended_in_queue.items():
             found.setdefault(job_id, state)
         return found
@@ -270,7 +340,7 @@ class SlurmScheduler:
 
         window = [f"--starttime={start.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}",
                   f"--endtime={end.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}"]
-        argv = ["env", "TZ=UTC", "SLURM_TIME_FORMAT=standard", "sacct", "--noheader", "--parsable2", "--duplicates", *window,
+        argv = [*SLURM_ENV, "sacct", "--noheader", "--parsable2", "--duplicates", *window,
                 f"--format={','.join(SACCT_FIELDS)}"]
         try:
             yield from sacct_rows(self.transport.stream(argv))
@@ -290,15 +360,3 @@ class SlurmScheduler:
             resources.append(QueueResources(queue=queue, nodes_total=total, nodes_allocated=allocated,
                                             nodes_idle=idle, gpus_idle=idle * specs[queue].gpus_per_node))
         return resources
-
-    def read_files(self, offsets: Mapping[str, int], limit: int = 65536) -> dict[str, FileTail]:
-        """Read every file from its offset in one remote command."""
-        if not offsets:
-            return {}
-        arguments = [str(part) for path, offset in offsets.items() for part in (path, offset)]
-        output = self._run(["bash", "-c", READ_FILES_PROGRAM, "read-files", str(limit), *arguments], label="read-files")
-        tails = {}
-        for path, line in zip(offsets, output.splitlines()):
-            size, _, encoded = line.partition("\t")
-            tails[path] = FileTail(data=base64.b64decode(encoded).decode(errors="replace"), next_offset=int(size))
-        return tails

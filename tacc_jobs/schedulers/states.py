@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from tacc_jobs.models import JobStatus
-from tacc_jobs.schedulers.base import SchedulerJobState
+from tacc_jobs.schedulers.base import JobsSnapshot, Scheduler, SchedulerJobState
 
 SHORT_CODES = {
     "PD": "PENDING", "CF": "CONFIGURING", "R": "RUNNING", "CG": "COMPLETING", "CD": "COMPLETED",
@@ -139,3 +141,29 @@ def map_scheduler_state(state: SchedulerJobState) -> tuple[JobStatus | None, str
     if state.status is not None:
         return state.status, state.reason
     return map_slurm_state(state.state, state.exit_code, state.reason, state.in_queue)
+
+
+def ended_result_offsets(states: dict[str, SchedulerJobState], results: Mapping[str, str]) -> dict[str, int]:
+    """The result files to read whole (offset 0) in a poll: those of the jobs whose state is an end.
+
+    Example:
+        >>> states = {"7": SchedulerJobState(job_id="7", state="COMPLETED"), "8": SchedulerJobState(job_id="8", state="RUNNING")}
+        >>> ended_result_offsets(states, {"7": "/s/7/result.json", "8": "/s/8/result.json", "9": "/s/9/result.json"})
+        {'/s/7/result.json': 0}
+    """
+    ended = {job_id for job_id, state in states.items() if (map_scheduler_state(state)[0] or JobStatus.QUEUING).is_terminal}
+    return {path: 0 for job_id, path in results.items() if job_id in ended}
+
+
+def poll_in_parts(scheduler: Scheduler, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
+                  limit: int = 65536) -> JobsSnapshot:
+    """`Scheduler.poll` of a backend that answers states and files apart anyway (on local disk;
+    through the Tapis APIs): `states`, then `read_files` with the result files of ended jobs.
+
+    Example:
+        ```python
+        poll_in_parts(LocalScheduler(root), {"7": "tacc-6f1c..."}, {progress: 0}, {"7": result}).states["7"].state
+        ```
+    """
+    states = scheduler.states(jobs)
+    return JobsSnapshot(states=states, files=scheduler.read_files({**offsets, **ended_result_offsets(states, results)}, limit))

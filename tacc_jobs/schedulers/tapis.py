@@ -21,12 +21,17 @@ from datetime import datetime, timezone
 from tacc_jobs.exceptions import PermanentSchedulerError, TapisUnavailableError
 from tacc_jobs.schedulers.base import (
     FileTail,
+    JobsSnapshot,
     JobSubmission,
     QueueResources,
     SchedulerJobState,
 )
 from tacc_jobs.schedulers.slurm import JOB_NAME
-from tacc_jobs.schedulers.states import TAPIS_WAITING_STATUSES, map_tapis_status
+from tacc_jobs.schedulers.states import (
+    TAPIS_WAITING_STATUSES,
+    map_tapis_status,
+    poll_in_parts,
+)
 from tacc_jobs.tapis.apps import APP_VERSION, app_id
 from tacc_jobs.tapis.client import TapisClient
 from tacc_jobs.tapis.models import (
@@ -240,6 +245,18 @@ class TapisScheduler:
         self._not_started = {job.exec_system_exec_dir for job in found
                              if job.exec_system_exec_dir and job.status in TAPIS_WAITING_STATUSES}
         return {job.uuid: job_state(job) for job in found}
+
+    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
+             limit: int = 65536) -> JobsSnapshot:
+        """One search call for the states, then the files of started jobs, one Files API call per
+        file (the API reads one file at a time): a sweep of waiting jobs costs the search alone.
+
+        Example:
+            ```python
+            scheduler.poll({"8a1c...-007": "tacc-6f1c..."}, {paths.progress: 0}, {"8a1c...-007": paths.result}).files
+            ```
+        """
+        return poll_in_parts(self, jobs, offsets, results, limit)
 
     def cancel(self, job_id: str, name: str | None = None) -> None:
         """Cancel the job (Tapis uuids are never reused, so `name` changes nothing); a job that

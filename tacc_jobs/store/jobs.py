@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, Select, func, select, update
+from sqlalchemy import ColumnElement, Engine, Select, func, select, update
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.orm import Session
 
@@ -187,32 +187,27 @@ class JobStore:
         """Jobs in one status, newest first."""
         return self.search(status=status, limit=limit, offset=offset)
 
+    def _oldest_first(self, *conditions: ColumnElement[bool]) -> list[JobRecord]:
+        """The jobs matching every condition, oldest first, read as plain rows (no ORM objects:
+        a sweep reads thousands)."""
+        query = select(JobRow.__table__).where(*conditions).order_by(JobRow.created_at)
+        with self.engine.connect() as connection:
+            return [JobRecord.model_validate(row) for row in connection.execute(query)]
+
     def active(self, system: str | None = None) -> list[JobRecord]:
         """Submitted jobs that have not ended (QUEUING or RUNNING), oldest first."""
-        query = select(JobRow).where(
-            JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
-            JobRow.scheduler_job_id.is_not(None),
-        )
-        if system is not None:
-            query = query.where(JobRow.system == system)
-        with Session(self.engine) as session:
-            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+        return self._oldest_first(JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
+                                  JobRow.scheduler_job_id.is_not(None), *([JobRow.system == system] if system is not None else []))
 
     def unfinished(self) -> list[JobRecord]:
         """Every job that has not ended, submitted or not (QUEUED, QUEUING, RUNNING), oldest first."""
-        query = select(JobRow).where(JobRow.status.in_([status.value for status in ACTIVE_STATUSES]))
-        with Session(self.engine) as session:
-            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+        return self._oldest_first(JobRow.status.in_([status.value for status in ACTIVE_STATUSES]))
 
     def unsubmitted(self, system: str, created_before: datetime) -> list[JobRecord]:
         """QUEUED jobs with no scheduler id, recorded before `created_before`, oldest first: jobs
         whose submitter may have died between `sbatch` and recording its answer."""
-        query = select(JobRow).where(
-            JobRow.system == system, JobRow.status == JobStatus.QUEUED.value, JobRow.scheduler_job_id.is_(None),
-            JobRow.created_at < created_before,
-        )
-        with Session(self.engine) as session:
-            return [JobRecord.model_validate(row) for row in session.scalars(query.order_by(JobRow.created_at))]
+        return self._oldest_first(JobRow.system == system, JobRow.status == JobStatus.QUEUED.value,
+                                  JobRow.scheduler_job_id.is_(None), JobRow.created_at < created_before)
 
     def mark_submit_started(self, job_id: uuid.UUID, at: datetime) -> None:
         """Record that the job's submission begins: from now on a job of its name may exist."""
@@ -284,20 +279,31 @@ class JobStore:
         with self.engine.begin() as connection:
             return connection.execute(sa_delete(JobRow).where(JobRow.id.in_(job_ids))).rowcount
 
-    def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None) -> Transition:
+    def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None,
+                   current: JobRecord | None = None) -> Transition:
         """Move a job to `status` (or update it in place when it is already there).
 
         The change is a conditional UPDATE on the status read, so two trackers racing on the
         same job cannot both apply a move. A terminal job accepts no move, only added fields
-        (its result, its charge).
+        (its result, its charge). Only the fields that differ are written; when none does, nothing is.
+
+        Args:
+            job_id: The job.
+            status: Its status from now on.
+            update_fields: Fields to set with it.
+            current: The job as the caller last read it (a sweep's records): compared with
+                instead of reading the job first, so an unchanged job costs no statement at
+                all. The UPDATE is still conditional on its status; if another writer moved
+                it meanwhile, the job is read again and the call decides on what it finds.
 
         Raises:
             IllegalTransition: For a move the lifecycle forbids, e.g. COMPLETED -> RUNNING.
             JobNotFound: When no job has that id.
         """
-        fields = (update_fields or JobUpdate()).model_dump(exclude_none=True)
+        requested = (update_fields or JobUpdate()).model_dump(exclude_none=True)
         for _ in range(3):
-            current = self.get(job_id)
+            current = current if current is not None and current.id == job_id else self.get(job_id)
+            fields = requested
             if current.status == status and status.is_terminal:
                 fields = {name: value for name, value in fields.items() if getattr(current, name) is None}
             fields = {name: value for name, value in fields.items() if getattr(current, name) != value}  # write what changed
@@ -307,11 +313,13 @@ class JobStore:
                 raise IllegalTransition(f"job {job_id}: {current.status.value} -> {status.value} is not allowed")
             values = {**fields, "status": status.value, "updated_at": utcnow()}
             with self.engine.begin() as connection:
-                changed = connection.execute(
+                row = connection.execute(
                     update(JobRow)
                     .where(JobRow.id == current.id, JobRow.status == current.status.value)
                     .values(**values)
-                ).rowcount
-            if changed:
-                return Transition(record=self.get(job_id), previous=current.status)
+                    .returning(*JobRow.__table__.columns)
+                ).first()
+            if row is not None:
+                return Transition(record=JobRecord.model_validate(row), previous=current.status)
+            current = None
         raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")
