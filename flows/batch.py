@@ -1,24 +1,33 @@
-"""submit-batch: many jobs, a parallel limit, TACC's per-user queue limits, one poll per system."""
+"""submit-batch: many jobs packed into few allocations, a parallel limit, TACC's per-user queue
+limits, one poll per system."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from typing import Annotated
 
 from prefect import flow, get_run_logger, runtime
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from blocks.clusters import poll_floor_seconds
+from blocks.clusters import packed_placement, poll_floor_seconds
 from blocks.database import open_job_store
 from tacc_jobs.models import JobRecord, JobRequest, Plan, Priority
 from tacc_jobs.planning.catalog import find_queue
+from tacc_jobs.planning.packing import Allocation, Strategy
+from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.store import DatasetStaging, JobStore
-from tasks.planning import plan_job_request
+from tasks.planning import plan_job_request, plan_request_batch
 from tasks.staging import stage_dataset_to_scratch
-from tasks.submission import end_unsubmitted_job, record_new_job, submit_to_scheduler
+from tasks.submission import (
+    end_unsubmitted_job,
+    record_new_job,
+    submit_packed_allocation,
+    submit_to_scheduler,
+)
 from tasks.tracking import sweep_system
 
 
@@ -27,20 +36,65 @@ def batch_run_name() -> str:
     return f"submit-batch/{len(runtime.flow_run.parameters.get('requests', []))}-jobs"
 
 
-def has_slot(store: JobStore, record: JobRecord, launching: list[JobRecord]) -> bool:
-    """Whether the user may have one more job in the record's queue (TACC's max jobs per user)."""
-    spec = find_queue(record.system, record.queue)
-    limit = spec.max_jobs_per_user if spec else 1
-    same = sum(1 for other in launching if (other.user_id, other.system, other.queue) == (record.user_id, record.system, record.queue))
-    return store.active_count(record.user_id, record.system, record.queue) + same < limit
+class Submission(BaseModel):
+    """One Slurm job of the batch: a packed allocation of several records, or one record alone."""
+
+    members: list[int] = Field(description="Indexes of its records in the batch")
+    allocation_name: str | None = None
+    sbatch_args: list[str] = Field(default_factory=list, description="A packed allocation's sbatch options")
+
+
+def has_slot(store: JobStore, records: list[JobRecord], launching: list[JobRecord]) -> bool:
+    """Whether each user of a submission may have one more Slurm job in its queue (TACC's max
+    jobs per user): a packed allocation counts once, however many records it runs."""
+    for record in records:
+        spec = find_queue(record.system, record.queue)
+        limit = spec.max_jobs_per_user if spec else 1
+        same = sum(1 for other in launching if (other.user_id, other.system, other.queue) == (record.user_id, record.system, record.queue))
+        if store.active_submissions(record.user_id, record.system, record.queue) + same >= limit:
+            return False
+    return True
+
+
+def one_per_request_reason(allocation: Allocation) -> str | None:
+    """Why a planned allocation of several requests is submitted one job per request; None when it is not."""
+    if allocation.strategy is Strategy.ARRAY:
+        return "job arrays are planned but not submitted yet"
+    if allocation.strategy is Strategy.PACKED and packed_placement(allocation.system) is None:
+        return f"{allocation.system} goes through Tapis, which runs one app per job: packed allocations need Slurm"
+    return None
+
+
+def batch_submissions(store: JobStore, records: list[JobRecord], allocations: list[Allocation]) -> list[Submission]:
+    """The batch's Slurm jobs, high priority first: each packed allocation with its members
+    recorded as such (its name shared), every other request alone."""
+    logger = get_run_logger()
+    submissions = []
+    for number, allocation in enumerate(allocations, start=1):
+        reason = one_per_request_reason(allocation)
+        if allocation.strategy is Strategy.PACKED and reason is None:
+            name = scheduler_job_name(uuid.uuid4())
+            store.assign_allocation([records[index].id for index in allocation.requests], name, allocation.nodes)
+            submissions.append(Submission(members=allocation.requests, allocation_name=name, sbatch_args=allocation.sbatch_args))
+            logger.info("Allocation %d: %s packs %d requests onto %d node(s) of %s", number, name, len(allocation.requests),
+                        allocation.nodes, allocation.queue)
+            continue
+        if reason is not None:
+            logger.info("Allocation %d (%s, %d requests) goes one job per request: %s", number, allocation.strategy.value,
+                        len(allocation.requests), reason)
+        submissions += [Submission(members=[index]) for index in allocation.requests]
+    return sorted(submissions, key=lambda submission: min(submission.members))
 
 
 @flow(name="submit-batch", flow_run_name=batch_run_name)
 def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Field(ge=1, le=64)] = 2, wait: bool = True) -> list[JobRecord]:
     """Submit many jobs: all planned first (a refusal stops the batch before anything is written),
-    recorded QUEUED, then staged and submitted `parallel_limit` at a time, high priority first.
-    A user never has more jobs in a queue than TACC allows: the excess waits in QUEUED. The
-    batch is polled together: one scheduler call per system and cycle.
+    recorded QUEUED, packed as the batch planner packs them (requests of one system, queue,
+    agent and account share whole nodes in one allocation, each on its own GPUs, each keeping
+    its record), then staged and submitted `parallel_limit` Slurm jobs at a time, high priority
+    first. A user never has more Slurm jobs in a queue than TACC allows (an allocation counts
+    once): the excess waits in QUEUED. The batch is polled together: one scheduler call per
+    system and cycle.
 
     Example:
         ```python
@@ -56,31 +110,44 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     for request in ordered:
         plans.append(plan_job_request(request, su_planned=planned_su[request.user_id]))
         planned_su[request.user_id] += plans[-1].estimated_su
+    batch_plan = plan_request_batch(ordered)
     record_each = record_new_job.with_options(cache_policy=NO_CACHE)  # two equal requests are two jobs
     records = [record_each(request, plan) for request, plan in zip(ordered, plans)]
-    pending = list(zip(records, ordered, plans))
+    pending = batch_submissions(store, records, batch_plan.allocations)
+    records = [store.get(record.id) for record in records]  # with their allocation names
     systems = sorted({record.system for record in records})
     interval = max(poll_floor_seconds(system) for system in systems)
     while True:
         for system in systems:
             sweep_system(system, return_state=True)  # a failed sweep is retried next cycle; it fails nothing
-        launching: list[tuple[JobRecord, PrefectFuture[DatasetStaging], PrefectFuture[JobRecord]]] = []
-        for record, request, plan in list(pending):
+        launching: list[tuple[Submission, list[PrefectFuture[DatasetStaging]], PrefectFuture[object]]] = []
+        for submission in list(pending):
             if len(launching) == parallel_limit:
                 break
-            if has_slot(store, record, [item[0] for item in launching]):
-                staged = stage_dataset_to_scratch.submit(record.dataset_id, record.system, record.priority)
-                launching.append((record, staged, submit_to_scheduler.submit(record, request, plan, wait_for=[staged])))
-                pending.remove((record, request, plan))
-        for record, staged, future in launching:
+            members = [records[index] for index in submission.members]
+            if not has_slot(store, members, [records[item[0].members[0]] for item in launching]):
+                continue
+            staged = [stage_dataset_to_scratch.submit(dataset_id, members[0].system, members[0].priority)
+                      for dataset_id in sorted({record.dataset_id for record in members})]
+            if submission.allocation_name is None:
+                index = submission.members[0]
+                future = submit_to_scheduler.submit(records[index], ordered[index], plans[index], wait_for=staged)
+            else:
+                future = submit_packed_allocation.submit(submission.allocation_name, members, [ordered[i] for i in submission.members],
+                                                         submission.sbatch_args, wait_for=staged)
+            launching.append((submission, staged, future))
+            pending.remove(submission)
+        for submission, staged, future in launching:
             try:
                 future.result()
-            except Exception as error:  # one job's failure does not stop the batch
-                end_unsubmitted_job(record, error, sbatch_attempted=staged.state.is_completed())
-                logger.warning("Job %s of the batch was not submitted: %s", record.id, error)
+            except Exception as error:  # one submission's failure does not stop the batch
+                for index in submission.members:
+                    end_unsubmitted_job(records[index], error, sbatch_attempted=all(stage.state.is_completed() for stage in staged))
+                logger.warning("%s of the batch was not submitted: %s",
+                               submission.allocation_name or f"Job {records[submission.members[0]].id}", error)
         current = [store.get(record.id) for record in records]
         if not pending and (not wait or all(record.status.is_terminal for record in current)):
             return current
         if pending and not launching:
-            logger.info("%d job(s) wait in QUEUED for a free per-user slot", len(pending))
+            logger.info("%d Slurm job(s) wait in QUEUED for a free per-user slot", len(pending))
         time.sleep(interval)

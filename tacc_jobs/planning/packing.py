@@ -190,6 +190,8 @@ def _group_allocations(
                    placements: list[Placement]) -> Allocation:
         tasks = len(requests) if strategy is Strategy.ARRAY else 1
         arguments = sbatch_arguments(spec, nodes, wall, account)
+        if strategy is Strategy.PACKED:  # one task per GPU: the members' srun steps run side by side
+            arguments[arguments.index("--ntasks-per-node") + 1] = str(spec.gpus_per_node)
         if strategy is Strategy.ARRAY:
             arguments += ["--array", f"0-{tasks - 1}%{spec.max_jobs_per_user}"]
         return Allocation(

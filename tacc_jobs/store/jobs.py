@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, Select, func, select, update
+from sqlalchemy import Engine, Select, case, func, select, update
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.orm import Session
 
@@ -43,6 +44,7 @@ class JobUpdate(BaseModel):
     result: dict[str, Any] | None = None
     notes: str | None = None
     charged_su: float | None = None
+    gpu_seconds: float | None = None
     attempt: int | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -315,3 +317,72 @@ class JobStore:
             if changed:
                 return Transition(record=self.get(job_id), previous=current.status)
         raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")
+
+    def assign_allocation(self, job_ids: Sequence[uuid.UUID], name: str, nodes: int) -> None:
+        """Make unsubmitted jobs the members of one packed allocation (its Slurm job name and whole nodes)."""
+        with self.engine.begin() as connection:
+            connection.execute(update(JobRow).where(JobRow.id.in_(list(job_ids)), JobRow.scheduler_job_id.is_(None))
+                               .values(allocation_name=name, allocation_nodes=nodes, updated_at=utcnow()))
+
+    def allocation_members(self, name: str) -> list[JobRecord]:
+        """Every member of a packed allocation, oldest first."""
+        query = select(JobRow).where(JobRow.allocation_name == name).order_by(JobRow.created_at, JobRow.id)
+        with Session(self.engine) as session:
+            return [JobRecord.model_validate(row) for row in session.scalars(query)]
+
+    def mark_allocation_submit_started(self, name: str, at: datetime) -> None:
+        """Record, for every member at once, that the allocation's submission begins."""
+        with self.engine.begin() as connection:
+            connection.execute(update(JobRow).where(JobRow.allocation_name == name, JobRow.submit_started_at.is_(None))
+                               .values(submit_started_at=at))
+
+    def record_allocation_submitted(self, name: str, scheduler_job_id: str, work_dirs: Mapping[uuid.UUID, str]) -> list[Transition]:
+        """In one transaction, every member still QUEUED gets the allocation's scheduler id and its
+        own work directory and moves to QUEUING; members that ended meanwhile (a cancel) are left.
+
+        Returns:
+            One transition per member, in `allocation_members` order.
+        """
+        before = {record.id: record.status for record in self.allocation_members(name)}
+        now = utcnow()
+        with self.engine.begin() as connection:
+            for job_id, work_dir in work_dirs.items():
+                connection.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.allocation_name == name, JobRow.status == JobStatus.QUEUED.value)
+                    .values(status=JobStatus.QUEUING.value, scheduler_job_id=scheduler_job_id, work_dir=work_dir, updated_at=now)
+                )
+        return [Transition(record=record, previous=before.get(record.id, record.status)) for record in self.allocation_members(name)]
+
+    def set_member_charges(self, charges: Mapping[uuid.UUID, tuple[float, float]]) -> None:
+        """Store each ended member's GPU-seconds and its share of the allocation's SUs, in one transaction."""
+        with self.engine.begin() as connection:
+            for job_id, (gpu_seconds, charged) in charges.items():
+                connection.execute(update(JobRow).where(JobRow.id == job_id)
+                                   .values(gpu_seconds=gpu_seconds, charged_su=charged, updated_at=utcnow()))
+
+    def uncharged_allocations(self, system: str, ended_after: datetime) -> dict[str, str]:
+        """Allocation name -> scheduler id of the submitted packed allocations whose members have
+        all ended (the last since `ended_after`) and are not charged yet: their charge waits for
+        the allocation's end."""
+        active = [status.value for status in ACTIVE_STATUSES]
+        query = (
+            select(JobRow.allocation_name, func.max(JobRow.scheduler_job_id))
+            .where(JobRow.system == system, JobRow.allocation_name.is_not(None))
+            .group_by(JobRow.allocation_name)
+            .having(func.sum(case((JobRow.status.in_(active), 1), else_=0)) == 0,
+                    func.sum(case((JobRow.charged_su.is_(None), 1), else_=0)) > 0,
+                    func.count(JobRow.scheduler_job_id) > 0,
+                    func.max(JobRow.completed_at) >= ended_after)
+        )
+        with Session(self.engine) as session:
+            return {name: job_id for name, job_id in session.execute(query)}
+
+    def active_submissions(self, user_id: str, system: str, queue: str) -> int:
+        """How many Slurm jobs the user has in a queue now: a packed allocation counts once,
+        however many members it runs (TACC's per-user cap counts jobs)."""
+        query = select(JobRow.id, JobRow.allocation_name).where(
+            JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
+            JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))
+        with Session(self.engine) as session:
+            return len({name or job_id for job_id, name in session.execute(query)})
