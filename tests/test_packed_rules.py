@@ -23,7 +23,13 @@ from tacc_jobs.schedulers.job_script import (
 )
 from tacc_jobs.schedulers.packed_script import PackedMember, render_allocation
 from tacc_jobs.store import JobStore, JobUpdate, migrate
-from tacc_jobs.tracking import PILE_REASON, JobObservation, member_observation
+from tacc_jobs.tracking import (
+    PILE_REASON,
+    JobObservation,
+    TrackingPolicy,
+    member_observation,
+    record_observation,
+)
 
 START = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -159,3 +165,24 @@ def test_the_allocation_script_runs_the_launcher_on_a_manifest_of_member_scripts
         assert script.startswith("#!/bin/bash\n") and "#SBATCH" not in script
         assert f"export TACC_DATASET_DIR=/scratch/u/datasets/{member.record.dataset_id}" in script
         assert json.dumps({"rfi_strategy": "medium"}) in script
+
+
+def test_a_requeued_allocation_is_one_more_attempt_for_its_running_members_and_charges_wait(store: JobStore) -> None:
+    running, waiting = create(store), create(store)
+    name = scheduler_job_name(uuid.uuid4())
+    store.assign_allocation([running.id, waiting.id], name, 1)
+    store.record_allocation_submitted(name, "90", {running.id: "/s/a", waiting.id: "/s/b"})
+    policy = TrackingPolicy()
+    first = member_observation(allocation("RUNNING", JobStatus.RUNNING), RUNNING_MEMBER)
+    record_observation(store, store.get(running.id), first, policy)
+    record_observation(store, store.get(waiting.id), member_observation(allocation("RUNNING", JobStatus.RUNNING), None), policy)
+    assert (store.get(running.id).status, store.get(waiting.id).status) == (JobStatus.RUNNING, JobStatus.QUEUING)
+    requeued = allocation("PENDING", JobStatus.QUEUING, "BeginTime")
+    for record in (running, waiting):
+        record_observation(store, store.get(record.id), member_observation(requeued, RUNNING_MEMBER if record is running else None), policy)
+    assert (store.get(running.id).attempt, store.get(running.id).status) == (2, JobStatus.QUEUING)
+    assert store.get(waiting.id).attempt == 1, "a member that never started has used no attempt"
+    done = member_observation(allocation("RUNNING", JobStatus.RUNNING), ended("COMPLETED"))
+    final = record_observation(store, store.get(running.id), done, policy).record
+    assert (final.status, final.gpu_seconds, final.charged_su) == (JobStatus.COMPLETED, 600.0, None), "charged when the allocation ends"
+    assert final.completed_at == START + timedelta(minutes=11)
