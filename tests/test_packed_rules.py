@@ -6,28 +6,34 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
+from tacc_jobs.exceptions import PermanentSchedulerError
 from tacc_jobs.launcher import Manifest, MemberStatus
 from tacc_jobs.models import JobRecord, JobStatus, parse_request
 from tacc_jobs.planning.charges import split_charge
 from tacc_jobs.planning.planner import PlanningContext, plan_request
-from tacc_jobs.schedulers import SchedulerJobState
+from tacc_jobs.schedulers import JobSubmission, SchedulerJobState
 from tacc_jobs.schedulers.job_script import (
     AgentRuntime,
+    JobPaths,
     allocation_dir,
     record_job_name,
     scheduler_job_name,
 )
+from tacc_jobs.schedulers.local import LocalScheduler
 from tacc_jobs.schedulers.packed_script import PackedMember, render_allocation
 from tacc_jobs.store import JobStore, JobUpdate, migrate
 from tacc_jobs.tracking import (
+    NEVER_SUBMITTED_REASON,
     PILE_REASON,
     JobObservation,
     TrackingPolicy,
     member_observation,
+    reconcile_unsubmitted,
     record_observation,
 )
 
@@ -186,3 +192,41 @@ def test_a_requeued_allocation_is_one_more_attempt_for_its_running_members_and_c
     final = record_observation(store, store.get(running.id), done, policy).record
     assert (final.status, final.gpu_seconds, final.charged_su) == (JobStatus.COMPLETED, 600.0, None), "charged when the allocation ends"
     assert final.completed_at == START + timedelta(minutes=11)
+
+
+def packed_unsubmitted(store: JobStore, cluster: LocalScheduler, count: int = 3) -> tuple[list[JobRecord], JobSubmission]:
+    """Members recorded QUEUED, their allocation's submission begun (as submit_packed_allocation does before sbatch)."""
+    members = []
+    for _ in range(count):
+        job = parse_request({"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 1, "max_runtime": "00:01:00",
+                             "user_id": "jdoe", "system": "local", "queue": "local-gpu"})
+        members.append(PackedMember(record=store.create(job, plan_request(job, PlanningContext()), flow_run_id=uuid.uuid4()), request=job))
+    name = scheduler_job_name(uuid.uuid4())
+    store.assign_allocation([member.record.id for member in members], name, 1)
+    store.mark_allocation_submit_started(name, datetime.now(timezone.utc))
+    args = ["-p", "local-gpu", "-N", "1", "--ntasks-per-node", "4", "-t", "00:01:00"]
+    submission = render_allocation(name, members, args, 4, cluster.scratch_root, AgentRuntime(agent_home="/nowhere"), "local")
+    return store.allocation_members(name), submission
+
+
+def test_members_whose_allocation_was_submitted_but_never_recorded_are_adopted_by_its_name_once(store: JobStore, tmp_path) -> None:
+    cluster = LocalScheduler(tmp_path / "cluster")
+    members, submission = packed_unsubmitted(store, cluster)
+    job_id = cluster.submit(submission)  # the submitter died before recording the answer
+    transitions = reconcile_unsubmitted(store, cluster, members, TrackingPolicy(), lambda _: False, timedelta(days=1))
+    assert len(transitions) == 3, "each member adopted once, and only QUEUING: its own state comes from its status file"
+    adopted = store.allocation_members(submission.name)
+    assert {(record.scheduler_job_id, record.status) for record in adopted} == {(job_id, JobStatus.QUEUING)}
+    assert [record.work_dir for record in adopted] == [JobPaths.for_job(cluster.scratch_root, record.id, record.dataset_id).work_dir
+                                                        for record in adopted]
+    assert cluster.submit(submission) == job_id, "a late retry adopts the same allocation"
+
+
+def test_members_of_an_allocation_that_never_reached_the_cluster_end_fenced(store: JobStore, tmp_path) -> None:
+    cluster = LocalScheduler(tmp_path / "cluster")
+    members, submission = packed_unsubmitted(store, cluster)
+    transitions = reconcile_unsubmitted(store, cluster, members, TrackingPolicy(), lambda _: True, timedelta(days=1))
+    assert [(t.record.status, t.record.reason) for t in transitions] == [(JobStatus.FAILED, NEVER_SUBMITTED_REASON)] * 3
+    with pytest.raises(PermanentSchedulerError, match="abandoned"):
+        cluster.submit(submission)
+    assert cluster.find([submission.name], START) == {} and not (Path(submission.work_dir) / "manifest.json").exists()

@@ -21,6 +21,7 @@ from tacc_jobs.models import (
     Page,
     Plan,
 )
+from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.store.tables import JobRow
 from tacc_jobs.walltime import utcnow
 
@@ -234,11 +235,6 @@ class JobStore:
                 JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
                 JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))) or 0
 
-    def agents(self, system: str) -> dict[uuid.UUID, str]:
-        """Job id -> agent of every job on a system (accounting names models after agents)."""
-        with Session(self.engine) as session:
-            return dict(session.execute(select(JobRow.id, JobRow.agent).where(JobRow.system == system)).all())
-
     def past_runtimes_minutes(self, user_id: str, agent: str, limit: int = 20) -> list[float]:
         """Runtimes of the user's most recent completed runs of `agent`."""
         query = (
@@ -386,3 +382,10 @@ class JobStore:
             JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))
         with Session(self.engine) as session:
             return len({name or job_id for job_id, name in session.execute(query)})
+
+    def agents_by_job_name(self, system: str) -> dict[str, str]:
+        """Slurm job name -> agent of every job on a system, a packed allocation under its own
+        name (accounting sees the allocation, and names models after agents)."""
+        query = select(JobRow.id, JobRow.allocation_name, JobRow.agent).where(JobRow.system == system)
+        with Session(self.engine) as session:
+            return {name or scheduler_job_name(job_id): agent for job_id, name, agent in session.execute(query)}
