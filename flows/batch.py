@@ -46,7 +46,13 @@ class Submission(BaseModel):
 
 def has_slot(store: JobStore, records: list[JobRecord], launching: list[JobRecord]) -> bool:
     """Whether each user of a submission may have one more Slurm job in its queue (TACC's max
-    jobs per user): a packed allocation counts once, however many records it runs."""
+    jobs per user): a packed allocation counts once, however many records it runs.
+
+    Example:
+        ```python
+        has_slot(store, [records[0]], launching=[])  # True
+        ```
+    """
     for record in records:
         spec = find_queue(record.system, record.queue)
         limit = spec.max_jobs_per_user if spec else 1
@@ -57,7 +63,13 @@ def has_slot(store: JobStore, records: list[JobRecord], launching: list[JobRecor
 
 
 def one_per_request_reason(allocation: Allocation) -> str | None:
-    """Why a planned allocation of several requests is submitted one job per request; None when it is not."""
+    """Why a planned allocation of several requests is submitted one job per request; None when it is not.
+
+    Example:
+        ```python
+        one_per_request_reason(plan.allocations[0])  # "job arrays are planned but not submitted yet"
+        ```
+    """
     if allocation.strategy is Strategy.ARRAY:
         return "job arrays are planned but not submitted yet"
     if allocation.strategy is Strategy.PACKED and packed_placement(allocation.system) is None:
@@ -67,7 +79,13 @@ def one_per_request_reason(allocation: Allocation) -> str | None:
 
 def batch_submissions(store: JobStore, records: list[JobRecord], allocations: list[Allocation]) -> list[Submission]:
     """The batch's Slurm jobs, high priority first: each packed allocation with its members
-    recorded as such (its name shared), every other request alone."""
+    recorded as such (its name shared), every other request alone.
+
+    Example:
+        ```python
+        batch_submissions(store, records, plan_request_batch(requests).allocations)[0].allocation_name  # "tacc-5f0e..."
+        ```
+    """
     logger = get_run_logger()
     submissions = []
     for number, allocation in enumerate(allocations, start=1):

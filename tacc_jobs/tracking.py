@@ -50,7 +50,12 @@ class TrackedJob(BaseModel):
 
 
 def member_status_path(work_dir: str) -> str:
-    """A packed member's status file in its work directory."""
+    """A packed member's status file in its work directory.
+
+    Example:
+        >>> member_status_path("/s/jobs/1")
+        '/s/jobs/1/output/status.json'
+    """
     return posixpath.join(work_dir, STATUS_FILE)
 
 
@@ -361,7 +366,13 @@ def _result_dict(text: str) -> dict[str, object] | None:
 def read_job_result(scheduler: Scheduler, record: JobRecord) -> dict[str, object] | None:
     """A submitted job's result, in one read: the agent's result JSON, and for a packed member
     where it ran too (`allocation`: the allocation's name, the node, the GPU ids it saw, its
-    GPU-seconds, from its status file)."""
+    GPU-seconds, from its status file).
+
+    Example:
+        ```python
+        read_job_result(scheduler, record)["allocation"]["gpus"]  # [2]
+        ```
+    """
     if record.work_dir is None:
         return None
     result_path = JobPaths.for_work_dir(record.work_dir).result
@@ -389,6 +400,11 @@ def charge_ended_allocations(store: JobStore, scheduler: Scheduler, system: str,
 
     Returns:
         The members of each allocation charged now, by allocation name.
+
+    Example:
+        ```python
+        charge_ended_allocations(store, scheduler, "ls6", [observation.allocation])  # {"tacc-5f0e...": [member, ...]}
+        ```
     """
     now = now or utcnow()
     states = {state.name: state for state in observed if state.name}

@@ -25,7 +25,6 @@ from tacc_jobs.schedulers.job_script import (
     job_environment,
     record_job_name,
     render_job_script,
-    scheduler_job_name,
     submission_dir,
 )
 from tacc_jobs.schedulers.packed_script import PackedMember, render_allocation
@@ -62,7 +61,7 @@ def batch_job_for(record: JobRecord, request: JobRequest | None = None, plan: Pl
     return BatchJob(
         system=record.system,
         submission=JobSubmission(
-            name=scheduler_job_name(record.id),
+            name=record_job_name(record),
             script=script,
             work_dir=paths.work_dir,
             stdout_path=paths.stdout,

@@ -91,8 +91,9 @@ def test_a_packed_batch_runs_side_by_side_in_one_allocation(webhook: Webhook) ->
     expected = charge_su(find_queue("local", "local-gpu"), 2, final.end - final.start)
     assert round(sum(record.charged_su for record in records), 4) == expected
     assert all(record.gpu_seconds > 0 for record in records[:5])
-    busiest = max(records, key=lambda record: record.gpu_seconds)
-    assert busiest.charged_su == max(record.charged_su for record in records), "charged in proportion to GPU-seconds"
+    used = sum(record.gpu_seconds for record in records)
+    assert all(abs(record.charged_su - expected * record.gpu_seconds / used) <= 0.0004 for record in records), \
+        "charged in proportion to GPU-seconds"
     assert sorted(post["id"] for post in webhook.received) == sorted(str(record.id) for record in records)
     assert {post["status"] for post in webhook.received} == {"COMPLETED", "FAILED", "CANCELLED"}
     manifest = json.loads((Path(allocation_dir(cluster.scratch_root, records[0].allocation_name)) / "manifest.json").read_text())
