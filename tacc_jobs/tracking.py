@@ -206,8 +206,8 @@ def member_observation(allocation: JobObservation, member: MemberStatus | None) 
     observed = allocation.model_copy(update={"allocation": allocation.state, "member": member})
     if member is not None and member.is_final:
         status, reason = map_slurm_state(member.state, None if member.exit_code is None else f"{member.exit_code}:0")
-        state = (allocation.state or SchedulerJobState(job_id=allocation.scheduler_job_id, state=member.state)).model_copy(
-            update={"start": member.start, "end": member.end})
+        state = _with_times(allocation.state or SchedulerJobState(job_id=allocation.scheduler_job_id, state=member.state),
+                            member.start, member.end)
         return observed.model_copy(update={"status": status, "reason": reason, "state": state})
     if allocation.status is None or allocation.state is None:
         return observed
@@ -215,13 +215,18 @@ def member_observation(allocation: JobObservation, member: MemberStatus | None) 
         status, reason = allocation.status, allocation.reason
         if status is JobStatus.COMPLETED:
             status, reason = JobStatus.FAILED, "its allocation ended before it reported an end"
-        state = allocation.state.model_copy(update={"start": member.start if member else None})
+        state = _with_times(allocation.state, member.start if member else None, allocation.state.end)
         return observed.model_copy(update={"status": status, "reason": reason, "state": state})
     if allocation.status is JobStatus.RUNNING and member is not None and member.state == "RUNNING":
-        return observed.model_copy(update={"state": allocation.state.model_copy(update={"start": member.start, "end": None})})
+        return observed.model_copy(update={"state": _with_times(allocation.state, member.start, None)})
     reason = PILE_REASON if allocation.status is JobStatus.RUNNING else allocation.reason
     return observed.model_copy(update={"status": JobStatus.QUEUING, "reason": reason,
-                                       "state": allocation.state.model_copy(update={"start": None, "end": None})})
+                                       "state": _with_times(allocation.state, None, None)})
+
+
+def _with_times(state: SchedulerJobState, start: object, end: object) -> SchedulerJobState:
+    """The allocation's state with a member's own start and end (validated: ISO text becomes a time)."""
+    return SchedulerJobState.model_validate({**state.model_dump(), "start": start, "end": end})
 
 
 def charged_su(record: JobRecord, start: datetime | None, end: datetime | None) -> float | None:

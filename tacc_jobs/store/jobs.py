@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, Select, case, func, select, update
+from sqlalchemy import Engine, Select, case, func, or_, select, update
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.orm import Session
 
@@ -364,7 +364,8 @@ class JobStore:
         active = [status.value for status in ACTIVE_STATUSES]
         query = (
             select(JobRow.allocation_name, func.max(JobRow.scheduler_job_id))
-            .where(JobRow.system == system, JobRow.allocation_name.is_not(None))
+            .where(JobRow.system == system, JobRow.allocation_name.is_not(None),
+                   or_(JobRow.completed_at >= ended_after, JobRow.status.in_(active)))  # recent allocations only
             .group_by(JobRow.allocation_name)
             .having(func.sum(case((JobRow.status.in_(active), 1), else_=0)) == 0,
                     func.sum(case((JobRow.charged_su.is_(None), 1), else_=0)) > 0,
