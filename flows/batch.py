@@ -44,6 +44,22 @@ class Submission(BaseModel):
     sbatch_args: list[str] = Field(default_factory=list, description="A packed allocation's sbatch options")
 
 
+CHARGE_WAIT_SECONDS = 60.0
+"""After its last record ended, a waiting batch sweeps this long (or 4 polls) for its allocations' charges."""
+
+
+def awaiting_charge(records: list[JobRecord]) -> bool:
+    """Whether a submitted packed member of the batch has no charge yet (its allocation's end is
+    charged by the sweep that sees it).
+
+    Example:
+        ```python
+        awaiting_charge(records)  # False once every allocation's SUs are split
+        ```
+    """
+    return any(record.packed and record.scheduler_job_id is not None and record.charged_su is None for record in records)
+
+
 def has_slot(store: JobStore, records: list[JobRecord], launching: list[JobRecord]) -> bool:
     """Whether each user of a submission may have one more Slurm job in its queue (TACC's max
     jobs per user): a packed allocation counts once, however many records it runs.
@@ -112,7 +128,8 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     its record), then staged and submitted `parallel_limit` Slurm jobs at a time, high priority
     first. A user never has more Slurm jobs in a queue than TACC allows (an allocation counts
     once): the excess waits in QUEUED. The batch is polled together: one scheduler call per
-    system and cycle.
+    system and cycle. A waiting batch returns once every record has ended and its allocations'
+    charges are split (or `CHARGE_WAIT_SECONDS` later, for an allocation the scheduler lost).
 
     Example:
         ```python
@@ -135,6 +152,7 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     records = [store.get(record.id) for record in records]  # with their allocation names
     systems = sorted({record.system for record in records})
     interval = max(poll_floor_seconds(system) for system in systems)
+    settle_by: float | None = None
     while True:
         for system in systems:
             sweep_system(system, return_state=True)  # a failed sweep is retried next cycle; it fails nothing
@@ -165,7 +183,9 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
                                submission.allocation_name or f"Job {records[submission.members[0]].id}", error)
         current = [store.get(record.id) for record in records]
         if not pending and (not wait or all(record.status.is_terminal for record in current)):
-            return current
+            settle_by = settle_by or time.monotonic() + max(CHARGE_WAIT_SECONDS, 4 * interval)
+            if not wait or not awaiting_charge(current) or time.monotonic() >= settle_by:
+                return current
         if pending and not launching:
             logger.info("%d Slurm job(s) wait in QUEUED for a free per-user slot", len(pending))
         time.sleep(interval)
