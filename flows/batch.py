@@ -17,6 +17,7 @@ from blocks.clusters import packed_placement, poll_floor_seconds
 from blocks.database import open_job_store
 from tacc_jobs.models import JobRecord, JobRequest, Plan, Priority
 from tacc_jobs.planning.catalog import find_queue
+from tacc_jobs.planning.charges import split_charge
 from tacc_jobs.planning.packing import Allocation, Strategy
 from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.store import DatasetStaging, JobStore
@@ -93,13 +94,14 @@ def one_per_request_reason(allocation: Allocation) -> str | None:
     return None
 
 
-def batch_submissions(store: JobStore, records: list[JobRecord], allocations: list[Allocation]) -> list[Submission]:
+def batch_submissions(store: JobStore, records: list[JobRecord], requests: list[JobRequest], allocations: list[Allocation]) -> list[Submission]:
     """The batch's Slurm jobs, high priority first: each packed allocation with its members
-    recorded as such (its name shared), every other request alone.
+    recorded as such (its name shared, each estimated at its share of the allocation's SUs, by
+    the GPU-seconds it asks for), every other request alone.
 
     Example:
         ```python
-        batch_submissions(store, records, plan_request_batch(requests).allocations)[0].allocation_name  # "tacc-5f0e..."
+        batch_submissions(store, records, requests, plan_request_batch(requests).allocations)[0].allocation_name  # "tacc-5f0e..."
         ```
     """
     logger = get_run_logger()
@@ -108,7 +110,9 @@ def batch_submissions(store: JobStore, records: list[JobRecord], allocations: li
         reason = one_per_request_reason(allocation)
         if allocation.strategy is Strategy.PACKED and reason is None:
             name = scheduler_job_name(uuid.uuid4())
-            store.assign_allocation([records[index].id for index in allocation.requests], name, allocation.nodes)
+            gpu_seconds = [requests[index].gpu_count * requests[index].max_runtime.total_seconds() for index in allocation.requests]
+            shares = split_charge(allocation.su, gpu_seconds)
+            store.assign_allocation({records[index].id: share for index, share in zip(allocation.requests, shares)}, name, allocation.nodes)
             submissions.append(Submission(members=allocation.requests, allocation_name=name, sbatch_args=allocation.sbatch_args))
             logger.info("Allocation %d: %s packs %d requests onto %d node(s) of %s", number, name, len(allocation.requests),
                         allocation.nodes, allocation.queue)
@@ -148,7 +152,7 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     batch_plan = plan_request_batch(ordered)
     record_each = record_new_job.with_options(cache_policy=NO_CACHE)  # two equal requests are two jobs
     records = [record_each(request, plan) for request, plan in zip(ordered, plans)]
-    pending = batch_submissions(store, records, batch_plan.allocations)
+    pending = batch_submissions(store, records, ordered, batch_plan.allocations)
     records = [store.get(record.id) for record in records]  # with their allocation names
     systems = sorted({record.system for record in records})
     interval = max(poll_floor_seconds(system) for system in systems)

@@ -50,6 +50,7 @@ def test_a_packed_batch_runs_side_by_side_in_one_allocation(webhook: Webhook) ->
     assert len({record.allocation_name for record in submitted}) == 1 and submitted[0].allocation_name
     assert len({record.scheduler_job_id for record in submitted}) == 1, "one scheduler job, six records"
     assert all(record.allocation_nodes == 2 for record in submitted), "6 one-GPU requests on 4-GPU nodes: 2 nodes"
+    assert round(sum(record.estimated_su for record in submitted), 4) == 2 * 0.5, "the allocation's estimate, shared"
     long = submitted[5]
     store = open_job_store()
     wait_until(lambda: sweep_system("local") and store.get(long.id).status is JobStatus.RUNNING, timeout=60, interval=0.5)

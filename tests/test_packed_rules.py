@@ -110,8 +110,9 @@ def test_members_share_one_allocation_name_and_are_submitted_in_one_transaction(
     members = [create(store) for _ in range(3)]
     alone = create(store)
     name = scheduler_job_name(uuid.uuid4())
-    store.assign_allocation([member.id for member in members], name, 1)
+    store.assign_allocation({member.id: 1.0 for member in members}, name, 1)
     records = store.allocation_members(name)
+    assert [record.estimated_su for record in records] == [1.0] * 3
     assert [record.id for record in records] == [member.id for member in members]
     assert all(record_job_name(record) == name and record.allocation_nodes == 1 for record in records)
     assert record_job_name(store.get(alone.id)) == scheduler_job_name(alone.id)
@@ -131,7 +132,7 @@ def test_members_share_one_allocation_name_and_are_submitted_in_one_transaction(
 def test_an_allocation_waits_for_its_charge_until_every_member_ended(store: JobStore) -> None:
     members = [create(store) for _ in range(2)]
     name = scheduler_job_name(uuid.uuid4())
-    store.assign_allocation([member.id for member in members], name, 1)
+    store.assign_allocation({member.id: 2.0 for member in members}, name, 1)
     store.record_allocation_submitted(name, "77", {member.id: f"/s/{member.id}" for member in members})
     now = datetime.now(timezone.utc)
     store.transition(members[0].id, JobStatus.COMPLETED, JobUpdate(completed_at=now))
@@ -176,7 +177,7 @@ def test_the_allocation_script_runs_the_launcher_on_a_manifest_of_member_scripts
 def test_a_requeued_allocation_is_one_more_attempt_for_its_running_members_and_charges_wait(store: JobStore) -> None:
     running, waiting = create(store), create(store)
     name = scheduler_job_name(uuid.uuid4())
-    store.assign_allocation([running.id, waiting.id], name, 1)
+    store.assign_allocation({running.id: 2.0, waiting.id: 2.0}, name, 1)
     store.record_allocation_submitted(name, "90", {running.id: "/s/a", waiting.id: "/s/b"})
     policy = TrackingPolicy()
     first = member_observation(allocation("RUNNING", JobStatus.RUNNING), RUNNING_MEMBER)
@@ -202,7 +203,7 @@ def packed_unsubmitted(store: JobStore, cluster: LocalScheduler, count: int = 3)
                              "user_id": "jdoe", "system": "local", "queue": "local-gpu"})
         members.append(PackedMember(record=store.create(job, plan_request(job, PlanningContext()), flow_run_id=uuid.uuid4()), request=job))
     name = scheduler_job_name(uuid.uuid4())
-    store.assign_allocation([member.record.id for member in members], name, 1)
+    store.assign_allocation({member.record.id: 0.25 for member in members}, name, 1)
     store.mark_allocation_submit_started(name, datetime.now(timezone.utc))
     args = ["-p", "local-gpu", "-N", "1", "--ntasks-per-node", "4", "-t", "00:01:00"]
     submission = render_allocation(name, members, args, 4, cluster.scratch_root, AgentRuntime(agent_home="/nowhere"), "local")

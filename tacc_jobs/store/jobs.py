@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -314,11 +314,13 @@ class JobStore:
                 return Transition(record=self.get(job_id), previous=current.status)
         raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")
 
-    def assign_allocation(self, job_ids: Sequence[uuid.UUID], name: str, nodes: int) -> None:
-        """Make unsubmitted jobs the members of one packed allocation (its Slurm job name and whole nodes)."""
+    def assign_allocation(self, estimated_su: Mapping[uuid.UUID, float], name: str, nodes: int) -> None:
+        """Make unsubmitted jobs the members of one packed allocation (its Slurm job name and whole
+        nodes), each estimated at its share of the allocation's SUs, in one transaction."""
         with self.engine.begin() as connection:
-            connection.execute(update(JobRow).where(JobRow.id.in_(list(job_ids)), JobRow.scheduler_job_id.is_(None))
-                               .values(allocation_name=name, allocation_nodes=nodes, updated_at=utcnow()))
+            for job_id, share in estimated_su.items():
+                connection.execute(update(JobRow).where(JobRow.id == job_id, JobRow.scheduler_job_id.is_(None))
+                                   .values(allocation_name=name, allocation_nodes=nodes, estimated_su=share, updated_at=utcnow()))
 
     def allocation_members(self, name: str) -> list[JobRecord]:
         """Every member of a packed allocation, oldest first."""
