@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
+from tacc_jobs.exceptions import SchedulerError
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.settings import get_settings
 from tacc_jobs.tracking import (
@@ -136,7 +137,12 @@ def sweep_system(system: str) -> SystemSweep:
                         current.status.value)
             announce(store, scheduler, transition)
     allocations = [observation.allocation for observation in observations if observation.allocation is not None]
-    for name, members in charge_ended_allocations(store, scheduler, system, allocations, now).items():
+    try:  # what is recorded stays recorded; the next sweep charges what this one could not
+        charged = charge_ended_allocations(store, scheduler, system, allocations, now)
+    except SchedulerError as error:
+        logger.warning("%s: ended packed allocations not charged this sweep: %s", system, error)
+        charged = {}
+    for name, members in charged.items():
         logger.info("%s allocation %s ended: %s SUs split among %d members by GPU-seconds", system, name,
                     round(sum(member.charged_su or 0.0 for member in members), 4), len(members))
     return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses),

@@ -109,7 +109,8 @@ class Scheduler(Protocol):
     scratch_root: str
 
     def submit(self, job: JobSubmission) -> str:
-        """Write the script into `job.work_dir`, submit it, return the scheduler's job id."""
+        """Write the script into `job.work_dir` (and `job.files`, under the name's lock), submit it,
+        return the scheduler's job id."""
 
     def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
         """The state of every job (scheduler job id -> job name), in one call; a job the scheduler
