@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import partial
+from typing import Literal
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -134,6 +135,21 @@ def agent_runtime(system: str) -> AgentRuntime:
     tapis = saved_tapis_credentials(system)
     scratch_root = tapis.scratch_root if tapis is not None else credentials_for(system).scratch_root
     return AgentRuntime(python="python3", agent_home=posixpath.join(scratch_root or "", "agents"))
+
+
+def packed_placement(system: str) -> Literal["srun", "local"] | None:
+    """How a packed allocation on `system` places its members: plain processes on the embedded
+    cluster, `srun` steps on Slurm over SSH; None through Tapis (a Tapis job is one app run, so
+    a batch there goes one job per request).
+
+    Example:
+        ```python
+        packed_placement("stampede3")  # "srun"
+        ```
+    """
+    if system == "local":
+        return "local"
+    return None if saved_tapis_credentials(system) is not None else "srun"
 
 
 def poll_floor_seconds(system: str) -> float:

@@ -218,8 +218,17 @@ class Plan(BaseModel):
     @property
     def sbatch_directives(self) -> list[str]:
         """The `#SBATCH` lines of the job script."""
-        pairs = zip(self.sbatch_args[::2], self.sbatch_args[1::2])
-        return [f"#SBATCH {flag} {value}" for flag, value in pairs]
+        return sbatch_directives(self.sbatch_args)
+
+
+def sbatch_directives(arguments: list[str]) -> list[str]:
+    """`#SBATCH` lines of sbatch options given as flag/value pairs.
+
+    Example:
+        >>> sbatch_directives(["-p", "h100", "-N", "2"])
+        ['#SBATCH -p h100', '#SBATCH -N 2']
+    """
+    return [f"#SBATCH {flag} {value}" for flag, value in zip(arguments[::2], arguments[1::2])]
 
 
 class JobRecord(BaseModel):
@@ -253,6 +262,11 @@ class JobRecord(BaseModel):
     attempt: int = Field(default=1, description="1, then one more each time Slurm requeues the job")
     unseen_since: datetime | None = Field(default=None, description="Since when the scheduler has not reported the job")
     submit_started_at: datetime | None = Field(default=None, description="When its submission began (a job may exist from then on)")
+    allocation_name: str | None = Field(
+        default=None, description="The Slurm job name of the packed allocation it runs in; None for a job of its own"
+    )
+    allocation_nodes: int | None = Field(default=None, description="Whole nodes of its packed allocation")
+    gpu_seconds: float | None = Field(default=None, description="GPUs x seconds it ran (a packed member's share of the charge)")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -265,6 +279,11 @@ class JobRecord(BaseModel):
             return None
         end = self.completed_at or self.updated_at
         return end - self.started_at
+
+    @property
+    def packed(self) -> bool:
+        """Whether it runs as a member of a packed allocation."""
+        return self.allocation_name is not None
 
 
 class Page(BaseModel):

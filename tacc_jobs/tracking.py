@@ -5,6 +5,7 @@ what changed, pace the polling."""
 from __future__ import annotations
 
 import json
+import posixpath
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -12,12 +13,13 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, Field
 
 from tacc_jobs.exceptions import IllegalTransition, SchedulerError
+from tacc_jobs.launcher import STATUS_FILE, MemberStatus
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.planning.catalog import find_queue
-from tacc_jobs.planning.charges import charge_su
+from tacc_jobs.planning.charges import charge_su, split_charge
 from tacc_jobs.schedulers import Scheduler, SchedulerJobState
-from tacc_jobs.schedulers.job_script import JobPaths, scheduler_job_name
-from tacc_jobs.schedulers.states import map_scheduler_state
+from tacc_jobs.schedulers.job_script import JobPaths, record_job_name, submission_dir
+from tacc_jobs.schedulers.states import map_scheduler_state, map_slurm_state
 from tacc_jobs.settings import OrchestratorSettings
 from tacc_jobs.store import JobStore, JobUpdate, Transition
 from tacc_jobs.walltime import utcnow
@@ -34,16 +36,28 @@ class TrackedJob(BaseModel):
     progress_path: str
     stdout_path: str | None = None
     stdout_offset: int = 0
-    result_path: str | None = Field(default=None, description="Read in the same poll once the job has ended")
+    result_path: str | None = Field(default=None, description="The agent's result file, read in the same poll")
+    status_path: str | None = Field(default=None, description="A packed member's status.json (its launcher writes it)")
 
     @classmethod
     def from_record(cls, record: JobRecord) -> TrackedJob:
-        """Follow a stored job (its progress and result; no log tail)."""
+        """Follow a stored job (its progress and result; no log tail); a packed member by its
+        allocation's id and name, and its own status file."""
         if record.scheduler_job_id is None or record.work_dir is None:
             raise ValueError(f"job {record.id} has not been submitted")
         paths = JobPaths.for_work_dir(record.work_dir)
-        return cls(scheduler_job_id=record.scheduler_job_id, name=scheduler_job_name(record.id), progress_path=paths.progress,
-                   result_path=paths.result)
+        return cls(scheduler_job_id=record.scheduler_job_id, name=record_job_name(record), progress_path=paths.progress,
+                   result_path=paths.result, status_path=member_status_path(record.work_dir) if record.packed else None)
+
+
+def member_status_path(work_dir: str) -> str:
+    """A packed member's status file in its work directory.
+
+    Example:
+        >>> member_status_path("/s/jobs/1")
+        '/s/jobs/1/output/status.json'
+    """
+    return posixpath.join(work_dir, STATUS_FILE)
 
 
 class JobObservation(BaseModel):
@@ -57,6 +71,8 @@ class JobObservation(BaseModel):
     log: str = ""
     next_stdout_offset: int = 0
     result: dict[str, object] | None = Field(default=None, description="The agent's result, once the job has ended")
+    allocation: SchedulerJobState | None = Field(default=None, description="A packed member's allocation, as the scheduler reports it")
+    member: MemberStatus | None = Field(default=None, description="A packed member's status file, once its launcher wrote one")
 
     @property
     def ended(self) -> bool:
@@ -136,8 +152,11 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
         return []
     offsets = {job.progress_path: 0 for job in jobs}
     offsets.update({job.stdout_path: job.stdout_offset for job in jobs if job.stdout_path})
+    offsets.update({job.status_path: 0 for job in jobs if job.status_path})
+    # a member's result is read with its status (it exists once the member ends, whatever its allocation does)
+    offsets.update({job.result_path: 0 for job in jobs if job.status_path and job.result_path})
     snapshot = scheduler.poll({job.scheduler_job_id: job.name for job in jobs}, offsets,
-                              {job.scheduler_job_id: job.result_path for job in jobs if job.result_path})
+                              {job.scheduler_job_id: job.result_path for job in jobs if job.result_path and not job.status_path})
     states, files = snapshot.states, snapshot.files
     observations = []
     for job in jobs:
@@ -153,8 +172,71 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
             observation.next_stdout_offset = files[job.stdout_path].next_offset
         if job.result_path in files:
             observation.result = _parse_result(files[job.result_path].data)
+        if job.status_path:
+            observation = member_observation(observation, _parse_member_status(files[job.status_path].data))
+            if observation.result is not None:
+                observation.result = with_placement(observation.result, job.name, observation.member)
         observations.append(observation)
     return observations
+
+
+def _parse_member_status(text: str) -> MemberStatus | None:
+    try:
+        return MemberStatus.model_validate_json(text) if text.strip() else None
+    except ValueError:
+        return None
+
+
+PILE_REASON = "waiting in its allocation for free GPUs"
+
+
+def member_observation(allocation: JobObservation, member: MemberStatus | None) -> JobObservation:
+    """What an observation of a packed allocation means for one member, given its status file.
+
+    - Its own final status (COMPLETED, FAILED with the exit code, CANCELLED, TIMEOUT as FAILED)
+      decides, whatever the allocation does.
+    - Otherwise, while the allocation runs: RUNNING when its status file says so, else QUEUING
+      (it waits in the pile for free GPUs); while the allocation waits (or waits again after a
+      requeue): QUEUING with the allocation's reason.
+    - Once the allocation has ended, a member with no final status takes the allocation's end
+      (TIMEOUT, CANCELLED, FAILED), and never COMPLETED: a member completes only by its own word.
+    - An allocation unseen or not understood leaves the member as the allocation is.
+
+    The member's state carries its own start and end (its status file's), so a restart is seen
+    per member.
+
+    Example:
+        >>> running = JobObservation(scheduler_job_id="7", state=SchedulerJobState(job_id="7", state="RUNNING"),
+        ...                          status=JobStatus.RUNNING)
+        >>> member_observation(running, None).status, member_observation(running, None).reason
+        (<JobStatus.QUEUING: 'QUEUING'>, 'waiting in its allocation for free GPUs')
+        >>> member_observation(running, MemberStatus(state="FAILED", exit_code=2)).reason
+        'exit code 2'
+    """
+    observed = allocation.model_copy(update={"allocation": allocation.state, "member": member})
+    if member is not None and member.is_final:
+        status, reason = map_slurm_state(member.state, None if member.exit_code is None else f"{member.exit_code}:0")
+        state = _with_times(allocation.state or SchedulerJobState(job_id=allocation.scheduler_job_id, state=member.state),
+                            member.start, member.end)
+        return observed.model_copy(update={"status": status, "reason": reason, "state": state})
+    if allocation.status is None or allocation.state is None:
+        return observed
+    if allocation.status.is_terminal:
+        status, reason = allocation.status, allocation.reason
+        if status is JobStatus.COMPLETED:
+            status, reason = JobStatus.FAILED, "its allocation ended before it reported an end"
+        state = _with_times(allocation.state, member.start if member else None, allocation.state.end)
+        return observed.model_copy(update={"status": status, "reason": reason, "state": state})
+    if allocation.status is JobStatus.RUNNING and member is not None and member.state == "RUNNING":
+        return observed.model_copy(update={"state": _with_times(allocation.state, member.start, None)})
+    reason = PILE_REASON if allocation.status is JobStatus.RUNNING else allocation.reason
+    return observed.model_copy(update={"status": JobStatus.QUEUING, "reason": reason,
+                                       "state": _with_times(allocation.state, None, None)})
+
+
+def _with_times(state: SchedulerJobState, start: object, end: object) -> SchedulerJobState:
+    """The allocation's state with a member's own start and end (validated: ISO text becomes a time)."""
+    return SchedulerJobState.model_validate({**state.model_dump(), "start": start, "end": end})
 
 
 def charged_su(record: JobRecord, start: datetime | None, end: datetime | None) -> float | None:
@@ -202,7 +284,10 @@ def record_observation(store: JobStore, record: JobRecord, observation: JobObser
     if status.is_terminal:
         end = (state.end if state else None) or now
         update.completed_at = end
-        update.charged_su = charged_su(record, state.start, end) if state else None
+        if record.packed:  # its share of the allocation's charge comes once the allocation has ended
+            update.gpu_seconds = observation.member.gpu_seconds_until(end) if observation.member else 0.0
+        else:
+            update.charged_su = charged_su(record, state.start, end) if state else None
     return _apply(store, record, status, update)
 
 
@@ -244,11 +329,11 @@ def reconcile_unsubmitted(store: JobStore, scheduler: Scheduler, records: Sequen
     if not candidates:
         return []
     since = min(record.created_at for record in candidates) - NAME_LOOKUP_MARGIN
-    found = scheduler.find([scheduler_job_name(record.id) for record in candidates], since)
+    found = scheduler.find(sorted({record_job_name(record) for record in candidates}), since)  # an allocation's name once
     transitions: list[Transition] = []
     for record in candidates:
         try:
-            transitions += _settle(store, scheduler, record, found.get(scheduler_job_name(record.id)), policy,
+            transitions += _settle(store, scheduler, record, found.get(record_job_name(record)), policy,
                                    submitter_gone(record) or (record.submit_started_at is not None
                                                               and now - record.submit_started_at >= timeout), now)
         except SchedulerError:
@@ -258,10 +343,10 @@ def reconcile_unsubmitted(store: JobStore, scheduler: Scheduler, records: Sequen
 
 def _settle(store: JobStore, scheduler: Scheduler, record: JobRecord, state: SchedulerJobState | None,
             policy: TrackingPolicy, may_abandon: bool, now: datetime) -> list[Transition]:
-    name = scheduler_job_name(record.id)
     work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
     if state is None and may_abandon:
-        state = scheduler.abandon(name, work_dir, record.created_at - NAME_LOOKUP_MARGIN)
+        state = scheduler.abandon(record_job_name(record), submission_dir(scheduler.scratch_root, record),
+                                  record.created_at - NAME_LOOKUP_MARGIN)
         if state is None:
             return [_apply(store, record, JobStatus.FAILED, JobUpdate(reason=NEVER_SUBMITTED_REASON, completed_at=now))]
     if state is None:
@@ -271,10 +356,11 @@ def _settle(store: JobStore, scheduler: Scheduler, record: JobRecord, state: Sch
 
 def adopt(store: JobStore, record: JobRecord, state: SchedulerJobState, work_dir: str, policy: TrackingPolicy,
           now: datetime | None = None) -> list[Transition]:
-    """Record a job found by name as the record's: its id (QUEUING), then the state it is in."""
+    """Record a job found by name as the record's: its id (QUEUING), then the state it is in (a
+    packed member's own state comes from its status file, at the next observation)."""
     adopted = _apply(store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=state.job_id, work_dir=work_dir, reason=ADOPTED_REASON))
     transitions = [adopted]
-    if adopted.record.scheduler_job_id == state.job_id and not adopted.record.status.is_terminal:
+    if adopted.record.scheduler_job_id == state.job_id and not adopted.record.status.is_terminal and not record.packed:
         status, reason = map_scheduler_state(state)
         observation = JobObservation(scheduler_job_id=state.job_id, state=state, status=status, reason=reason)
         transitions.append(record_observation(store, adopted.record, observation, policy, now) or adopted)
@@ -292,6 +378,95 @@ def _parse_result(text: str) -> dict[str, object] | None:
     except json.JSONDecodeError:
         return None
     return result if isinstance(result, dict) else None
+
+
+def read_job_result(scheduler: Scheduler, record: JobRecord) -> dict[str, object] | None:
+    """A submitted job's result, in one read: the agent's result JSON, and for a packed member
+    where it ran too (`allocation`: the allocation's name, the node, the GPU ids it saw, its
+    GPU-seconds, from its status file).
+
+    Example:
+        ```python
+        read_job_result(scheduler, record)["allocation"]["gpus"]  # [2]
+        ```
+    """
+    if record.work_dir is None:
+        return None
+    result_path = JobPaths.for_work_dir(record.work_dir).result
+    offsets = {result_path: 0, **({member_status_path(record.work_dir): 0} if record.packed else {})}
+    files = scheduler.read_files(offsets)
+    result = _parse_result(files[result_path].data)
+    if not record.packed:
+        return result
+    return with_placement(result or {}, record_job_name(record), _parse_member_status(files[member_status_path(record.work_dir)].data))
+
+
+def with_placement(result: dict[str, object], allocation_name: str, member: MemberStatus | None) -> dict[str, object]:
+    """A packed member's result with where it ran (`allocation`: the allocation's name, the
+    node, its GPU ids and GPU-seconds, from its status file), when it has one.
+
+    Example:
+        >>> with_placement({"chunks": 8}, "tacc-a1", MemberStatus(state="COMPLETED", node="c1", gpus=[2], gpu_seconds=9.5))
+        {'chunks': 8, 'allocation': {'name': 'tacc-a1', 'node': 'c1', 'gpus': [2], 'gpu_seconds': 9.5}}
+    """
+    if member is None:
+        return result
+    return {**result, "allocation": {"name": allocation_name, "node": member.node, "gpus": member.gpus,
+                                     "gpu_seconds": member.gpu_seconds}}
+
+
+def charge_ended_allocations(store: JobStore, scheduler: Scheduler, system: str, observed: Sequence[SchedulerJobState],
+                             now: datetime | None = None) -> dict[str, list[JobRecord]]:
+    """Charge every packed allocation of `system` that has ended with all its members: TACC's
+    charge of the allocation (its whole nodes for the time it ran) split among its members in
+    proportion to the GPU-seconds each used (from their status files), stored as each member's
+    `gpu_seconds` and `charged_su`. An allocation cancelled before it started is charged nothing.
+
+    Args:
+        observed: Allocations this sweep already saw (one `states` call for every member); the
+            allocations whose members ended earlier but are not charged yet are asked for in
+            one more `states` call, only when there are any.
+
+    Returns:
+        The members of each allocation charged now, by allocation name.
+
+    Example:
+        ```python
+        charge_ended_allocations(store, scheduler, "ls6", [observation.allocation])  # {"tacc-5f0e...": [member, ...]}
+        ```
+    """
+    now = now or utcnow()
+    states = {state.name: state for state in observed if state.name}
+    uncharged = store.uncharged_allocations(system, ended_after=now - timedelta(days=1))
+    missing = {job_id: name for name, job_id in uncharged.items() if name not in states}
+    if missing:
+        states.update({state.name: state for state in scheduler.states(missing).values() if state.name})
+    charged = {}
+    for name, state in states.items():
+        status, _ = map_scheduler_state(state)
+        if name in uncharged and status is not None and status.is_terminal:
+            charged[name] = _charge_allocation(store, scheduler, name, state)
+    return {name: members for name, members in charged.items() if members}
+
+
+def _charge_allocation(store: JobStore, scheduler: Scheduler, name: str, state: SchedulerJobState) -> list[JobRecord]:
+    members = store.allocation_members(name)
+    if not members or any(not member.status.is_terminal for member in members):
+        return []
+    spec = find_queue(members[0].system, members[0].queue)
+    if spec is None:
+        return []
+    ran = state.end - state.start if state.start is not None and state.end is not None else None
+    total = charge_su(spec, members[0].allocation_nodes or members[0].nodes, ran) if ran is not None else 0.0
+    paths = {member.id: member_status_path(member.work_dir) for member in members if member.work_dir}
+    files = scheduler.read_files({path: 0 for path in paths.values()}) if paths else {}
+    gpu_seconds = []
+    for member in members:
+        status = _parse_member_status(files[paths[member.id]].data) if member.id in paths else None
+        gpu_seconds.append(status.gpu_seconds_until(state.end or utcnow()) if status else member.gpu_seconds or 0.0)
+    shares = split_charge(total, gpu_seconds)
+    store.set_member_charges({member.id: (seconds, share) for member, seconds, share in zip(members, gpu_seconds, shares)})
+    return store.allocation_members(name)
 
 
 def next_poll_interval(

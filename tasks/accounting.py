@@ -23,7 +23,6 @@ from tacc_jobs.accounting.normalize import (
 from tacc_jobs.accounting.sources import RecordFile, http_frames, load_teams
 from tacc_jobs.accounting.warehouse import Warehouse
 from tacc_jobs.exceptions import InvalidAccountingInput
-from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.settings import OrchestratorSettings, get_settings
 from tacc_jobs.store import JobStore
 from tasks.policies import cluster_task
@@ -76,7 +75,7 @@ def normalized_chunks(source: str, system: str, start: datetime, end: datetime, 
     settings = get_settings()
     rates = cost_rates(settings)
     if source == "sacct":
-        agents = {scheduler_job_name(job_id): agent for job_id, agent in job_store.agents(system).items()}
+        agents = job_store.agents_by_job_name(system)
         yield from sacct_chunks(scheduler_for(system).accounting(start, end), system, rates, agents, settings.ingest_chunk_rows)
     elif records is not None:
         for frame in records.frames(settings.ingest_chunk_rows):

@@ -8,10 +8,9 @@ from prefect.tasks import exponential_backoff
 
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.schedulers import Scheduler
-from tacc_jobs.schedulers.job_script import JobPaths
 from tacc_jobs.settings import get_settings
 from tacc_jobs.store import JobStore, JobUpdate, Transition
-from tacc_jobs.tracking import job_event_payload, job_resource, read_result
+from tacc_jobs.tracking import job_event_payload, job_resource, read_job_result
 from tacc_jobs.webhooks import private_webhook_reason
 from tasks.policies import cluster_task
 from tasks.run_context import run_logger
@@ -25,7 +24,7 @@ def announce(store: JobStore, scheduler: Scheduler, transition: Transition) -> J
     if not transition.moved:
         return record
     if record.status is JobStatus.COMPLETED and record.work_dir and record.result is None:  # a sweep's poll brings it
-        result = read_result(scheduler, JobPaths.for_work_dir(record.work_dir).result)
+        result = read_job_result(scheduler, record)
         if result is not None:
             record = store.transition(record.id, record.status, JobUpdate(result=result)).record
     emit_event(

@@ -8,6 +8,7 @@ from prefect import runtime, task
 
 from blocks.clusters import (
     agent_runtime,
+    packed_placement,
     poll_floor_seconds,
     scheduler_for,
     transfer_for,
@@ -17,13 +18,16 @@ from blocks.jobs import BatchJob
 from tacc_jobs.agents import AGENTS_DIR
 from tacc_jobs.exceptions import JobAlreadyEnded, TaccOrchestratorError, TransientError
 from tacc_jobs.models import JobRecord, JobRequest, JobStatus, Plan
+from tacc_jobs.planning.catalog import find_queue
 from tacc_jobs.schedulers import JobSubmission, Scheduler
 from tacc_jobs.schedulers.job_script import (
     JobPaths,
     job_environment,
+    record_job_name,
     render_job_script,
-    scheduler_job_name,
+    submission_dir,
 )
+from tacc_jobs.schedulers.packed_script import PackedMember, render_allocation
 from tacc_jobs.settings import get_settings
 from tacc_jobs.store import JobUpdate
 from tacc_jobs.tracking import NAME_LOOKUP_MARGIN, TrackingPolicy
@@ -57,7 +61,7 @@ def batch_job_for(record: JobRecord, request: JobRequest | None = None, plan: Pl
     return BatchJob(
         system=record.system,
         submission=JobSubmission(
-            name=scheduler_job_name(record.id),
+            name=record_job_name(record),
             script=script,
             work_dir=paths.work_dir,
             stdout_path=paths.stdout,
@@ -116,6 +120,48 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
         raise  # not recorded (the database failed): a retry, or watch-jobs, adopts the job by name
 
 
+@cluster_task
+def submit_packed_allocation(name: str, records: list[JobRecord], requests: list[JobRequest], sbatch_args: list[str]) -> list[JobRecord]:
+    """Submit a packed allocation once: one batch script (the launcher), its manifest and each
+    member's `member.sh`, written on the cluster under the allocation name's lock before
+    `sbatch`; then every member still QUEUED gets the allocation's id and moves to QUEUING in one
+    transaction, each announced like a job of its own.
+
+    The allocation's name is its idempotency key, as a job's is: a retry adopts the job it finds.
+    Members cancelled before submission are left out of the manifest.
+
+    Raises:
+        JobAlreadyEnded: When every member was cancelled or ended meanwhile.
+
+    Example:
+        ```python
+        members = submit_packed_allocation("tacc-5f0e...", records, requests, allocation.sbatch_args)
+        ```
+    """
+    store = open_job_store()
+    members = [PackedMember(record=store.get(record.id), request=request) for record, request in zip(records, requests)]
+    live = [member for member in members if member.record.status is JobStatus.QUEUED]
+    if not live:
+        raise JobAlreadyEnded(f"every member of allocation {name} has ended or was cancelled; it is not submitted")
+    first = live[0].record
+    placement, spec = packed_placement(first.system), find_queue(first.system, first.queue)
+    if placement is None or spec is None:
+        raise TaccOrchestratorError(f"{first.system}/{first.queue}: packed allocations run on Slurm or the embedded cluster only")
+    store.mark_allocation_submit_started(name, utcnow())
+    scheduler, runtime = scheduler_for(first.system), agent_runtime(first.system)
+    submission = render_allocation(name, live, sbatch_args, spec.gpus_per_node, scheduler.scratch_root, runtime, placement)
+    submission.not_before = min(member.record.created_at for member in live) - NAME_LOOKUP_MARGIN
+    if first.system != "local":
+        transfer_for(first.system).push(AGENTS_DIR, runtime.agent_home)
+    job_id = scheduler.submit(submission)
+    work_dirs = {member.record.id: JobPaths.for_job(scheduler.scratch_root, member.record.id, member.record.dataset_id).work_dir
+                 for member in live}
+    transitions = store.record_allocation_submitted(name, job_id, work_dirs)
+    if all(transition.record.status.is_terminal for transition in transitions):  # all cancelled meanwhile: nothing may run
+        scheduler.cancel(job_id, name)
+    return [announce(store, scheduler, transition) for transition in transitions]
+
+
 def end_unsubmitted_job(record: JobRecord, error: BaseException, sbatch_attempted: bool) -> JobRecord:
     """After staging or submission failed: FAILED when certainly nothing reached the scheduler
     (staging failed first; or sbatch refused the job and a look-up by name, under the name's
@@ -149,8 +195,8 @@ def _certainly_not_submitted(scheduler: Scheduler, record: JobRecord, error: Bas
     """A permanent refusal, and no job of the name (which is now fenced): nothing can run."""
     if isinstance(error, TransientError) or not isinstance(error, TaccOrchestratorError):
         return False
-    work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
     try:
-        return scheduler.abandon(scheduler_job_name(record.id), work_dir, record.created_at - NAME_LOOKUP_MARGIN) is None
+        return scheduler.abandon(record_job_name(record), submission_dir(scheduler.scratch_root, record),
+                                 record.created_at - NAME_LOOKUP_MARGIN) is None
     except TaccOrchestratorError:  # the look-up failed too: leave it to watch-jobs
         return False

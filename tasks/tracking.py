@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
+from tacc_jobs.exceptions import SchedulerError
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.settings import get_settings
 from tacc_jobs.tracking import (
@@ -18,6 +19,7 @@ from tacc_jobs.tracking import (
     JobObservation,
     TrackedJob,
     TrackingPolicy,
+    charge_ended_allocations,
     observe,
     reconcile_unsubmitted,
     record_observation,
@@ -134,6 +136,15 @@ def sweep_system(system: str) -> SystemSweep:
             logger.info("%s job %s (%s): %s -> %s", system, current.scheduler_job_id, current.id, transition.previous.value,
                         current.status.value)
             announce(store, scheduler, transition)
+    allocations = [observation.allocation for observation in observations if observation.allocation is not None]
+    try:  # what is recorded stays recorded; the next sweep charges what this one could not
+        charged = charge_ended_allocations(store, scheduler, system, allocations, now)
+    except SchedulerError as error:
+        logger.warning("%s: ended packed allocations not charged this sweep: %s", system, error)
+        charged = {}
+    for name, members in charged.items():
+        logger.info("%s allocation %s ended: %s SUs split among %d members by GPU-seconds", system, name,
+                    round(sum(member.charged_su or 0.0 for member in members), 4), len(members))
     return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses),
                        adopted=sum(t.previous is JobStatus.QUEUED and t.record.scheduler_job_id is not None for t in settled),
                        abandoned=sum(t.record.reason == NEVER_SUBMITTED_REASON for t in settled))

@@ -44,7 +44,7 @@ def test_each_request_has_its_own_gpus_and_the_sbatch_options_are_tacc_s() -> No
     first = plan.allocations[0]
     gpus = [(node, gpu) for placement in first.placements for node, ids in placement.gpus.items() for gpu in ids]
     assert len(gpus) == len(set(gpus)) == 16 and {node for node, _ in gpus} == {0, 1, 2, 3}
-    assert first.sbatch_args == ["-p", "h100", "-N", "4", "--ntasks-per-node", "1", "-t", "01:00:00", "-A", "AST24001"]
+    assert first.sbatch_args == ["-p", "h100", "-N", "4", "--ntasks-per-node", "4", "-t", "01:00:00", "-A", "AST24001"]
     assert first.account == "AST24001" and "--gres" not in " ".join(first.sbatch_args)
 
 

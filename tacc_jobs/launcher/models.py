@@ -59,7 +59,7 @@ class MemberStatus(BaseModel):
     exit_code: int | None = Field(default=None, description="None while running, and for a member cancelled before it started")
     node: str | None = Field(default=None, description="None for a member cancelled before it started")
     gpus: list[int] = Field(default_factory=list)
-    start: datetime
+    start: datetime | None = None
     end: datetime | None = None
     gpu_seconds: float | None = None
     restart: int = 0
@@ -68,3 +68,19 @@ class MemberStatus(BaseModel):
     def is_final(self) -> bool:
         """Whether the member has ended (COMPLETED, FAILED, CANCELLED or TIMEOUT)."""
         return self.state in FINAL_STATES
+
+    def gpu_seconds_until(self, end: datetime) -> float:
+        """The GPU-seconds it used: as the launcher recorded them once it ended; for a member
+        stopped with its allocation (left RUNNING), its GPUs from its start to `end`.
+
+        Example:
+            >>> from datetime import timezone
+            >>> stopped = MemberStatus(state="RUNNING", gpus=[0, 1], start=datetime(2026, 11, 28, 20, 0, tzinfo=timezone.utc))
+            >>> stopped.gpu_seconds_until(datetime(2026, 11, 28, 20, 1, tzinfo=timezone.utc))
+            120.0
+        """
+        if self.gpu_seconds is not None:
+            return self.gpu_seconds
+        if self.start is None:
+            return 0.0
+        return round(len(self.gpus) * max(0.0, (end - self.start).total_seconds()), 3)

@@ -4,6 +4,7 @@ queue's SU rate. Billing is on time used, not time requested; every job pays 15 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -47,3 +48,24 @@ def charge_su(spec: QueueSpec, nodes: int, used: timedelta) -> float:
         4.0
     """
     return round(float(service_units(nodes, used.total_seconds() / 3600, spec.su_per_node_hour)), 4)
+
+
+def split_charge(total: float, weights: Sequence[float]) -> list[float]:
+    """A packed allocation's SUs split among its members in proportion to `weights` (their
+    GPU-seconds), each rounded to 4 decimals, the shares summing to `total` exactly (the rounding
+    rest goes to the largest share). Members that used nothing (all weights 0) share it evenly.
+
+    Example:
+        >>> split_charge(4.0, [3600, 1800, 1800])
+        [2.0, 1.0, 1.0]
+        >>> split_charge(1.0, [0, 0, 0])
+        [0.3334, 0.3333, 0.3333]
+    """
+    if not weights:
+        return []
+    weight_sum = float(sum(weights))
+    fractions = [weight / weight_sum for weight in weights] if weight_sum > 0 else [1 / len(weights)] * len(weights)
+    shares = [round(total * fraction, 4) for fraction in fractions]
+    largest = max(range(len(shares)), key=lambda index: (shares[index], -index))
+    shares[largest] = round(shares[largest] + total - sum(shares), 4)
+    return shares

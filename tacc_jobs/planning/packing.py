@@ -213,6 +213,8 @@ def _group_allocations(
         su = round(tasks * charge_su(spec, nodes, wall), 4)
         gpu_hours = [by_index[index].gpu_count * by_index[index].max_runtime.total_seconds() for index in requests]
         arguments = sbatch_arguments(spec, nodes, wall, account)
+        if strategy is Strategy.PACKED:  # one task per GPU: the members' srun steps run side by side
+            arguments[arguments.index("--ntasks-per-node") + 1] = str(spec.gpus_per_node)
         if strategy is Strategy.ARRAY:
             arguments += ["--array", f"0-{tasks - 1}%{spec.max_jobs_per_user}"]
         return Allocation(

@@ -57,6 +57,10 @@ class JobSubmission(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="The agent's environment (the script exports it too)")
     inputs: dict[str, str] = Field(default_factory=dict, description="Input name -> source URL that Tapis stages in")
     webhook_url: str | None = Field(default=None, description="Where Tapis posts the job's status changes")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="Further files (absolute path -> text) written under the name's lock before sbatch: a packed allocation's manifest and member scripts",
+    )
 
 
 class SchedulerJobState(BaseModel):
@@ -112,7 +116,8 @@ class Scheduler(Protocol):
     scratch_root: str
 
     def submit(self, job: JobSubmission) -> str:
-        """Write the script into `job.work_dir`, submit it, return the scheduler's job id."""
+        """Write the script into `job.work_dir` (and `job.files`, under the name's lock), submit it,
+        return the scheduler's job id."""
 
     def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
         """The state of every job (scheduler job id -> job name), in one call; a job the scheduler
@@ -133,6 +138,9 @@ class Scheduler(Protocol):
     def cancel(self, job_id: str, name: str | None = None) -> None:
         """Cancel a job; cancelling an ended job does nothing. With `name`, only if the job under
         that id has that name (ids repeat: the id of an ended job may be a fresh job's now)."""
+
+    def cancel_member(self, work_dir: str) -> None:
+        """Stop one member of a packed allocation (its cancel marker in `work_dir`), not the allocation."""
 
     def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
         """Accounting rows of the jobs in `[start, end)`, streamed: the `SACCT_FIELDS` as

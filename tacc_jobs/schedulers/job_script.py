@@ -10,7 +10,7 @@ import uuid
 from pydantic import BaseModel
 
 from tacc_jobs.agents import agent_template
-from tacc_jobs.models import JobRequest, Plan
+from tacc_jobs.models import JobRecord, JobRequest, Plan
 
 
 class JobPaths(BaseModel):
@@ -66,6 +66,39 @@ def scheduler_job_name(job_id: uuid.UUID) -> str:
     return f"tacc-{job_id.hex}"
 
 
+def record_job_name(record: JobRecord) -> str:
+    """The Slurm job name a record is tracked, found and cancelled by: its packed allocation's
+    name when it is a member of one, else its own.
+
+    Example:
+        >>> from datetime import datetime, timezone
+        >>> now = datetime(2026, 11, 28, tzinfo=timezone.utc)
+        >>> record = JobRecord(id=uuid.UUID(int=1), user_id="jdoe", agent="AlphaCal", dataset_id="d1", system="local",
+        ...     queue="local-gpu", status="QUEUED", gpu_count=1, nodes=1, created_at=now, updated_at=now)
+        >>> record_job_name(record), record_job_name(record.model_copy(update={"allocation_name": "tacc-ab"}))
+        ('tacc-00000000000000000000000000000001', 'tacc-ab')
+    """
+    return record.allocation_name or scheduler_job_name(record.id)
+
+
+def allocation_dir(scratch_root: str, name: str) -> str:
+    """A packed allocation's directory, `<scratch>/allocations/<allocation uuid>`, from its job name.
+
+    Example:
+        >>> allocation_dir("/s", scheduler_job_name(uuid.UUID(int=2)))
+        '/s/allocations/00000000-0000-0000-0000-000000000002'
+    """
+    return posixpath.join(scratch_root, "allocations", str(uuid.UUID(hex=name.removeprefix("tacc-"))))
+
+
+def submission_dir(scratch_root: str, record: JobRecord) -> str:
+    """Where the record's submission keeps its script and lock: its allocation's directory when
+    it is a packed member, else its own job directory."""
+    if record.allocation_name:
+        return allocation_dir(scratch_root, record.allocation_name)
+    return JobPaths.for_job(scratch_root, record.id, record.dataset_id).work_dir
+
+
 WRITE_PARAMS = 'printf \'%s\\n\' "$TACC_PARAMS_JSON" > "$TACC_PARAMS_FILE"'
 """The script line that hands the agent its parameters (the job script's, and a Tapis app's)."""
 
@@ -111,9 +144,21 @@ def render_job_script(job_id: uuid.UUID, request: JobRequest, plan: Plan, paths:
         f"#SBATCH -e {paths.stderr}",
         *plan.sbatch_directives,
     ]
+    body = render_member_script(job_id, request, paths, runtime).removeprefix("#!/bin/bash\n")
+    return "\n".join(["#!/bin/bash", *directives, body])
+
+
+def render_member_script(job_id: uuid.UUID, request: JobRequest, paths: JobPaths, runtime: AgentRuntime) -> str:
+    """A job script without `#SBATCH` lines (a packed member's `member.sh`, and the body of every
+    job script): `#!/bin/bash`, the quoted exports, the parameters, the agent's body.
+
+    Example:
+        ```python
+        member_sh = render_member_script(record.id, request, paths, AgentRuntime(agent_home="/opt/agents"))
+        ```
+    """
     lines = [
         "#!/bin/bash",
-        *directives,
         f"# {request.agent} on {request.dataset_id} for {request.user_id}, rendered by tacc-orchestrator",
         *(f"export {name}={shlex.quote(value)}" for name, value in job_environment(job_id, request, paths, runtime).items()),
         WRITE_PARAMS,

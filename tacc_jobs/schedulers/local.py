@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tacc_jobs.exceptions import PermanentSchedulerError
+from tacc_jobs.launcher import CANCEL_FILE
 from tacc_jobs.planning.catalog import system_queues
 from tacc_jobs.processes import process_alive
 from tacc_jobs.schedulers.base import (
@@ -194,6 +195,9 @@ class LocalScheduler:
             if (work_dir / ABANDONED).exists():
                 raise PermanentSchedulerError(f"sbatch: {job.name} was abandoned by watch-jobs (its record ended before the job was submitted)")
             script_path.write_text(job.script)
+            for path, text in job.files.items():
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).write_text(text)
             counter = self.root / "next_job_id"
             job_id = counter.read_text().strip() if counter.exists() else "1"
             counter.write_text(str(int(job_id) + 1))
@@ -308,6 +312,12 @@ class LocalScheduler:
                 os.killpg(pgid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+    def cancel_member(self, work_dir: str) -> None:
+        """Stop one member of a packed allocation: create its cancel marker (the allocation's
+        launcher stops that member alone)."""
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        (Path(work_dir) / CANCEL_FILE).touch()
 
     def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
         """Jobs eligible before `end` that had not ended before `start` (sacct's window without

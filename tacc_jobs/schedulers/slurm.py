@@ -8,6 +8,7 @@ positional arguments, never text pasted into it.
 from __future__ import annotations
 
 import base64
+import posixpath
 import re
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from tacc_jobs.exceptions import (
     SchedulerError,
     TransientSchedulerError,
 )
+from tacc_jobs.launcher import CANCEL_FILE
 from tacc_jobs.planning.catalog import system_queues
 from tacc_jobs.schedulers.base import (
     SACCT_FIELDS,
@@ -56,7 +58,9 @@ SACCT_FORMAT = "JobID,State,Reason,Start,End,Submit,JobName"
 # recorded) and submits only when neither knows it and watch-jobs has not abandoned the name. A
 # retry racing an sbatch still in flight waits for the lock, then finds that job. `abandon` takes
 # the same lock: it finds the job, or fences the name so that no later submission runs it. A
-# controller or accounting daemon that cannot answer stops the program (exit 75: retry).
+# controller or accounting daemon that cannot answer stops the program (exit 75: retry). The
+# files to write come on stdin, one per line: path, a tab, the content in base64 (the script as
+# `job.sbatch`, then a packed allocation's manifest and member scripts), all before sbatch.
 SUBMIT_PROGRAM = r"""
 set -o pipefail
 mode=$1 name=$2 work_dir=$3 since=$4; shift 4
@@ -74,8 +78,13 @@ if [ "$mode" = abandon ]; then : > "$work_dir/.abandoned" && echo abandoned; exi
 if [ -e "$work_dir/.abandoned" ]; then
   echo "sbatch: $name was abandoned by watch-jobs (its record ended before the job was submitted)" >&2; exit 3
 fi
-cat > "$work_dir/job.sbatch" && sbatch --parsable "$@" "$work_dir/job.sbatch"
+while IFS=$'\t' read -r file data; do
+  mkdir -p -- "${file%/*}" && printf '%s' "$data" | base64 -d > "$file" || exit 1
+done
+sbatch --parsable "$@" "$work_dir/job.sbatch"
 """
+CANCEL_MEMBER_PROGRAM = 'mkdir -p -- "$1" && : > "$1/$2"'
+
 
 # One poll, whatever the number of jobs and files; its input comes on stdin (a command line
 # holds at most 128 KiB): "<id> <name>" lines (both checked safe), a "--" line, then file and
@@ -211,10 +220,15 @@ class SlurmScheduler:
         return job_id
 
     def submit(self, job: JobSubmission) -> str:
-        """Upload the script and `sbatch --parsable` it, once: a retry adopts the job it finds."""
+        """Upload the script (and the submission's other files) and `sbatch --parsable` it, once:
+        a retry adopts the job it finds."""
         options = ["-J", job.name, "-o", job.stdout_path, "-e", job.stderr_path, "-D", job.work_dir, *job.sbatch_args]
         since = job.not_before or utcnow() - DEFAULT_LOOKBACK
-        result = self._submit_program("submit", job.name, job.work_dir, since, *options, script=job.script)
+        files = {posixpath.join(job.work_dir, "job.sbatch"): job.script, **job.files}
+        if any("\t" in path or "\n" in path for path in files):
+            raise PermanentSchedulerError(f"{job.name}: a file path holds a tab or a newline")
+        stdin = "".join(f"{path}\t{base64.b64encode(text.encode()).decode()}\n" for path, text in files.items())
+        result = self._submit_program("submit", job.name, job.work_dir, since, *options, script=stdin)
         assert result is not None
         return result.job_id if isinstance(result, SchedulerJobState) else result
 
@@ -328,6 +342,11 @@ class SlurmScheduler:
         message = completed.stderr
         if completed.returncode != 0 and not re.search(r"already completing or completed|Invalid job id", message):
             raise scheduler_error("scancel", completed)
+
+    def cancel_member(self, work_dir: str) -> None:
+        """Stop one member of a packed allocation: create its cancel marker (the allocation's
+        launcher stops that member alone)."""
+        self._run(["bash", "-c", CANCEL_MEMBER_PROGRAM, "cancel-member", work_dir, CANCEL_FILE], label="cancel-member")
 
     def accounting(self, start: datetime, end: datetime) -> Iterator[list[str]]:
         """`sacct --parsable2 --duplicates` for the window (every attempt, jobs and their steps), streamed.

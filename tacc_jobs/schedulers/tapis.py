@@ -215,6 +215,8 @@ class TapisScheduler:
             scheduler.submit(batch_job.submission)  # "8a1c...-007"
             ```
         """
+        if job.files:
+            raise PermanentSchedulerError(f"{job.name}: packed allocations do not run through Tapis; submit one job per request")
         request = submit_request(job, self.exec_system_id, self.allocation)
         attempt = -1
         while True:
@@ -257,6 +259,14 @@ class TapisScheduler:
             ```
         """
         return poll_in_parts(self, jobs, offsets, results, limit)
+
+    def cancel_member(self, work_dir: str) -> None:
+        """Packed allocations do not run through Tapis, so there is no member to stop.
+
+        Raises:
+            PermanentSchedulerError: Always.
+        """
+        raise PermanentSchedulerError(f"{work_dir}: packed allocations do not run through Tapis; cancel the job itself")
 
     def cancel(self, job_id: str, name: str | None = None) -> None:
         """Cancel the job (Tapis uuids are never reused, so `name` changes nothing); a job that

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Engine, Select, func, select, update
+from sqlalchemy import ColumnElement, Engine, Select, case, func, or_, select, update
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.orm import Session
 
@@ -20,6 +21,7 @@ from tacc_jobs.models import (
     Page,
     Plan,
 )
+from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.store.tables import JobRow
 from tacc_jobs.walltime import utcnow
 
@@ -43,6 +45,7 @@ class JobUpdate(BaseModel):
     result: dict[str, Any] | None = None
     notes: str | None = None
     charged_su: float | None = None
+    gpu_seconds: float | None = None
     attempt: int | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -227,11 +230,6 @@ class JobStore:
                 JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
                 JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))) or 0
 
-    def agents(self, system: str) -> dict[uuid.UUID, str]:
-        """Job id -> agent of every job on a system (accounting names models after agents)."""
-        with Session(self.engine) as session:
-            return dict(session.execute(select(JobRow.id, JobRow.agent).where(JobRow.system == system)).all())
-
     def past_runtimes_minutes(self, user_id: str, agent: str, limit: int = 20) -> list[float]:
         """Runtimes of the user's most recent completed runs of `agent`."""
         query = (
@@ -323,3 +321,82 @@ class JobStore:
                 return Transition(record=JobRecord.model_validate(row), previous=current.status)
             current = None
         raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")
+
+    def assign_allocation(self, estimated_su: Mapping[uuid.UUID, float], name: str, nodes: int) -> None:
+        """Make unsubmitted jobs the members of one packed allocation (its Slurm job name and whole
+        nodes), each estimated at its share of the allocation's SUs, in one transaction."""
+        with self.engine.begin() as connection:
+            for job_id, share in estimated_su.items():
+                connection.execute(update(JobRow).where(JobRow.id == job_id, JobRow.scheduler_job_id.is_(None))
+                                   .values(allocation_name=name, allocation_nodes=nodes, estimated_su=share, updated_at=utcnow()))
+
+    def allocation_members(self, name: str) -> list[JobRecord]:
+        """Every member of a packed allocation, oldest first."""
+        query = select(JobRow).where(JobRow.allocation_name == name).order_by(JobRow.created_at, JobRow.id)
+        with Session(self.engine) as session:
+            return [JobRecord.model_validate(row) for row in session.scalars(query)]
+
+    def mark_allocation_submit_started(self, name: str, at: datetime) -> None:
+        """Record, for every member at once, that the allocation's submission begins."""
+        with self.engine.begin() as connection:
+            connection.execute(update(JobRow).where(JobRow.allocation_name == name, JobRow.submit_started_at.is_(None))
+                               .values(submit_started_at=at))
+
+    def record_allocation_submitted(self, name: str, scheduler_job_id: str, work_dirs: Mapping[uuid.UUID, str]) -> list[Transition]:
+        """In one transaction, every member still QUEUED gets the allocation's scheduler id and its
+        own work directory and moves to QUEUING; members that ended meanwhile (a cancel) are left.
+
+        Returns:
+            One transition per member, in `allocation_members` order.
+        """
+        before = {record.id: record.status for record in self.allocation_members(name)}
+        now = utcnow()
+        with self.engine.begin() as connection:
+            for job_id, work_dir in work_dirs.items():
+                connection.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.allocation_name == name, JobRow.status == JobStatus.QUEUED.value)
+                    .values(status=JobStatus.QUEUING.value, scheduler_job_id=scheduler_job_id, work_dir=work_dir, updated_at=now)
+                )
+        return [Transition(record=record, previous=before.get(record.id, record.status)) for record in self.allocation_members(name)]
+
+    def set_member_charges(self, charges: Mapping[uuid.UUID, tuple[float, float]]) -> None:
+        """Store each ended member's GPU-seconds and its share of the allocation's SUs, in one transaction."""
+        with self.engine.begin() as connection:
+            for job_id, (gpu_seconds, charged) in charges.items():
+                connection.execute(update(JobRow).where(JobRow.id == job_id)
+                                   .values(gpu_seconds=gpu_seconds, charged_su=charged, updated_at=utcnow()))
+
+    def uncharged_allocations(self, system: str, ended_after: datetime) -> dict[str, str]:
+        """Allocation name -> scheduler id of the submitted packed allocations whose members have
+        all ended (the last since `ended_after`) and are not charged yet: their charge waits for
+        the allocation's end."""
+        active = [status.value for status in ACTIVE_STATUSES]
+        query = (
+            select(JobRow.allocation_name, func.max(JobRow.scheduler_job_id))
+            .where(JobRow.system == system, JobRow.allocation_name.is_not(None),
+                   or_(JobRow.completed_at >= ended_after, JobRow.status.in_(active)))  # recent allocations only
+            .group_by(JobRow.allocation_name)
+            .having(func.sum(case((JobRow.status.in_(active), 1), else_=0)) == 0,
+                    func.sum(case((JobRow.charged_su.is_(None), 1), else_=0)) > 0,
+                    func.count(JobRow.scheduler_job_id) > 0,
+                    func.max(JobRow.completed_at) >= ended_after)
+        )
+        with Session(self.engine) as session:
+            return {name: job_id for name, job_id in session.execute(query)}
+
+    def active_submissions(self, user_id: str, system: str, queue: str) -> int:
+        """How many Slurm jobs the user has in a queue now: a packed allocation counts once,
+        however many members it runs (TACC's per-user cap counts jobs)."""
+        query = select(JobRow.id, JobRow.allocation_name).where(
+            JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
+            JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))
+        with Session(self.engine) as session:
+            return len({name or job_id for job_id, name in session.execute(query)})
+
+    def agents_by_job_name(self, system: str) -> dict[str, str]:
+        """Slurm job name -> agent of every job on a system, a packed allocation under its own
+        name (accounting sees the allocation, and names models after agents)."""
+        query = select(JobRow.id, JobRow.allocation_name, JobRow.agent).where(JobRow.system == system)
+        with Session(self.engine) as session:
+            return {name or scheduler_job_name(job_id): agent for job_id, name, agent in session.execute(query)}

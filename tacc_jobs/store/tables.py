@@ -57,6 +57,7 @@ class JobRow(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_scheduler_job_id", "scheduler_job_id"),
         Index("ix_jobs_flow_run_id", "flow_run_id"),
+        Index("ix_jobs_allocation_name", "allocation_name"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -85,6 +86,9 @@ class JobRow(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     unseen_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
     submit_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    allocation_name: Mapped[str | None] = mapped_column(String(64))
+    allocation_nodes: Mapped[int | None] = mapped_column(Integer)
+    gpu_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
