@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from typing import Annotated
 
 from prefect import flow, get_run_logger, runtime
@@ -144,12 +143,8 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     logger = get_run_logger()
     store = open_job_store()
     ordered = sorted(requests, key=lambda request: request.priority is not Priority.HIGH)
-    plans: list[Plan] = []
-    planned_su: Counter[str] = Counter()  # a batch must not spend a budget twice
-    for request in ordered:
-        plans.append(plan_job_request(request, su_planned=planned_su[request.user_id]))
-        planned_su[request.user_id] += plans[-1].estimated_su
-    batch_plan = plan_request_batch(ordered)
+    batch_plan = plan_request_batch(ordered)  # budgets checked on each user's share of the packed plan
+    plans: list[Plan] = [plan_job_request(request, check_budget=False) for request in ordered]
     record_each = record_new_job.with_options(cache_policy=NO_CACHE)  # two equal requests are two jobs
     records = [record_each(request, plan) for request, plan in zip(ordered, plans)]
     pending = batch_submissions(store, records, ordered, batch_plan.allocations)

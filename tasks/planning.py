@@ -25,7 +25,7 @@ def system_credentials(system: str) -> TapisCredentials | TaccCredentials | None
 
 
 @task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
-def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
+def plan_job_request(request: JobRequest, check_budget: bool = True) -> Plan:
     """Plan a request with this user's history and budget from the job store.
 
     Planning needs no account: the catalog is data. The system's `TapisCredentials` or
@@ -35,8 +35,8 @@ def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
 
     Args:
         request: The job to plan.
-        su_planned: SUs of the user's jobs planned alongside (a batch), not recorded yet: they
-            count against the budget as recorded ones do.
+        check_budget: False when the batch plan has checked the user's budget already, on the
+            request's share of its allocation (`submit_batch`).
 
     Example:
         ```python
@@ -66,8 +66,8 @@ def plan_job_request(request: JobRequest, su_planned: float = 0.0) -> Plan:
         usd_per_gpu_hour=settings.usd_per_gpu_hour,
         usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type,
         cost_warning_usd=settings.cost_warning_usd,
-        su_budget=settings.su_budgets.get(request.user_id),
-        su_committed=store.su_committed(request.user_id) + su_planned,
+        su_budget=settings.su_budgets.get(request.user_id) if check_budget else None,
+        su_committed=store.su_committed(request.user_id),
         past_runtimes_minutes=store.past_runtimes_minutes(request.user_id, request.agent),
         account=credentials.allocation if credentials else None,
         dataset_bytes=dataset.bytes,

@@ -58,9 +58,19 @@ def test_batch_refuses_before_writing_anything() -> None:
 def test_a_batch_counts_its_own_jobs_against_the_users_su_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("TACC_ORCH_SU_BUDGETS", f'{{"{user}": 0.8}}')  # one 30-minute node fits (0.5 SU), two do not
-    with pytest.raises(PlanRefused, match=r"(?s)0\.5 SUs already used or running.*budget of 0\.8"):
+    with pytest.raises(PlanRefused, match=r"user_id: the batch may charge u\w+ 1 SUs .* more than the 0\.8 SUs left"):
         submit_batch([request(user), request(user)])
     assert open_job_store().history(user).total == 0
+
+
+def test_a_batch_that_fits_its_budget_only_packed_runs_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("TACC_ORCH_SU_BUDGETS", f'{{"{user}": 0.6}}')  # two 1-GPU jobs alone: 2 x 0.5 SU; packed: one node
+    records = submit_batch([request(user, gpu_count=1), request(user, gpu_count=1)])
+    assert [record.status for record in records] == [JobStatus.COMPLETED] * 2
+    assert len({record.allocation_name for record in records}) == 1 and None not in {record.allocation_name for record in records}
+    assert sum(record.estimated_su for record in records) == 0.5
+    assert open_job_store().su_committed(user) <= 0.6
 
 
 def test_cleanup_removes_expired_records_and_results_and_keeps_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
