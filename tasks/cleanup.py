@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from blocks.clusters import scheduler_for, transfer_for
 from blocks.database import open_job_store
 from tacc_jobs.models import JobRecord
+from tacc_jobs.schedulers.job_script import allocation_dir
 from tacc_jobs.store import JobStore
 from tasks.policies import cluster_task
 from tasks.run_results import persisted_result_files
@@ -25,6 +26,7 @@ class CleanupSummary(BaseModel):
     records_removed: int
     work_dirs_removed: int
     results_removed: int
+    allocation_dirs_removed: int = 0
     dry_run: bool
 
 
@@ -34,6 +36,12 @@ def remove_work_dir(system: str, work_dir: str) -> bool:
     if posixpath.dirname(posixpath.normpath(work_dir)) != jobs_root:
         raise ValueError(f"{work_dir!r} is not a job directory under {jobs_root}")
     transfer_for(system).remove(work_dir)
+    return True
+
+
+def remove_allocation_dir(system: str, name: str) -> bool:
+    """Delete a packed allocation's directory (its script, manifest, launcher and logs) on its cluster."""
+    transfer_for(system).remove(allocation_dir(scheduler_for(system).scratch_root, name))
     return True
 
 
@@ -115,4 +123,8 @@ def remove_expired_jobs(default_ttl_days: int, dry_run: bool) -> CleanupSummary:
         if not dry_run and record.work_dir:
             removed_dirs += remove_work_dir(record.system, record.work_dir)
     removed = len(expired) if dry_run else store.delete([record.id for record in expired])
-    return CleanupSummary(records_removed=removed, work_dirs_removed=removed_dirs, results_removed=results_removed, dry_run=dry_run)
+    allocations = sorted({(record.system, record.allocation_name) for record in expired if record.allocation_name})
+    removed_allocations = 0 if dry_run else sum(remove_allocation_dir(system, name) for system, name in allocations
+                                                if not store.allocation_members(name))  # its last member is gone
+    return CleanupSummary(records_removed=removed, work_dirs_removed=removed_dirs, results_removed=results_removed,
+                          allocation_dirs_removed=removed_allocations, dry_run=dry_run)

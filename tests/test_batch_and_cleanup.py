@@ -17,12 +17,14 @@ from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_se
 from prefect.states import Completed, Running
 from sqlalchemy import update
 
+from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
 from flows.batch import submit_batch
 from flows.cleanup import cleanup_expired
 from flows.submit import submit_job
 from tacc_jobs.exceptions import PlanRefused
 from tacc_jobs.models import JobRecord, JobStatus
+from tacc_jobs.schedulers.job_script import allocation_dir
 from tacc_jobs.store.tables import JobRow
 from tasks import prefect_api
 from tasks.run_results import ResultFile, locate, persisted_result_files
@@ -171,3 +173,15 @@ def test_a_default_storage_key_outside_the_local_storage_path_is_refused() -> No
     metadata = ResultRecordMetadata(storage_key="/etc/passwd", serializer=PickleSerializer())
     file = locate(metadata)
     assert file.filesystem is None and "outside of the base path" in str(file.kept_because)
+
+
+def test_cleanup_removes_a_packed_allocation_s_directory_with_its_last_member() -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    records = submit_batch([request(user, gpu_count=1), request(user, gpu_count=1)])
+    [name] = {record.allocation_name for record in records}
+    directory = Path(allocation_dir(scheduler_for("local").scratch_root, name))
+    assert (directory / "manifest.json").exists()
+    age(*records)
+    summary = cleanup_expired()
+    assert summary.allocation_dirs_removed >= 1 and not directory.exists()
+    assert open_job_store().history(user).total == 0 and not any(Path(record.work_dir).exists() for record in records)
