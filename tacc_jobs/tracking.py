@@ -195,9 +195,11 @@ def member_observation(allocation: JobObservation, member: MemberStatus | None) 
 
     - Its own final status (COMPLETED, FAILED with the exit code, CANCELLED, TIMEOUT as FAILED)
       decides, whatever the allocation does.
-    - Otherwise, while the allocation runs: RUNNING when its status file says so, else QUEUING
-      (it waits in the pile for free GPUs); while the allocation waits (or waits again after a
-      requeue): QUEUING with the allocation's reason.
+    - Otherwise, while the allocation runs: RUNNING when its status file says so (and not from
+      an earlier attempt of a requeued allocation: a status that started before the allocation
+      did is stale until the launcher runs it again), else QUEUING (it waits in the pile for
+      free GPUs); while the allocation waits (or waits again after a requeue): QUEUING with the
+      allocation's reason.
     - Once the allocation has ended, a member with no final status takes the allocation's end
       (TIMEOUT, CANCELLED, FAILED), and never COMPLETED: a member completes only by its own word.
     - An allocation unseen or not understood leaves the member as the allocation is.
@@ -212,6 +214,11 @@ def member_observation(allocation: JobObservation, member: MemberStatus | None) 
         (<JobStatus.QUEUING: 'QUEUING'>, 'waiting in its allocation for free GPUs')
         >>> member_observation(running, MemberStatus(state="FAILED", exit_code=2)).reason
         'exit code 2'
+        >>> restarted = running.model_copy(update={"state": SchedulerJobState(job_id="7", state="RUNNING", start="2026-11-28T21:00:10Z")})
+        >>> member_observation(restarted, MemberStatus(state="RUNNING", start="2026-11-28T21:00:01Z")).status  # attempt 1's
+        <JobStatus.QUEUING: 'QUEUING'>
+        >>> member_observation(restarted, MemberStatus(state="RUNNING", start="2026-11-28T21:00:10.4Z")).status
+        <JobStatus.RUNNING: 'RUNNING'>
     """
     observed = allocation.model_copy(update={"allocation": allocation.state, "member": member})
     if member is not None and member.is_final:
@@ -227,11 +234,23 @@ def member_observation(allocation: JobObservation, member: MemberStatus | None) 
             status, reason = JobStatus.FAILED, "its allocation ended before it reported an end"
         state = _with_times(allocation.state, member.start if member else None, allocation.state.end)
         return observed.model_copy(update={"status": status, "reason": reason, "state": state})
-    if allocation.status is JobStatus.RUNNING and member is not None and member.state == "RUNNING":
+    if allocation.status is JobStatus.RUNNING and member is not None and member.state == "RUNNING" \
+            and not _left_by_an_earlier_attempt(member, allocation.state):
         return observed.model_copy(update={"state": _with_times(allocation.state, member.start, None)})
     reason = PILE_REASON if allocation.status is JobStatus.RUNNING else allocation.reason
     return observed.model_copy(update={"status": JobStatus.QUEUING, "reason": reason,
                                        "state": _with_times(allocation.state, None, None)})
+
+
+ATTEMPT_CLOCK_MARGIN = timedelta(seconds=1)
+"""A member's start may read this much before its allocation's (Slurm's start is whole seconds; node clocks drift)."""
+
+
+def _left_by_an_earlier_attempt(member: MemberStatus, allocation: SchedulerJobState) -> bool:
+    """Whether a member's RUNNING status was left by an earlier attempt of its requeued
+    allocation (it started before this attempt did): the launcher has not run it again yet, and
+    its old start must not read as a second restart."""
+    return member.start is not None and allocation.start is not None and member.start < allocation.start - ATTEMPT_CLOCK_MARGIN
 
 
 def _with_times(state: SchedulerJobState, start: object, end: object) -> SchedulerJobState:

@@ -201,6 +201,25 @@ def test_sigterm_stops_the_members_and_leaves_them_to_run_again_after_a_requeue(
         assert (Path(one.work_dir) / "runs").read_text() == "ran\nran\n"
 
 
+def test_a_step_killed_just_before_the_launcher_hears_of_the_requeue_is_left_to_run_again(tmp_path: Path) -> None:
+    # Slurm signals the steps and the batch step independently: m0 dies of SIGTERM a second before
+    # the launcher's own SIGTERM (a requeue) and must not be recorded FAILED; m1, killed with no
+    # end of the allocation following, is a real failure once the settle has passed
+    members = [member(tmp_path, index, "echo $$ > pid; sleep 30") for index in range(2)]
+    launcher = start_launcher(allocation(tmp_path, members, gpus_per_node=2))
+    wait_until(lambda: all((Path(one.work_dir) / "pid").exists() for one in members), timeout=10)
+    os.kill(int((Path(members[1].work_dir) / "pid").read_text()), signal.SIGTERM)
+    failed = wait_until(lambda: (ended := status(members[1])) and ended.is_final and ended, timeout=10)
+    assert (failed.state, failed.exit_code) == ("FAILED", 143)
+    os.kill(int((Path(members[0].work_dir) / "pid").read_text()), signal.SIGTERM)
+    time.sleep(1)
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=10)
+    assert launcher.returncode == 0, output
+    assert status(members[0]).state == "RUNNING", output
+    assert (failed.end - failed.start).total_seconds() < 2, "its end is when it died, not when the settle passed"
+
+
 def test_a_member_that_cannot_start_fails_alone(tmp_path: Path) -> None:
     gone, fine = member(tmp_path, 0, "true"), member(tmp_path, 1, "true")
     Path(gone.work_dir).rename(tmp_path / "elsewhere")  # its work dir vanished before it started: no log to open

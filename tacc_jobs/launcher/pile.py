@@ -12,7 +12,10 @@ requeued allocation is skipped. SIGUSR1 (`--signal=B:USR1@<seconds>`: the wall t
 stops the running members and records TIMEOUT. SIGTERM (a requeue, a cancel of the whole
 allocation, a preemption, the wall time reached) stops them and leaves their status RUNNING:
 the allocation's own end decides theirs, and a requeued allocation runs them again. A member's
-leftover processes are killed with it, so its GPUs are free when they are given again. Exits 0
+leftover processes are killed with it, so its GPUs are free when they are given again. A member
+killed by a signal is recorded FAILED only if no end of the allocation follows within
+`SIGNALLED_SETTLE_SECONDS`: Slurm signals the allocation's steps and its batch step
+independently (a requeue, a cancel), so a step may die before the launcher hears why. Exits 0
 once the pile is done, whatever the members' results.
 
 Standard library only, Python >= 3.8, no import from the project: the batch script embeds it.
@@ -38,6 +41,8 @@ FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 2.0
 """How long a stopped member has between SIGTERM and SIGKILL."""
+SIGNALLED_SETTLE_SECONDS = 3.0
+"""How long a member killed by a signal waits for the allocation's own end before it is FAILED."""
 
 
 def utc_iso(moment: float) -> str:
@@ -164,12 +169,30 @@ class Running:
         self.member, self.process, self.node, self.gpus, self.start = member, process, node, gpus, start
         self.stop_reason: Optional[str] = None
         self.kill_at = 0.0
+        self.exited_at: Optional[float] = None
 
     def stop(self, reason: str) -> None:
-        """SIGTERM to the member's process group (srun, so signalled, ends its step at once)."""
+        """SIGTERM to the member's process group (srun, so signalled, ends its step at once); a
+        member that has already exited (settling) only takes the reason."""
         if self.stop_reason is None:
             self.stop_reason, self.kill_at = reason, time.monotonic() + STOP_GRACE_SECONDS
-            self.signal(signal.SIGTERM)
+            if self.process.returncode is None:
+                self.signal(signal.SIGTERM)
+
+    def settling(self) -> bool:
+        """Whether the member, killed by a signal nobody here sent, still waits to learn whether
+        its allocation is ending (its step was signalled first); noted from its first sight.
+
+        Example:
+            >>> run = Running({}, subprocess.Popen(["true"]), "c001", [0], time.time())
+            >>> run.process.returncode = 143
+            >>> run.settling()
+            True
+        """
+        if self.stop_reason is not None or exit_code_of(self.process.returncode) <= 128:
+            return False
+        self.exited_at = self.exited_at or time.time()
+        return time.time() - self.exited_at < SIGNALLED_SETTLE_SECONDS
 
     def signal(self, signum: int) -> None:
         """Signal the member's process group (never after its leader is reaped: see `exited`)."""
@@ -249,7 +272,7 @@ class Pile:
 
     def finish(self, run: Running, state: str) -> None:
         """Record a member's end and free its GPUs."""
-        end = time.time()
+        end = run.exited_at or time.time()
         self.record(run.member, {"state": state, "exit_code": exit_code_of(run.process.returncode), "node": run.node,
                                  "gpus": run.gpus, "start": utc_iso(run.start), "end": utc_iso(end),
                                  "gpu_seconds": round(len(run.gpus) * (end - run.start), 3)})
@@ -262,6 +285,8 @@ class Pile:
             if run.exited():
                 if run.stop_reason == "INTERRUPTED":  # its status stays RUNNING: the allocation's end decides
                     self.running.remove(run)
+                    continue
+                if run.settling():
                     continue
                 self.finish(run, run.stop_reason or ("COMPLETED" if run.process.returncode == 0 else "FAILED"))
                 continue
