@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from sqlalchemy import Engine
 
@@ -63,3 +66,16 @@ def test_a_dead_stager_does_not_block_the_dataset(store: StagingStore) -> None:
     store.try_start("ls6", "d", max_parallel=1)
     store.update("ls6", "d", updated_at=datetime.now(timezone.utc) - timedelta(hours=2))
     assert store.request("ls6", "d", "normal").status is StagingStatus.QUEUED
+
+
+def test_first_requests_of_one_dataset_at_once_make_one_record(store: StagingStore) -> None:
+    barrier = threading.Barrier(8)
+
+    def first_request(index: int) -> str:
+        barrier.wait()  # all eight look the dataset up, find nothing, and insert together
+        return store.request("ls6", "fresh", "normal").dataset_id
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(first_request, range(8))) == ["fresh"] * 8
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM dataset_stagings WHERE dataset_id = 'fresh'").scalar() == 1

@@ -8,6 +8,7 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tacc_jobs.store.tables import DatasetStagingRow, TransferRow
@@ -71,7 +72,15 @@ class StagingStore:
 
     def request(self, system: str, dataset_id: str, priority: str) -> DatasetStaging:
         """Queue the dataset for staging (a record that is STAGING is left to its stager, unless
-        that stager has given no sign of life for `STALE_STAGING`)."""
+        that stager has given no sign of life for `STALE_STAGING`). Two first requests of one
+        dataset at once (a batch staging it for several jobs) make one record: the one whose
+        insert loses the race reads the winner's."""
+        try:
+            return self._request(system, dataset_id, priority)
+        except IntegrityError:
+            return self._request(system, dataset_id, priority)
+
+    def _request(self, system: str, dataset_id: str, priority: str) -> DatasetStaging:
         now = utcnow()
         with Session(self.engine) as session, session.begin():
             row = session.scalars(
