@@ -188,11 +188,17 @@ class LocalScheduler:
         else:
             marker.write_text(str(nodes))
 
-    def running_array_tasks(self, job: LocalJob) -> int:
-        """How many other tasks of `job`'s array hold nodes now (hold `locked()`)."""
+    def array_task_may_start(self, job: LocalJob) -> bool:
+        """Whether an array task may take nodes as far as its array goes (hold `locked()`): fewer
+        than the throttle of its other tasks run, and no task before it still waits (Slurm
+        starts an array's tasks in index order)."""
         running = self._indexed("running")
-        return sum((running / array_task_id(job.array_job_id or "", index)).exists()
-                   for index in job.array_tasks if index != job.array_task_id)
+        siblings = [array_task_id(job.array_job_id or "", index) for index in job.array_tasks if index != job.array_task_id]
+        if job.array_throttle is not None and sum((running / task).exists() for task in siblings) >= job.array_throttle:
+            return False
+        earlier = siblings[:job.array_tasks.index(job.array_task_id)] if job.array_task_id in job.array_tasks else []
+        return not any(self.read_state(task)["state"] == "PENDING" and self.read_state(task).get("reason") != HELD_REASON
+                       for task in earlier)
 
     def submit(self, job: JobSubmission) -> str:
         """Write the script, record the job PENDING and start its supervisor; with `--array

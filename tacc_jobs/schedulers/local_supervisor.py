@@ -32,7 +32,7 @@ def _claim_nodes(cluster: LocalScheduler, job_id: str, job: LocalJob) -> bool:
             state = cluster.read_state(job_id)
             if state["state"] in TERMINAL_STATES or state["state"].startswith("CANCELLED"):
                 return False
-            throttled = job.array_throttle is not None and cluster.running_array_tasks(job) >= job.array_throttle
+            throttled = job.array_job_id is not None and not cluster.array_task_may_start(job)
             if not throttled and cluster.allocated_nodes() + job.nodes <= cluster.total_nodes:
                 state.update(state="RUNNING", reason="None", start=utcnow().isoformat(), supervisor_pid=os.getpid())
                 cluster.write_state(job_id, state)
