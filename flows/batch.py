@@ -146,8 +146,9 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     recorded QUEUED, packed as the batch planner packs them (requests of one system, queue,
     agent and account share whole nodes in one allocation, each on its own GPUs, each keeping
     its record), then staged and submitted `parallel_limit` Slurm jobs at a time, high priority
-    first. A user never has more Slurm jobs in a queue than TACC allows (an allocation counts
-    once): the excess waits in QUEUED. The batch is polled together: one scheduler call per
+    first; requests that fill whole nodes go as one job array, a record per task. A user never
+    has more Slurm jobs in a queue than TACC allows (an allocation counts once, an array as its
+    throttle K): the excess waits in QUEUED. The batch is polled together: one scheduler call per
     system and cycle. A waiting batch returns once every record has ended and its allocations'
     charges are split (or `CHARGE_WAIT_SECONDS` later, for an allocation the scheduler lost).
 

@@ -15,7 +15,7 @@ import pytest
 
 from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
-from flows.batch import submit_batch
+from flows.batch import has_slot, submit_batch
 from flows.cancel import cancel_job
 from tacc_jobs.models import JobRecord, JobStatus, parse_request
 from tacc_jobs.planning.catalog import find_queue
@@ -37,7 +37,7 @@ from tacc_jobs.schedulers.job_script import (
 from tacc_jobs.schedulers.local import LocalScheduler
 from tacc_jobs.schedulers.packed_script import PackedMember
 from tacc_jobs.schedulers.slurm import SlurmScheduler
-from tacc_jobs.store import JobStore, migrate
+from tacc_jobs.store import JobStore, JobUpdate, migrate
 from tacc_jobs.store.engine import sqlite_engine
 from tacc_jobs.tracking import TrackingPolicy, reconcile_unsubmitted
 from tasks.tracking import sweep_system
@@ -202,3 +202,18 @@ def test_a_batch_of_whole_node_requests_runs_as_one_array_with_a_record_per_task
     assert all(sum(start <= moment < end for start, end in runs) <= 2 for moment, _ in runs), "two nodes: two tasks at once"
     stdout = Path(records[0].work_dir, "stdout.log").read_text()
     assert "alphacal: done" in stdout and json.loads(Path(records[0].work_dir, "output", "result.json").read_text())["rfi_strategy"] == "low"
+
+
+def test_an_array_waits_for_its_throttle_in_free_slots_then_counts_its_live_tasks(tmp_path: Path) -> None:
+    engine = sqlite_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    migrate(engine)
+    store = JobStore(engine)
+    running, *members = [member.record for member in array_members(store, 4)]
+    store.transition(running.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="7"))  # one job of jdoe in local-gpu (cap 8)
+    assert has_slot(store, members, [], slots=7) and not has_slot(store, members, [], slots=8)
+    assert not has_slot(store, members, [(running, 2)], slots=6), "what is being launched counts too"
+    name = scheduler_job_name(uuid.uuid4())
+    store.assign_allocation({member.id: 1.0 for member in members}, name, 1, array=True)
+    store.record_allocation_submitted(name, "9", {member.id: f"/s/{member.id}" for member in members})
+    assert [record.scheduler_job_id for record in store.allocation_members(name)] == ["9_0", "9_1", "9_2"]
+    assert store.active_submissions("jdoe", "local", "local-gpu") == 4
