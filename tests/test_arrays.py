@@ -31,6 +31,7 @@ from tacc_jobs.schedulers.arrays import (
 )
 from tacc_jobs.schedulers.job_script import (
     AgentRuntime,
+    JobPaths,
     allocation_dir,
     scheduler_job_name,
 )
@@ -217,3 +218,24 @@ def test_an_array_waits_for_its_throttle_in_free_slots_then_counts_its_live_task
     store.record_allocation_submitted(name, "9", {member.id: f"/s/{member.id}" for member in members})
     assert [record.scheduler_job_id for record in store.allocation_members(name)] == ["9_0", "9_1", "9_2"]
     assert store.active_submissions("jdoe", "local", "local-gpu") == 4
+
+
+def test_a_member_cancelled_before_its_task_starts_does_not_run(tmp_path: Path) -> None:
+    engine = sqlite_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    migrate(engine)
+    store = JobStore(engine)
+    cluster = LocalScheduler(tmp_path / "cluster")
+    members = array_members(store, 2)
+    name = scheduler_job_name(uuid.uuid4())
+    store.assign_allocation({member.record.id: 1.0 for member in members}, name, 1, array=True)
+    members = [member.model_copy(update={"record": store.get(member.record.id)}) for member in members]
+    submission = render_array(name, members, ["-p", "local-gpu", "-N", "1", "-t", "00:05:00", "--array", "0-1%8"],
+                              cluster.scratch_root, AgentRuntime(agent_home="/nowhere"))
+    ran, cancelled = (Path(JobPaths.for_job(cluster.scratch_root, member.record.id, member.record.dataset_id).work_dir) for member in members)
+    cluster.cancel_member(str(cancelled))  # its record was cancelled while sbatch ran
+    array = cluster.submit(submission)
+    ended = wait_until(lambda: all(state_of(cluster, f"{array}_{i}").end for i in range(2)) and
+                       [state_of(cluster, f"{array}_{i}") for i in range(2)], timeout=30)
+    assert ended[1].state == "COMPLETED" and not (cancelled / "params.json").exists(), "its member.sh never ran"
+    assert "cancelled before it started" in (Path(submission.work_dir) / "stderr-1.log").read_text()
+    assert (ran / "params.json").exists() and ended[0].state == "FAILED", "the other ran (and failed: no agent at /nowhere)"
