@@ -218,7 +218,10 @@ class LocalScheduler:
         work_dir = Path(job.work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         script_path = work_dir / "job.sbatch"
-        indexes, throttle = parse_array_spec(options[ARRAY_OPTION]) if ARRAY_OPTION in options else ([], None)
+        try:
+            indexes, throttle = parse_array_spec(options[ARRAY_OPTION]) if ARRAY_OPTION in options else ([], None)
+        except ValueError as error:
+            raise PermanentSchedulerError(f"sbatch: error: {error}") from None
         with self.locked():  # exactly once: a job of this name is adopted, an abandoned name refused
             if (found := self._find_locked([job.name])).get(job.name):
                 return array_job_id(found[job.name].job_id)
