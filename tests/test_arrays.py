@@ -41,6 +41,7 @@ from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.store import JobStore, JobUpdate, migrate
 from tacc_jobs.store.engine import sqlite_engine
 from tacc_jobs.tracking import TrackingPolicy, reconcile_unsubmitted
+from tasks.cancellation import cancel_stored_job
 from tasks.tracking import sweep_system
 from tests.conftest import state_of, wait_until
 
@@ -239,3 +240,24 @@ def test_a_member_cancelled_before_its_task_starts_does_not_run(tmp_path: Path) 
     assert ended[1].state == "COMPLETED" and not (cancelled / "params.json").exists(), "its member.sh never ran"
     assert "cancelled before it started" in (Path(submission.work_dir) / "stderr-1.log").read_text()
     assert (ran / "params.json").exists() and ended[0].state == "FAILED", "the other ran (and failed: no agent at /nowhere)"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cancelling_an_array_member_before_the_array_is_submitted_leaves_it_out(tmp_path: Path) -> None:
+    engine = sqlite_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    migrate(engine)
+    store = JobStore(engine)
+    members = array_members(store, 3)
+    name = scheduler_job_name(uuid.uuid4())
+    store.assign_allocation({member.record.id: 1.0 for member in members}, name, 1, array=True)
+    cancelled = cancel_stored_job(store, store.get(members[1].record.id), "cancelled by user")
+    assert cancelled.status is JobStatus.CANCELLED
+    cluster = scheduler_for("local")
+    marker = Path(JobPaths.for_job(cluster.scratch_root, cancelled.id, cancelled.dataset_id).work_dir, "cancel")
+    assert marker.exists(), "its marker stops its task should the array's sbatch be under way"
+    live = [PackedMember(record=store.get(member.record.id), request=member.request) for member in members]
+    live = [member for member in live if member.record.status is JobStatus.QUEUED]
+    submission = render_array(name, live, ["-p", "local-gpu", "-N", "1", "-t", "00:05:00", "--array", "0-2%8"],
+                              cluster.scratch_root, AgentRuntime(agent_home="/nowhere"))
+    assert "--array" in submission.sbatch_args and submission.sbatch_args[-1] == "0,2%8", "the array leaves it out"
+    assert not (Path(allocation_dir(cluster.scratch_root, name)) / ".abandoned").exists(), "the array's name is not fenced"
