@@ -18,6 +18,7 @@ from tacc_jobs.models import JobRecord, JobRequest, Plan, Priority
 from tacc_jobs.planning.catalog import find_queue
 from tacc_jobs.planning.charges import split_charge
 from tacc_jobs.planning.packing import Allocation, Strategy
+from tacc_jobs.schedulers.arrays import ARRAY_OPTION, parse_array_spec
 from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.store import DatasetStaging, JobStore
 from tasks.planning import plan_job_request, plan_request_batch
@@ -25,7 +26,7 @@ from tasks.staging import stage_dataset_to_scratch
 from tasks.submission import (
     end_unsubmitted_job,
     record_new_job,
-    submit_packed_allocation,
+    submit_allocation,
     submit_to_scheduler,
 )
 from tasks.tracking import sweep_system
@@ -37,11 +38,12 @@ def batch_run_name() -> str:
 
 
 class Submission(BaseModel):
-    """One Slurm job of the batch: a packed allocation of several records, or one record alone."""
+    """One sbatch of the batch: a packed allocation or a job array of several records, or one record alone."""
 
     members: list[int] = Field(description="Indexes of its records in the batch")
     allocation_name: str | None = None
-    sbatch_args: list[str] = Field(default_factory=list, description="A packed allocation's sbatch options")
+    sbatch_args: list[str] = Field(default_factory=list, description="A packed allocation's or an array's sbatch options")
+    slots: int = Field(default=1, description="Slurm jobs it may run at once, against the per-user cap: an array's throttle K")
 
 
 CHARGE_WAIT_SECONDS = 60.0
@@ -60,9 +62,13 @@ def awaiting_charge(records: list[JobRecord]) -> bool:
     return any(record.packed and record.scheduler_job_id is not None and record.charged_su is None for record in records)
 
 
-def has_slot(store: JobStore, records: list[JobRecord], launching: list[JobRecord]) -> bool:
-    """Whether each user of a submission may have one more Slurm job in its queue (TACC's max
-    jobs per user): a packed allocation counts once, however many records it runs.
+def has_slot(store: JobStore, records: list[JobRecord], launching: list[tuple[JobRecord, int]], slots: int = 1) -> bool:
+    """Whether each user of a submission may have `slots` more Slurm jobs in its queue (TACC's
+    max jobs per user): a packed allocation counts once, however many records it runs; a job
+    array counts as its throttle K (`slots`) until it is submitted, then as its live tasks.
+
+    Args:
+        launching: The first record and the slots of each submission being launched now.
 
     Example:
         ```python
@@ -72,8 +78,8 @@ def has_slot(store: JobStore, records: list[JobRecord], launching: list[JobRecor
     for record in records:
         spec = find_queue(record.system, record.queue)
         limit = spec.max_jobs_per_user if spec else 1
-        same = sum(1 for other in launching if (other.user_id, other.system, other.queue) == (record.user_id, record.system, record.queue))
-        if store.active_submissions(record.user_id, record.system, record.queue) + same >= limit:
+        same = sum(count for other, count in launching if (other.user_id, other.system, other.queue) == (record.user_id, record.system, record.queue))
+        if store.active_submissions(record.user_id, record.system, record.queue) + same + slots > limit:
             return False
     return True
 
@@ -83,20 +89,21 @@ def one_per_request_reason(allocation: Allocation) -> str | None:
 
     Example:
         ```python
-        one_per_request_reason(plan.allocations[0])  # "job arrays are planned but not submitted yet"
+        one_per_request_reason(plan.allocations[0])  # "ls6 goes through Tapis, ...: job arrays need Slurm"
         ```
     """
-    if allocation.strategy is Strategy.ARRAY:
-        return "job arrays are planned but not submitted yet"
-    if allocation.strategy is Strategy.PACKED and packed_placement(allocation.system) is None:
-        return f"{allocation.system} goes through Tapis, which runs one app per job: packed allocations need Slurm"
-    return None
+    if allocation.strategy is Strategy.SINGLE or packed_placement(allocation.system) is not None:
+        return None
+    what = "packed allocations" if allocation.strategy is Strategy.PACKED else "job arrays"
+    return f"{allocation.system} goes through Tapis, which runs one app per job: {what} need Slurm"
 
 
 def batch_submissions(store: JobStore, records: list[JobRecord], requests: list[JobRequest], allocations: list[Allocation]) -> list[Submission]:
     """The batch's Slurm jobs, high priority first: each packed allocation with its members
     recorded as such (its name shared, each estimated at its share of the allocation's SUs, by
-    the GPU-seconds it asks for), every other request alone.
+    the GPU-seconds it asks for), each job array with its members recorded as its tasks (its
+    name shared, task i the array's i-th request, each estimated at one task's SUs), every other
+    request alone.
 
     Example:
         ```python
@@ -116,6 +123,16 @@ def batch_submissions(store: JobStore, records: list[JobRecord], requests: list[
             logger.info("Allocation %d: %s packs %d requests onto %d node(s) of %s", number, name, len(allocation.requests),
                         allocation.nodes, allocation.queue)
             continue
+        if allocation.strategy is Strategy.ARRAY and reason is None:
+            name = scheduler_job_name(uuid.uuid4())
+            store.assign_allocation({records[index].id: su for index, su in zip(allocation.requests, allocation.request_su)},
+                                    name, allocation.nodes, array=True)
+            throttle = parse_array_spec(allocation.sbatch_args[allocation.sbatch_args.index(ARRAY_OPTION) + 1])[1]
+            submissions.append(Submission(members=allocation.requests, allocation_name=name, sbatch_args=allocation.sbatch_args,
+                                          slots=min(throttle or len(allocation.requests), len(allocation.requests))))
+            logger.info("Allocation %d: %s is a job array of %d requests of %d node(s) each on %s: %s", number, name,
+                        len(allocation.requests), allocation.nodes, allocation.queue, allocation.reason)
+            continue
         if reason is not None:
             logger.info("Allocation %d (%s, %d requests) goes one job per request: %s", number, allocation.strategy.value,
                         len(allocation.requests), reason)
@@ -129,8 +146,9 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
     recorded QUEUED, packed as the batch planner packs them (requests of one system, queue,
     agent and account share whole nodes in one allocation, each on its own GPUs, each keeping
     its record), then staged and submitted `parallel_limit` Slurm jobs at a time, high priority
-    first. A user never has more Slurm jobs in a queue than TACC allows (an allocation counts
-    once): the excess waits in QUEUED. The batch is polled together: one scheduler call per
+    first; requests that fill whole nodes go as one job array, a record per task. A user never
+    has more Slurm jobs in a queue than TACC allows (an allocation counts once, an array as its
+    throttle K): the excess waits in QUEUED. The batch is polled together: one scheduler call per
     system and cycle. A waiting batch returns once every record has ended and its allocations'
     charges are split (or `CHARGE_WAIT_SECONDS` later, for an allocation the scheduler lost).
 
@@ -160,7 +178,7 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
             if len(launching) == parallel_limit:
                 break
             members = [records[index] for index in submission.members]
-            if not has_slot(store, members, [records[item[0].members[0]] for item in launching]):
+            if not has_slot(store, members, [(records[item[0].members[0]], item[0].slots) for item in launching], submission.slots):
                 continue
             staged = [stage_dataset_to_scratch.submit(dataset_id, members[0].system, members[0].priority)
                       for dataset_id in sorted({record.dataset_id for record in members})]
@@ -168,7 +186,7 @@ def submit_batch(requests: list[JobRequest], parallel_limit: Annotated[int, Fiel
                 index = submission.members[0]
                 future = submit_to_scheduler.submit(records[index], ordered[index], plans[index], wait_for=staged)
             else:
-                future = submit_packed_allocation.submit(submission.allocation_name, members, [ordered[i] for i in submission.members],
+                future = submit_allocation.submit(submission.allocation_name, members, [ordered[i] for i in submission.members],
                                                          submission.sbatch_args, wait_for=staged)
             launching.append((submission, staged, future))
             pending.remove(submission)

@@ -266,6 +266,9 @@ class JobRecord(BaseModel):
         default=None, description="The Slurm job name of the packed allocation it runs in; None for a job of its own"
     )
     allocation_nodes: int | None = Field(default=None, description="Whole nodes of its packed allocation")
+    array_index: int | None = Field(
+        default=None, description="Its task in the job array named `allocation_name` (its scheduler id `<array id>_<index>`); None when not an array member"
+    )
     gpu_seconds: float | None = Field(default=None, description="GPUs x seconds it ran (a packed member's share of the charge)")
     created_at: datetime
     updated_at: datetime
@@ -283,7 +286,12 @@ class JobRecord(BaseModel):
     @property
     def packed(self) -> bool:
         """Whether it runs as a member of a packed allocation."""
-        return self.allocation_name is not None
+        return self.allocation_name is not None and self.array_index is None
+
+    @property
+    def array_member(self) -> bool:
+        """Whether it runs as a task of a job array."""
+        return self.array_index is not None
 
 
 class Page(BaseModel):

@@ -18,6 +18,7 @@ from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.planning.catalog import find_queue
 from tacc_jobs.planning.charges import charge_su, split_charge
 from tacc_jobs.schedulers import Scheduler, SchedulerJobState
+from tacc_jobs.schedulers.arrays import array_job_id, array_task_id
 from tacc_jobs.schedulers.job_script import JobPaths, record_job_name, submission_dir
 from tacc_jobs.schedulers.states import map_scheduler_state, map_slurm_state
 from tacc_jobs.settings import OrchestratorSettings
@@ -376,8 +377,11 @@ def _settle(store: JobStore, scheduler: Scheduler, record: JobRecord, state: Sch
 def adopt(store: JobStore, record: JobRecord, state: SchedulerJobState, work_dir: str, policy: TrackingPolicy,
           now: datetime | None = None) -> list[Transition]:
     """Record a job found by name as the record's: its id (QUEUING), then the state it is in (a
-    packed member's own state comes from its status file, at the next observation)."""
-    adopted = _apply(store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=state.job_id, work_dir=work_dir, reason=ADOPTED_REASON))
+    packed member's own state comes from its status file, an array member's from its task, at the
+    next observation). An array member's id is its task's, `<array id>_<index>`, whichever task
+    of the array was found."""
+    job_id = array_task_id(array_job_id(state.job_id), record.array_index) if record.array_index is not None else state.job_id
+    adopted = _apply(store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=job_id, work_dir=work_dir, reason=ADOPTED_REASON))
     transitions = [adopted]
     if adopted.record.scheduler_job_id == state.job_id and not adopted.record.status.is_terminal and not record.packed:
         status, reason = map_scheduler_state(state)

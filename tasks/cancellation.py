@@ -27,7 +27,9 @@ def cancel_stored_job(store: JobStore, record: JobRecord, reason: str) -> JobRec
 
     A member of a packed allocation whose other members have not all ended is stopped alone:
     its cancel marker is written (the launcher stops its step, or never starts it), and the
-    allocation runs on; cancelling the last live member cancels the allocation.
+    allocation runs on; cancelling the last live member cancels the allocation. A job array's
+    member is its own task (`scancel <id>_<i>`); before the array's id is recorded, its marker
+    keeps its task from running (and its submitter cancels the task once it records the array).
 
     A job with no recorded scheduler id (its submitter may be between `sbatch` and recording the
     answer, or dead there) is cancelled by name: under the name's lock the scheduler finds the
@@ -44,7 +46,8 @@ def cancel_stored_job(store: JobStore, record: JobRecord, reason: str) -> JobRec
         )
     scheduler = scheduler_for(record.system)
     name = record_job_name(record)
-    if record.packed and _other_members_live(store, record):  # stop its step, not the allocation
+    stopped_by_marker = record.packed or (record.array_member and record.scheduler_job_id is None)
+    if stopped_by_marker and _other_members_live(store, record):  # stop its step (or its task), not the allocation
         scheduler.cancel_member(JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir)
         return _record_cancelled(store, scheduler, record, reason)
     if record.scheduler_job_id is None:

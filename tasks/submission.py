@@ -20,6 +20,7 @@ from tacc_jobs.exceptions import JobAlreadyEnded, TaccOrchestratorError, Transie
 from tacc_jobs.models import JobRecord, JobRequest, JobStatus, Plan
 from tacc_jobs.planning.catalog import find_queue
 from tacc_jobs.schedulers import JobSubmission, Scheduler
+from tacc_jobs.schedulers.arrays import array_task_id, render_array
 from tacc_jobs.schedulers.job_script import (
     JobPaths,
     job_environment,
@@ -121,21 +122,23 @@ def submit_to_scheduler(record: JobRecord, request: JobRequest, plan: Plan) -> J
 
 
 @cluster_task
-def submit_packed_allocation(name: str, records: list[JobRecord], requests: list[JobRequest], sbatch_args: list[str]) -> list[JobRecord]:
-    """Submit a packed allocation once: one batch script (the launcher), its manifest and each
-    member's `member.sh`, written on the cluster under the allocation name's lock before
-    `sbatch`; then every member still QUEUED gets the allocation's id and moves to QUEUING in one
-    transaction, each announced like a job of its own.
+def submit_allocation(name: str, records: list[JobRecord], requests: list[JobRequest], sbatch_args: list[str]) -> list[JobRecord]:
+    """Submit a packed allocation or a job array once: one batch script (the launcher on its
+    manifest; or, for an array, task i dispatching to member i) and each member's `member.sh`,
+    written on the cluster under the allocation name's lock before `sbatch`; then every member
+    still QUEUED gets the allocation's id (an array member its task's, `<id>_<i>`) and moves to
+    QUEUING in one transaction, each announced like a job of its own.
 
     The allocation's name is its idempotency key, as a job's is: a retry adopts the job it finds.
-    Members cancelled before submission are left out of the manifest.
+    Members cancelled before submission are left out of the manifest (of `--array`); a member
+    cancelled while sbatch ran is stopped once the answer is recorded.
 
     Raises:
         JobAlreadyEnded: When every member was cancelled or ended meanwhile.
 
     Example:
         ```python
-        members = submit_packed_allocation("tacc-5f0e...", records, requests, allocation.sbatch_args)
+        members = submit_allocation("tacc-5f0e...", records, requests, allocation.sbatch_args)
         ```
     """
     store = open_job_store()
@@ -146,10 +149,13 @@ def submit_packed_allocation(name: str, records: list[JobRecord], requests: list
     first = live[0].record
     placement, spec = packed_placement(first.system), find_queue(first.system, first.queue)
     if placement is None or spec is None:
-        raise TaccOrchestratorError(f"{first.system}/{first.queue}: packed allocations run on Slurm or the embedded cluster only")
+        raise TaccOrchestratorError(f"{first.system}/{first.queue}: packed allocations and job arrays run on Slurm or the embedded cluster only")
     store.mark_allocation_submit_started(name, utcnow())
     scheduler, runtime = scheduler_for(first.system), agent_runtime(first.system)
-    submission = render_allocation(name, live, sbatch_args, spec.gpus_per_node, scheduler.scratch_root, runtime, placement)
+    if first.array_member:
+        submission = render_array(name, live, sbatch_args, scheduler.scratch_root, runtime)
+    else:
+        submission = render_allocation(name, live, sbatch_args, spec.gpus_per_node, scheduler.scratch_root, runtime, placement)
     submission.not_before = min(member.record.created_at for member in live) - NAME_LOOKUP_MARGIN
     if first.system != "local":
         transfer_for(first.system).push(AGENTS_DIR, runtime.agent_home)
@@ -157,7 +163,11 @@ def submit_packed_allocation(name: str, records: list[JobRecord], requests: list
     work_dirs = {member.record.id: JobPaths.for_job(scheduler.scratch_root, member.record.id, member.record.dataset_id).work_dir
                  for member in live}
     transitions = store.record_allocation_submitted(name, job_id, work_dirs)
-    if all(transition.record.status.is_terminal for transition in transitions):  # all cancelled meanwhile: nothing may run
+    if first.array_member:  # a task whose member was cancelled while sbatch ran must not run untracked
+        for transition in transitions:
+            if transition.record.id in work_dirs and transition.record.status.is_terminal and transition.record.array_index is not None:
+                scheduler.cancel(array_task_id(job_id, transition.record.array_index), name)
+    elif all(transition.record.status.is_terminal for transition in transitions):  # all cancelled meanwhile: nothing may run
         scheduler.cancel(job_id, name)
     return [announce(store, scheduler, transition) for transition in transitions]
 

@@ -96,8 +96,8 @@ def test_cleanup_removes_expired_records_and_results_and_keeps_the_rest(monkeypa
 
 def test_a_batch_runs_results_stay_until_all_its_jobs_expire() -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
-    first, second = submit_batch([request(user), request(user)])
-    results = result_files_of(first, count=5)  # one plan (two equal requests), the batch plan, one staging, two submits; no flow result
+    first, second = submit_batch([request(user), request(user, max_runtime="00:20:00")])  # two shapes: two jobs, not an array
+    results = result_files_of(first, count=6)  # two plans, the batch plan, one staging (one dataset), two submits; no flow result
     assert first.flow_run_id == second.flow_run_id
     for record in (first, second):
         age(record)

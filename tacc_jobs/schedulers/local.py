@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,12 @@ from tacc_jobs.exceptions import PermanentSchedulerError
 from tacc_jobs.launcher import CANCEL_FILE
 from tacc_jobs.planning.catalog import system_queues
 from tacc_jobs.processes import process_alive
+from tacc_jobs.schedulers.arrays import (
+    ARRAY_OPTION,
+    array_job_id,
+    array_task_id,
+    parse_array_spec,
+)
 from tacc_jobs.schedulers.base import (
     FileTail,
     JobsSnapshot,
@@ -49,7 +56,10 @@ from tacc_jobs.walltime import format_walltime, parse_walltime, utcnow
 ABANDONED = ".abandoned"
 """In a job directory: watch-jobs ended the record before the job was submitted; never submit it."""
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
-_SUPPORTED_OPTIONS = {"-p", "-N", "-t", "-A", "-J", "--ntasks-per-node", "-n"}
+_SUPPORTED_OPTIONS = {"-p", "-N", "-t", "-A", "-J", "--ntasks-per-node", "-n", ARRAY_OPTION}
+JOB_ID = re.compile(r"\d+(?:_\d+)?")
+ARRAY_TASK_LIMIT_REASON = "JobArrayTaskLimit"
+"""Slurm's pending reason of an array task held back by the array's throttle (`%K`)."""
 HOLD_FLAGS = {"-H", "--hold"}
 """sbatch's valueless flags that submit a job held: PENDING (JobHeldUser) until `release`."""
 HELD_REASON = "JobHeldUser"
@@ -70,6 +80,10 @@ class LocalJob(BaseModel):
     stdout_path: str
     stderr_path: str
     submit: datetime
+    array_job_id: str | None = None
+    array_task_id: int | None = None
+    array_tasks: list[int] = []
+    array_throttle: int | None = None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -149,7 +163,8 @@ class LocalScheduler:
         _write_json(self.job_dir(job_id) / "state.json", state)
 
     def _job_ids(self) -> list[str]:
-        return sorted((p.name for p in self.jobs_dir.iterdir() if (p / "state.json").exists()), key=int)
+        return sorted((p.name for p in self.jobs_dir.iterdir() if (p / "state.json").exists()),
+                      key=lambda job_id: [int(part) for part in job_id.split("_")])
 
     def _indexed(self, name: str) -> Path:
         """The index directory `name` (hold `locked()`), built from every job when missing."""
@@ -173,8 +188,22 @@ class LocalScheduler:
         else:
             marker.write_text(str(nodes))
 
+    def array_task_may_start(self, job: LocalJob) -> bool:
+        """Whether an array task may take nodes as far as its array goes (hold `locked()`): fewer
+        than the throttle of its other tasks run, and no task before it still waits (Slurm
+        starts an array's tasks in index order)."""
+        running = self._indexed("running")
+        siblings = [array_task_id(job.array_job_id or "", index) for index in job.array_tasks if index != job.array_task_id]
+        if job.array_throttle is not None and sum((running / task).exists() for task in siblings) >= job.array_throttle:
+            return False
+        earlier = siblings[:job.array_tasks.index(job.array_task_id)] if job.array_task_id in job.array_tasks else []
+        return not any(self.read_state(task)["state"] == "PENDING" and self.read_state(task).get("reason") != HELD_REASON
+                       for task in earlier)
+
     def submit(self, job: JobSubmission) -> str:
-        """Write the script, record the job PENDING and start its supervisor."""
+        """Write the script, record the job PENDING and start its supervisor; with `--array
+        <indexes>%K`, one job `<id>_<i>` per index, each with its supervisor, at most K running
+        at once (Slurm's semantics); the array's id is returned."""
         options = parse_sbatch_args(job.sbatch_args)
         partition = options.get("-p", next(iter(self.queues)))
         spec = self.queues.get(partition)
@@ -189,9 +218,13 @@ class LocalScheduler:
         work_dir = Path(job.work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         script_path = work_dir / "job.sbatch"
+        try:
+            indexes, throttle = parse_array_spec(options[ARRAY_OPTION]) if ARRAY_OPTION in options else ([], None)
+        except ValueError as error:
+            raise PermanentSchedulerError(f"sbatch: error: {error}") from None
         with self.locked():  # exactly once: a job of this name is adopted, an abandoned name refused
             if (found := self._find_locked([job.name])).get(job.name):
-                return found[job.name].job_id
+                return array_job_id(found[job.name].job_id)
             if (work_dir / ABANDONED).exists():
                 raise PermanentSchedulerError(f"sbatch: {job.name} was abandoned by watch-jobs (its record ended before the job was submitted)")
             script_path.write_text(job.script)
@@ -201,26 +234,32 @@ class LocalScheduler:
             counter = self.root / "next_job_id"
             job_id = counter.read_text().strip() if counter.exists() else "1"
             counter.write_text(str(int(job_id) + 1))
-            self.job_dir(job_id).mkdir()
-            record = LocalJob(
-                job_id=job_id,
-                name=options.get("-J", job.name),
-                user=os.environ.get("USER", str(os.getuid())),
-                account=options.get("-A"),
-                partition=partition,
-                nodes=nodes,
-                time_limit_seconds=time_limit.total_seconds(),
-                work_dir=str(work_dir),
-                script_path=str(script_path),
-                stdout_path=job.stdout_path,
-                stderr_path=job.stderr_path,
-                submit=utcnow(),
-            )
-            _write_json(self.job_dir(job_id) / "job.json", record.model_dump(mode="json"))
-            (self._indexed("names") / _name_key(record.name)).write_text(job_id)
-            self.write_state(job_id, {"state": "PENDING", "reason": HELD_REASON if "--hold" in options else "None"})
+            submitted = utcnow()
+            tasks = [array_task_id(job_id, index) for index in indexes] or [job_id]
+            for task, index in zip(tasks, indexes or [None]):
+                self.job_dir(task).mkdir()
+                record = LocalJob(
+                    job_id=task,
+                    name=options.get("-J", job.name),
+                    user=os.environ.get("USER", str(os.getuid())),
+                    account=options.get("-A"),
+                    partition=partition,
+                    nodes=nodes,
+                    time_limit_seconds=time_limit.total_seconds(),
+                    work_dir=str(work_dir),
+                    script_path=str(script_path),
+                    stdout_path=_array_path(job.stdout_path, job_id, index),
+                    stderr_path=_array_path(job.stderr_path, job_id, index),
+                    submit=submitted,
+                    **({"array_job_id": job_id, "array_task_id": index, "array_tasks": indexes, "array_throttle": throttle}
+                       if index is not None else {}),
+                )
+                _write_json(self.job_dir(task) / "job.json", record.model_dump(mode="json"))
+                self.write_state(task, {"state": "PENDING", "reason": HELD_REASON if "--hold" in options else "None"})
+            (self._indexed("names") / _name_key(options.get("-J", job.name))).write_text(tasks[0])
         if "--hold" not in options:
-            self._start_supervisor(job_id)
+            for task in tasks:
+                self._start_supervisor(task)
         return job_id
 
     def release(self, job_id: str) -> None:
@@ -261,7 +300,7 @@ class LocalScheduler:
         """Every listed job's state (id -> name; another name under the id is not that job), read from disk."""
         found = {}
         for job_id, name in jobs.items():
-            if job_id.isdigit() and (self.job_dir(job_id) / "state.json").exists() and self.load_job(job_id).name == name:
+            if JOB_ID.fullmatch(job_id) and (self.job_dir(job_id) / "state.json").exists() and self.load_job(job_id).name == name:
                 found[job_id] = self._state(job_id, name)
         return found
 
@@ -366,6 +405,11 @@ class LocalScheduler:
                 data, size = b"", offset
             tails[path] = FileTail(data=data.decode(errors="replace"), next_offset=size)
         return tails
+
+
+def _array_path(path: str, array_job: str, index: int | None) -> str:
+    """An array task's log path: Slurm's `%A` (the array's id) and `%a` (the task's index) filled in."""
+    return path if index is None else path.replace("%A", array_job).replace("%a", str(index))
 
 
 def _name_key(name: str) -> str:

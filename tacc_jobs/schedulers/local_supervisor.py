@@ -12,27 +12,35 @@ import sys
 import time
 from pathlib import Path
 
-from tacc_jobs.schedulers.local import TERMINAL_STATES, LocalScheduler
+from tacc_jobs.schedulers.local import (
+    ARRAY_TASK_LIMIT_REASON,
+    TERMINAL_STATES,
+    LocalJob,
+    LocalScheduler,
+)
 from tacc_jobs.walltime import utcnow
 
 KILL_WAIT_SECONDS = 5.0
 POLL_SECONDS = 0.2
 
 
-def _claim_nodes(cluster: LocalScheduler, job_id: str, nodes: int) -> bool:
-    """Mark the job RUNNING when its nodes are free; False when it was cancelled while waiting."""
+def _claim_nodes(cluster: LocalScheduler, job_id: str, job: LocalJob) -> bool:
+    """Mark the job RUNNING when its nodes are free (and, for an array task, fewer than the
+    array's throttle of its other tasks run); False when it was cancelled while waiting."""
     while True:
         with cluster.locked():
             state = cluster.read_state(job_id)
             if state["state"] in TERMINAL_STATES or state["state"].startswith("CANCELLED"):
                 return False
-            if cluster.allocated_nodes() + nodes <= cluster.total_nodes:
+            throttled = job.array_job_id is not None and not cluster.array_task_may_start(job)
+            if not throttled and cluster.allocated_nodes() + job.nodes <= cluster.total_nodes:
                 state.update(state="RUNNING", reason="None", start=utcnow().isoformat(), supervisor_pid=os.getpid())
                 cluster.write_state(job_id, state)
-                cluster.set_running(job_id, nodes)
+                cluster.set_running(job_id, job.nodes)
                 return True
-            if state.get("reason") != "Resources":
-                state["reason"] = "Resources"
+            reason = ARRAY_TASK_LIMIT_REASON if throttled else "Resources"
+            if state.get("reason") != reason:
+                state["reason"] = reason
                 cluster.write_state(job_id, state)
         time.sleep(POLL_SECONDS)
 
@@ -47,13 +55,16 @@ def _job_environment(cluster: LocalScheduler, job_id: str) -> dict[str, str]:
         "SLURM_JOB_NUM_NODES": str(job.nodes),
         "SLURM_NNODES": str(job.nodes),
         "SLURM_SUBMIT_DIR": job.work_dir,
+        **({"SLURM_ARRAY_JOB_ID": job.array_job_id, "SLURM_ARRAY_TASK_ID": str(job.array_task_id),
+            "SLURM_ARRAY_TASK_COUNT": str(len(job.array_tasks)), "SLURM_ARRAY_TASK_MIN": str(min(job.array_tasks)),
+            "SLURM_ARRAY_TASK_MAX": str(max(job.array_tasks))} if job.array_job_id is not None else {}),
     }
 
 
 def supervise(cluster: LocalScheduler, job_id: str) -> None:
     """Run one job to its end and record how it ended."""
     job = cluster.load_job(job_id)
-    if not _claim_nodes(cluster, job_id, job.nodes):
+    if not _claim_nodes(cluster, job_id, job):
         return
     with open(job.stdout_path, "ab") as stdout, open(job.stderr_path, "ab") as stderr:
         process = subprocess.Popen(

@@ -11,7 +11,7 @@ import base64
 import posixpath
 import re
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
@@ -22,6 +22,7 @@ from tacc_jobs.exceptions import (
 )
 from tacc_jobs.launcher import CANCEL_FILE
 from tacc_jobs.planning.catalog import system_queues
+from tacc_jobs.schedulers.arrays import array_job_id, reported_task_ids
 from tacc_jobs.schedulers.base import (
     SACCT_FIELDS,
     FileTail,
@@ -84,26 +85,35 @@ done
 sbatch --parsable "$@" "$work_dir/job.sbatch"
 """
 CANCEL_MEMBER_PROGRAM = 'mkdir -p -- "$1" && : > "$1/$2"'
+# One array task, only if it has the name: `scancel --name=<name> 123_4` would cancel every task
+# of 123 still pending (Slurm 22.05), so the name is checked first and scancel gets the task id alone.
+CANCEL_TASK_PROGRAM = r"""
+listed=$(squeue --noheader --array --states=all --jobs="$1" --format=%j) || exit
+[ "${listed%%$'\n'*}" = "$2" ] || exit 0
+exec scancel "$1"
+"""
 
 
 # One poll, whatever the number of jobs and files; its input comes on stdin (a command line
 # holds at most 128 KiB): "<id> <name>" lines (both checked safe), a "--" line, then file and
-# offset pairs, each NUL-terminated. It prints `squeue <output, base64>`; for the jobs squeue does
-# not settle (SETTLED: the states it tells whole), `sacct <status> <output, base64>` (a failed
-# sacct does not stop the poll: the caller decides); then `file <size>\t<tail, base64>` per file,
-# in order. A missing file costs no process. A failed squeue stops it with squeue's status.
+# offset pairs, each NUL-terminated. It prints `squeue <output, base64>` (array tasks one per
+# line); for the jobs squeue does not settle (SETTLED: the states it tells whole), `sacct <status>
+# <output, base64>` (an array task asked as its array job, which lists every task and those that
+# never started, `123_[4-9%2]`; a failed sacct does not stop the poll: the caller decides); then
+# `file <size>\t<tail, base64>` per file, in order. A missing file costs no process. A failed
+# squeue stops it with squeue's status.
 POLL_PROGRAM = r"""
 limit=$1
 declare -A want
 while IFS=' ' read -r id name && [ "$id" != "--" ]; do want[$id]=$name; done
 if [ ${#want[@]} -gt 0 ]; then
-  queue=$(squeue --me --noheader --states=all --format="$SQUEUE_FORMAT") || exit
+  queue=$(squeue --me --noheader --array --states=all --format="$SQUEUE_FORMAT") || exit
   printf 'squeue %s\n' "$(printf '%s' "$queue" | base64 -w0)"
   while IFS='|' read -r id state _ _ _ _ name; do
     if [ -n "$id" ] && [ "${want[$id]-}" = "$name" ] && [[ " $SETTLED " == *" $state "* ]]; then unset 'want[$id]'; fi
   done <<< "$queue"
   if [ ${#want[@]} -gt 0 ]; then
-    ids=$(IFS=,; printf '%s' "${!want[*]}")
+    ids=$(for id in "${!want[@]}"; do printf '%s\n' "${id%%_*}"; done | sort -u | paste -sd,)
     names=$(printf '%s\n' "${want[@]}" | sort -u | paste -sd,)
     accounted=$(sacct --noheader -X --parsable2 --jobs="$ids" --name="$names" --format="$ACCOUNTED_FORMAT"); status=$?
     printf 'sacct %s %s\n' "$status" "$(printf '%s' "$accounted" | base64 -w0)"
@@ -180,6 +190,30 @@ def _parse_job_line(line: str, in_queue: bool) -> SchedulerJobState:
                              end=_slurm_time(end) if state not in IN_QUEUE_STATES else None, submit=_slurm_time(submit))
 
 
+def _for_wanted(wanted: Mapping[str, str], states: Iterable[SchedulerJobState]) -> Iterator[SchedulerJobState]:
+    """The states of wanted jobs among squeue or sacct lines: a line of one job by its id and
+    name (another name under the id is a reused id, not ours); a line of several array tasks
+    (`123_[4-9%2]`, or the array's own `123`) for each wanted task it covers that no line of its
+    own reports, under the task's id.
+
+    Example:
+        >>> lines = [SchedulerJobState(job_id="9_[1-3]", name="a", state="CANCELLED"),
+        ...          SchedulerJobState(job_id="9_2", name="a", state="RUNNING")]
+        >>> [(state.job_id, state.state) for state in _for_wanted({"9_2": "a", "9_3": "a"}, lines)]
+        [('9_2', 'RUNNING'), ('9_3', 'CANCELLED')]
+    """
+    own, shared = {}, {}
+    for state in states:
+        if wanted.get(state.job_id) == state.name:
+            own[state.job_id] = state
+            continue
+        for task in reported_task_ids(state.job_id, wanted):
+            if wanted[task] == state.name:
+                shared.setdefault(task, state.model_copy(update={"job_id": task}))
+    yield from own.values()
+    yield from (state for task, state in shared.items() if task not in own)
+
+
 class SlurmScheduler:
     """The scheduler interface on a Slurm cluster (TACC's, or the sandbox), over a transport.
 
@@ -221,7 +255,7 @@ class SlurmScheduler:
 
     def submit(self, job: JobSubmission) -> str:
         """Upload the script (and the submission's other files) and `sbatch --parsable` it, once:
-        a retry adopts the job it finds."""
+        a retry adopts the job it finds (an array's job id, whichever of its tasks it finds)."""
         options = ["-J", job.name, "-o", job.stdout_path, "-e", job.stderr_path, "-D", job.work_dir, *job.sbatch_args]
         since = job.not_before or utcnow() - DEFAULT_LOOKBACK
         files = {posixpath.join(job.work_dir, "job.sbatch"): job.script, **job.files}
@@ -230,7 +264,7 @@ class SlurmScheduler:
         stdin = "".join(f"{path}\t{base64.b64encode(text.encode()).decode()}\n" for path, text in files.items())
         result = self._submit_program("submit", job.name, job.work_dir, since, *options, script=stdin)
         assert result is not None
-        return result.job_id if isinstance(result, SchedulerJobState) else result
+        return array_job_id(result.job_id) if isinstance(result, SchedulerJobState) else result
 
     def abandon(self, name: str, work_dir: str, since: datetime) -> SchedulerJobState | None:
         """Under the name's lock: the job found by name, else fence the name (no later submit runs it)."""
@@ -307,10 +341,8 @@ class SlurmScheduler:
         `sacct` section (`<status> <output, base64>`)."""
         found: dict[str, SchedulerJobState] = {}
         ended_in_queue: dict[str, SchedulerJobState] = {}
-        for line in base64.b64decode(queue).decode(errors="replace").splitlines():
-            state = _parse_job_line(line, in_queue=True)
-            if wanted.get(state.job_id) != state.name:  # not ours, or an id reused by another job
-                continue
+        for state in _for_wanted(wanted, (_parse_job_line(line, in_queue=True)
+                                          for line in base64.b64decode(queue).decode(errors="replace").splitlines())):
             if state.state in SETTLED_BY_SQUEUE:
                 found[state.job_id] = state
             elif state.state in ENDS_SQUEUE_TELLS_WHOLE:
@@ -322,23 +354,28 @@ class SlurmScheduler:
             if not isinstance(error, TransientSchedulerError) or any(job_id not in ended_in_queue for job_id in left):
                 raise error
             encoded = ""
+        accounted_states = []
         for line in base64.b64decode(encoded).decode(errors="replace").splitlines():
             job_id, state, exit_code, start, end, reason, name = (line.split("|", 6) + [""] * 6)[:7]
-            if job_id in left and wanted[job_id] == name:
-                found[job_id] = SchedulerJobState(job_id=job_id, name=name, state=state, exit_code=exit_code, reason=reason,
-                                                  start=_slurm_time(start), end=_slurm_time(end))
+            accounted_states.append(SchedulerJobState(job_id=job_id, name=name, state=state, exit_code=exit_code, reason=reason,
+                                                      start=_slurm_time(start), end=_slurm_time(end)))
+        for state in _for_wanted({job_id: wanted[job_id] for job_id in left}, accounted_states):
+            found[state.job_id] = state
         for job_id, state in ended_in_queue.items():
             found.setdefault(job_id, state)
         return found
 
     def cancel(self, job_id: str, name: str | None = None) -> None:
-        """`scancel` the job (`--name` too, when given: only the job of that name); a job that
-        has already ended is left alone."""
+        """`scancel` the job (`--name` too, when given: only the job of that name; an array task
+        `123_4` alone, its name checked first); a job that has already ended is left alone."""
         if not JOB_ID.fullmatch(job_id):
             raise PermanentSchedulerError(f"{job_id!r} is not a Slurm job id")
         if name is not None and not JOB_NAME.fullmatch(name):
             raise PermanentSchedulerError(f"job name {name!r} is not a safe Slurm job name")
-        completed = self.transport.run(["scancel", *([f"--name={name}"] if name else []), job_id])
+        if name is not None and "_" in job_id:
+            completed = self.transport.run([*SLURM_ENV, "bash", "-c", CANCEL_TASK_PROGRAM, "cancel-task", job_id, name])
+        else:
+            completed = self.transport.run(["scancel", *([f"--name={name}"] if name else []), job_id])
         message = completed.stderr
         if completed.returncode != 0 and not re.search(r"already completing or completed|Invalid job id", message):
             raise scheduler_error("scancel", completed)

@@ -21,6 +21,7 @@ from tacc_jobs.models import (
     Page,
     Plan,
 )
+from tacc_jobs.schedulers.arrays import array_task_id
 from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.store.tables import JobRow
 from tacc_jobs.walltime import utcnow
@@ -322,13 +323,15 @@ class JobStore:
             current = None
         raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")
 
-    def assign_allocation(self, estimated_su: Mapping[uuid.UUID, float], name: str, nodes: int) -> None:
+    def assign_allocation(self, estimated_su: Mapping[uuid.UUID, float], name: str, nodes: int, array: bool = False) -> None:
         """Make unsubmitted jobs the members of one packed allocation (its Slurm job name and whole
-        nodes), each estimated at its share of the allocation's SUs, in one transaction."""
+        nodes), each estimated at its share of the allocation's SUs, in one transaction; with
+        `array`, the tasks of one job array instead, task i the i-th job given (its nodes each)."""
         with self.engine.begin() as connection:
-            for job_id, share in estimated_su.items():
+            for index, (job_id, share) in enumerate(estimated_su.items()):
                 connection.execute(update(JobRow).where(JobRow.id == job_id, JobRow.scheduler_job_id.is_(None))
-                                   .values(allocation_name=name, allocation_nodes=nodes, estimated_su=share, updated_at=utcnow()))
+                                   .values(allocation_name=name, allocation_nodes=nodes, estimated_su=share,
+                                           array_index=index if array else None, updated_at=utcnow()))
 
     def allocation_members(self, name: str) -> list[JobRecord]:
         """Every member of a packed allocation, oldest first."""
@@ -343,20 +346,24 @@ class JobStore:
                                .values(submit_started_at=at))
 
     def record_allocation_submitted(self, name: str, scheduler_job_id: str, work_dirs: Mapping[uuid.UUID, str]) -> list[Transition]:
-        """In one transaction, every member still QUEUED gets the allocation's scheduler id and its
-        own work directory and moves to QUEUING; members that ended meanwhile (a cancel) are left.
+        """In one transaction, every member still QUEUED gets the allocation's scheduler id (an array
+        member its task's, `<id>_<index>`) and its own work directory and moves to QUEUING; members
+        that ended meanwhile (a cancel) are left.
 
         Returns:
             One transition per member, in `allocation_members` order.
         """
-        before = {record.id: record.status for record in self.allocation_members(name)}
+        members = self.allocation_members(name)
+        before = {record.id: record.status for record in members}
+        task_ids = {record.id: scheduler_job_id if record.array_index is None else array_task_id(scheduler_job_id, record.array_index)
+                    for record in members}
         now = utcnow()
         with self.engine.begin() as connection:
             for job_id, work_dir in work_dirs.items():
                 connection.execute(
                     update(JobRow)
                     .where(JobRow.id == job_id, JobRow.allocation_name == name, JobRow.status == JobStatus.QUEUED.value)
-                    .values(status=JobStatus.QUEUING.value, scheduler_job_id=scheduler_job_id, work_dir=work_dir, updated_at=now)
+                    .values(status=JobStatus.QUEUING.value, scheduler_job_id=task_ids[job_id], work_dir=work_dir, updated_at=now)
                 )
         return [Transition(record=record, previous=before.get(record.id, record.status)) for record in self.allocation_members(name)]
 
@@ -370,11 +377,11 @@ class JobStore:
     def uncharged_allocations(self, system: str, ended_after: datetime) -> dict[str, str]:
         """Allocation name -> scheduler id of the submitted packed allocations whose members have
         all ended (the last since `ended_after`) and are not charged yet: their charge waits for
-        the allocation's end."""
+        the allocation's end. (An array task is charged at its own end, as a job of its own.)"""
         active = [status.value for status in ACTIVE_STATUSES]
         query = (
             select(JobRow.allocation_name, func.max(JobRow.scheduler_job_id))
-            .where(JobRow.system == system, JobRow.allocation_name.is_not(None),
+            .where(JobRow.system == system, JobRow.allocation_name.is_not(None), JobRow.array_index.is_(None),
                    or_(JobRow.completed_at >= ended_after, JobRow.status.in_(active)))  # recent allocations only
             .group_by(JobRow.allocation_name)
             .having(func.sum(case((JobRow.status.in_(active), 1), else_=0)) == 0,
@@ -387,12 +394,13 @@ class JobStore:
 
     def active_submissions(self, user_id: str, system: str, queue: str) -> int:
         """How many Slurm jobs the user has in a queue now: a packed allocation counts once,
-        however many members it runs (TACC's per-user cap counts jobs)."""
-        query = select(JobRow.id, JobRow.allocation_name).where(
+        however many members it runs; each live task of a job array counts, as Slurm counts it
+        (TACC's per-user cap counts jobs)."""
+        query = select(JobRow.id, JobRow.allocation_name, JobRow.array_index).where(
             JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
             JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))
         with Session(self.engine) as session:
-            return len({name or job_id for job_id, name in session.execute(query)})
+            return len({job_id if index is not None else name or job_id for job_id, name, index in session.execute(query)})
 
     def agents_by_job_name(self, system: str) -> dict[str, str]:
         """Slurm job name -> agent of every job on a system, a packed allocation under its own

@@ -88,6 +88,7 @@ class JobRow(Base):
     submit_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     allocation_name: Mapped[str | None] = mapped_column(String(64))
     allocation_nodes: Mapped[int | None] = mapped_column(Integer)
+    array_index: Mapped[int | None] = mapped_column(Integer)
     gpu_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
