@@ -196,7 +196,7 @@ def test_a_requeued_allocation_is_one_more_attempt_for_its_running_members_and_c
 
 
 def packed_unsubmitted(store: JobStore, cluster: LocalScheduler, count: int = 3) -> tuple[list[JobRecord], JobSubmission]:
-    """Members recorded QUEUED, their allocation's submission begun (as submit_packed_allocation does before sbatch)."""
+    """Members recorded QUEUED, their allocation's submission begun (as submit_allocation does before sbatch)."""
     members = []
     for _ in range(count):
         job = parse_request({"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 1, "max_runtime": "00:01:00",
