@@ -476,7 +476,9 @@ def _charge_allocation(store: JobStore, scheduler: Scheduler, name: str, state: 
     members = store.allocation_members(name)
     if not members or any(not member.status.is_terminal for member in members):
         return []
-    spec = find_queue(members[0].system, members[0].queue)
+    unsubmitted = {member.id: (0.0, 0.0) for member in members if not member.work_dir}  # cancelled before sbatch: never in it
+    members = [member for member in members if member.work_dir]
+    spec = find_queue(members[0].system, members[0].queue) if members else None
     if spec is None:
         return []
     ran = state.end - state.start if state.start is not None and state.end is not None else None
@@ -488,7 +490,7 @@ def _charge_allocation(store: JobStore, scheduler: Scheduler, name: str, state: 
         status = _parse_member_status(files[paths[member.id]].data) if member.id in paths else None
         gpu_seconds.append(status.gpu_seconds_until(state.end or utcnow()) if status else member.gpu_seconds or 0.0)
     shares = split_charge(total, gpu_seconds)
-    store.set_member_charges({member.id: (seconds, share) for member, seconds, share in zip(members, gpu_seconds, shares)})
+    store.set_member_charges({**unsubmitted, **{member.id: (seconds, share) for member, seconds, share in zip(members, gpu_seconds, shares)}})
     return store.allocation_members(name)
 
 

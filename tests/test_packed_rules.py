@@ -145,6 +145,19 @@ def test_an_allocation_waits_for_its_charge_until_every_member_ended(store: JobS
     assert [(r.gpu_seconds, r.charged_su) for r in store.allocation_members(name)] == [(3000.0, 3.0), (1000.0, 1.0)]
 
 
+def test_a_member_that_ended_counts_against_the_budget_until_its_allocation_is_charged(store: JobStore) -> None:
+    members = [create(store, "budget") for _ in range(2)]
+    name = scheduler_job_name(uuid.uuid4())
+    store.assign_allocation({member.id: 2.0 for member in members}, name, 1)
+    store.record_allocation_submitted(name, "78", {member.id: f"/s/{member.id}" for member in members})
+    assert store.su_committed("budget") == 4.0
+    store.transition(members[0].id, JobStatus.COMPLETED, JobUpdate(completed_at=datetime.now(timezone.utc)))
+    assert store.su_committed("budget") == 4.0, "the node is billed until the allocation ends"
+    store.transition(members[1].id, JobStatus.COMPLETED, JobUpdate(completed_at=datetime.now(timezone.utc)))
+    store.set_member_charges({members[0].id: (600.0, 0.75), members[1].id: (200.0, 0.25)})
+    assert store.su_committed("budget") == 1.0, "then only the charge"
+
+
 def test_the_allocation_script_runs_the_launcher_on_a_manifest_of_member_scripts() -> None:
     now = datetime.now(timezone.utc)
     members = []

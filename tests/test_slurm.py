@@ -13,7 +13,7 @@ import pytest
 from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
 from tacc_jobs.models import JobStatus
 from tacc_jobs.schedulers import SACCT_FIELDS, JobSubmission
-from tacc_jobs.schedulers.slurm import SlurmScheduler
+from tacc_jobs.schedulers.slurm import END_OF_FILES, SlurmScheduler
 from tacc_jobs.schedulers.states import map_slurm_state
 from tacc_jobs.ssh import SshConnection
 from tests.conftest import Sandbox, wait_until
@@ -126,6 +126,32 @@ def test_dropped_connection_after_sbatch_gives_exactly_one_job(sandbox: Sandbox)
     assert submit(slurm, submission) == adopted
     ended(slurm, adopted)
     transport.inner.close()
+
+
+class CutStdin:
+    """A transport whose connection drops while the submission's files are still coming on stdin."""
+
+    def __init__(self, inner: SshConnection) -> None:
+        self.inner = inner
+
+    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        if stdin and END_OF_FILES in stdin:
+            stdin = stdin.splitlines(keepends=True)[0]  # the script arrived, the rest never did
+        return self.inner.run(argv, stdin=stdin, timeout=timeout)
+
+
+def test_files_cut_short_on_stdin_are_never_submitted(sandbox: Sandbox) -> None:
+    connection = sandbox.connect()
+    slurm = SlurmScheduler(CutStdin(connection), "ls6", f"/home/{sandbox.user}/scratch/cut-{uuid.uuid4().hex[:6]}")
+    submission = job(slurm, "sleep 1").model_copy(update={"files": {f"{slurm.scratch_root}/member.sh": "#!/bin/bash\ntrue\n"}})
+    with pytest.raises(TransientSchedulerError, match="cut short"):
+        submit(slurm, submission)
+    assert names_in_queue(sandbox, submission.name) == []
+    assert not Path(submission.work_dir, "job.sbatch").exists() and not Path(slurm.scratch_root, "member.sh").exists()
+    retried = submit(SlurmScheduler(connection, "ls6", slurm.scratch_root), submission)
+    assert names_in_queue(sandbox, submission.name) == [retried] and Path(slurm.scratch_root, "member.sh").exists()
+    ended(slurm, retried)
+    connection.close()
 
 
 def test_one_scheduler_command_per_poll_cycle(slurm: SlurmScheduler, sandbox_connection: SshConnection) -> None:

@@ -79,11 +79,21 @@ if [ "$mode" = abandon ]; then : > "$work_dir/.abandoned" && echo abandoned; exi
 if [ -e "$work_dir/.abandoned" ]; then
   echo "sbatch: $name was abandoned by watch-jobs (its record ended before the job was submitted)" >&2; exit 3
 fi
+files=() contents=() complete=
 while IFS=$'\t' read -r file data; do
-  mkdir -p -- "${file%/*}" && printf '%s' "$data" | base64 -d > "$file" || exit 1
+  if [ "$file" = "$END_OF_FILES" ]; then complete=1; break; fi
+  files+=("$file") contents+=("$data")
+done
+if [ -z "$complete" ]; then
+  echo "sbatch: the files to write came cut short (the connection dropped); nothing written, nothing submitted" >&2; exit 75
+fi
+for i in "${!files[@]}"; do
+  mkdir -p -- "${files[$i]%/*}" && printf '%s' "${contents[$i]}" | base64 -d > "${files[$i]}" || exit 1
 done
 sbatch --parsable "$@" "$work_dir/job.sbatch"
 """
+END_OF_FILES = "--end-of-files--"
+"""The last line of `SUBMIT_PROGRAM`'s stdin: files cut short by a dropped connection are never submitted."""
 CANCEL_MEMBER_PROGRAM = 'mkdir -p -- "$1" && : > "$1/$2"'
 # One array task, only if it has the name: `scancel --name=<name> 123_4` would cancel every task
 # of 123 still pending (Slurm 22.05), so the name is checked first and scancel gets the task id alone.
@@ -239,8 +249,8 @@ class SlurmScheduler:
         """Run `SUBMIT_PROGRAM`: the job found by name, the new job's id, or None once abandoned."""
         if not JOB_NAME.fullmatch(name):
             raise PermanentSchedulerError(f"job name {name!r} is not a safe Slurm job name")
-        output = self._run(["env", f"SQUEUE_FORMAT={SQUEUE_FORMAT}", f"SACCT_FORMAT={SACCT_FORMAT}", "bash", "-c",
-                            SUBMIT_PROGRAM, mode, mode, name, work_dir, _sacct_time_argument(since), *options],
+        output = self._run(["env", f"SQUEUE_FORMAT={SQUEUE_FORMAT}", f"SACCT_FORMAT={SACCT_FORMAT}", f"END_OF_FILES={END_OF_FILES}",
+                            "bash", "-c", SUBMIT_PROGRAM, mode, mode, name, work_dir, _sacct_time_argument(since), *options],
                            stdin=script, label="sbatch" if mode == "submit" else "abandon")
         last = output.strip().splitlines()[-1] if output.strip() else ""
         if last.startswith("found "):
@@ -261,7 +271,7 @@ class SlurmScheduler:
         files = {posixpath.join(job.work_dir, "job.sbatch"): job.script, **job.files}
         if any("\t" in path or "\n" in path for path in files):
             raise PermanentSchedulerError(f"{job.name}: a file path holds a tab or a newline")
-        stdin = "".join(f"{path}\t{base64.b64encode(text.encode()).decode()}\n" for path, text in files.items())
+        stdin = "".join(f"{path}\t{base64.b64encode(text.encode()).decode()}\n" for path, text in files.items()) + END_OF_FILES + "\n"
         result = self._submit_program("submit", job.name, job.work_dir, since, *options, script=stdin)
         assert result is not None
         return array_job_id(result.job_id) if isinstance(result, SchedulerJobState) else result

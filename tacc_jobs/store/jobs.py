@@ -8,7 +8,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Engine, Select, case, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.orm import Session
 
@@ -249,14 +259,18 @@ class JobStore:
             return [(end - start).total_seconds() / 60 for start, end in session.execute(query)]
 
     def su_committed(self, user_id: str) -> float:
-        """SUs the user has been charged plus the estimates of the user's active jobs."""
+        """SUs the user has been charged plus the estimates of the user's active jobs, and of
+        packed members that ended in an allocation not charged yet (it bills the whole node
+        until it ends: the split comes then)."""
         active = [status.value for status in ACTIVE_STATUSES]
+        awaiting_split = and_(JobRow.allocation_name.is_not(None), JobRow.array_index.is_(None),
+                              JobRow.scheduler_job_id.is_not(None), JobRow.charged_su.is_(None))
         charged = func.coalesce(func.sum(JobRow.charged_su), 0.0)
         estimated = func.coalesce(func.sum(JobRow.estimated_su), 0.0)
         with Session(self.engine) as session:
             used = session.scalar(select(charged).where(JobRow.user_id == user_id)) or 0.0
             running = session.scalar(
-                select(estimated).where(JobRow.user_id == user_id, JobRow.status.in_(active))
+                select(estimated).where(JobRow.user_id == user_id, or_(JobRow.status.in_(active), awaiting_split))
             ) or 0.0
         return float(used) + float(running)
 
