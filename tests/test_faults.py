@@ -102,6 +102,15 @@ def slurm_final_state(job_id: str, name: str) -> str:
     return output[0].split()[0] if output and output[0] else ""
 
 
+def record_figures(scenario: str, figures: dict[str, object]) -> None:
+    """Print a scenario's figures and keep them in tests/artifacts/faults.txt."""
+    line = f"{scenario}: " + ", ".join(f"{key}={value}" for key, value in figures.items())
+    print(line)
+    FIGURES.parent.mkdir(exist_ok=True)
+    with FIGURES.open("a") as handle:
+        handle.write(line + "\n")
+
+
 def audit(scenario: str, store: JobStore, records: list[JobRecord], **extra: object) -> dict[str, object]:
     """Compare the records with Slurm; print and keep the figures; every one must be zero."""
     current = [store.get(record.id) for record in records]
@@ -114,12 +123,8 @@ def audit(scenario: str, store: JobStore, records: list[JobRecord], **extra: obj
         "false_failed": sum(1 for record in current if record.status is JobStatus.FAILED and record.scheduler_job_id
                             and slurm_final_state(record.scheduler_job_id, scheduler_job_name(record.id)) == "COMPLETED"),
     }
-    line = f"{scenario}: " + ", ".join(f"{key}={value}" for key, value in {**figures, **extra}.items())
-    print(line)
-    FIGURES.parent.mkdir(exist_ok=True)
-    with FIGURES.open("a") as handle:
-        handle.write(line + "\n")
-    assert all(value == 0 for value in figures.values()), line
+    record_figures(scenario, {**figures, **extra})
+    assert all(value == 0 for value in figures.values()), f"{scenario}: {figures}"
     return figures
 
 

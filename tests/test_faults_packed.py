@@ -45,7 +45,7 @@ from tasks.planning import plan_job_request, plan_request_batch
 from tests.conftest import REPO, Sandbox, wait_until
 from tests.test_faults import (
     FAULTS,
-    FIGURES,
+    record_figures,
     scontrol,
     slow_sbatch,  # noqa: F401 (the single-job suite's fixture, used here by name)
     slurm_jobs,
@@ -178,12 +178,8 @@ def audit(scenario: str, store: JobStore, records: list[JobRecord], **extra: obj
                             and '"COMPLETED"' in statuses[str(record.id)]),
         "orphan_steps": running_steps(job_id) if job_id else 0,
     }
-    line = f"{scenario}: " + ", ".join(f"{key}={value}" for key, value in {**figures, **extra}.items())
-    print(line)
-    FIGURES.parent.mkdir(exist_ok=True)
-    with FIGURES.open("a") as handle:
-        handle.write(line + "\n")
-    assert all(value == 0 for value in figures.values()), line
+    record_figures(scenario, {**figures, **extra})
+    assert all(value == 0 for value in figures.values()), f"{scenario}: {figures}"
     return figures
 
 
@@ -305,10 +301,8 @@ def test_ssh_dropped_while_an_allocations_sbatch_is_in_flight_then_the_retry_mak
         connection.close()
         for record in records:  # never submitted through the store: not left for a sweep to settle
             store.transition(record.id, JobStatus.CANCELLED, JobUpdate(reason="fault test over"))
-    line = f"packed: ssh dropped {held} sbatch ran, then the retry: slurm_jobs={len(jobs)}, files={len(files)}, files_rewritten={rewritten}"
-    print(line)
-    with FIGURES.open("a") as handle:
-        handle.write(line + "\n")
+    record_figures(f"packed: ssh dropped {held} sbatch ran, then the retry",
+                   {"slurm_jobs": len(jobs), "files": len(files), "files_rewritten": rewritten})
 
 
 def test_cancelling_members_stops_their_steps_and_the_last_cancel_ends_the_allocation_with_no_orphan_step() -> None:

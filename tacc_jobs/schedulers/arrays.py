@@ -20,6 +20,7 @@ from tacc_jobs.schedulers.job_script import (
     JobPaths,
     allocation_dir,
     render_member_script,
+    script_header,
 )
 from tacc_jobs.schedulers.packed_script import PackedMember
 
@@ -147,11 +148,7 @@ def render_array(name: str, members: Sequence[PackedMember], sbatch_args: list[s
     stdout, stderr = posixpath.join(work_dir, "stdout-%a.log"), posixpath.join(work_dir, "stderr-%a.log")
     agents = sorted({member.request.agent for member in members})
     script = "\n".join([
-        "#!/bin/bash",
-        f"#SBATCH -J {name}",
-        f"#SBATCH -o {stdout}",
-        f"#SBATCH -e {stderr}",
-        *sbatch_directives(arguments),
+        *script_header(name, stdout, stderr, sbatch_directives(arguments)),
         f"# job array of {len(members)} {'/'.join(agents)} requests, rendered by tacc-orchestrator: task i runs member i",
         'case "${SLURM_ARRAY_TASK_ID:?not a job array task}" in',
         *cases,

@@ -138,14 +138,18 @@ def render_job_script(job_id: uuid.UUID, request: JobRequest, plan: Plan, paths:
         script = render_job_script(record.id, request, plan, paths, AgentRuntime(agent_home="/opt/agents"))
         ```
     """
-    directives = [
-        f"#SBATCH -J {scheduler_job_name(job_id)}",
-        f"#SBATCH -o {paths.stdout}",
-        f"#SBATCH -e {paths.stderr}",
-        *plan.sbatch_directives,
-    ]
     body = render_member_script(job_id, request, paths, runtime).removeprefix("#!/bin/bash\n")
-    return "\n".join(["#!/bin/bash", *directives, body])
+    return "\n".join([*script_header(scheduler_job_name(job_id), paths.stdout, paths.stderr, plan.sbatch_directives), body])
+
+
+def script_header(name: str, stdout: str, stderr: str, directives: list[str]) -> list[str]:
+    """A batch script's first lines: `#!/bin/bash`, its name and logs, then its other `#SBATCH` lines.
+
+    Example:
+        >>> script_header("tacc-1", "/j/out", "/j/err", ["#SBATCH -p h100"])
+        ['#!/bin/bash', '#SBATCH -J tacc-1', '#SBATCH -o /j/out', '#SBATCH -e /j/err', '#SBATCH -p h100']
+    """
+    return ["#!/bin/bash", f"#SBATCH -J {name}", f"#SBATCH -o {stdout}", f"#SBATCH -e {stderr}", *directives]
 
 
 def render_member_script(job_id: uuid.UUID, request: JobRequest, paths: JobPaths, runtime: AgentRuntime) -> str:

@@ -20,6 +20,7 @@ from tacc_jobs.schedulers.job_script import (
     allocation_dir,
     render_member_script,
     scheduler_job_name,
+    script_header,
 )
 from tacc_jobs.walltime import parse_walltime
 
@@ -75,11 +76,7 @@ def render_allocation(name: str, members: list[PackedMember], sbatch_args: list[
     environment = {"TACC_PYTHON": runtime.python, "TACC_AGENT_HOME": runtime.agent_home, "TACC_AGENT_IMAGE": runtime.image or ""}
     agents = sorted({member.request.agent for member in members})
     script = "\n".join([
-        "#!/bin/bash",
-        f"#SBATCH -J {name}",
-        f"#SBATCH -o {stdout}",
-        f"#SBATCH -e {stderr}",
-        *sbatch_directives(sbatch_args),
+        *script_header(name, stdout, stderr, sbatch_directives(sbatch_args)),
         *(slurm_only_directives(sbatch_args) if placement == "srun" else []),
         f"# packed allocation of {len(members)} {'/'.join(agents)} requests, rendered by tacc-orchestrator",
         *(f"export {variable}={shlex.quote(value)}" for variable, value in environment.items()),
