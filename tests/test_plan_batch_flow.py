@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 
 from blocks.database import open_job_store
 from flows.plan_batch import plan_batch
@@ -17,11 +21,13 @@ REQUEST = {"agent": "AlphaCal", "gpu_count": 1, "max_runtime": "1h", "user_id": 
 
 
 def test_plan_batch_writes_the_plan_and_its_saving_as_a_table_artifact() -> None:
-    plan = plan_batch([{**REQUEST, "dataset_id": f"d{index}"} for index in range(24)])
+    state = plan_batch([{**REQUEST, "dataset_id": f"d{index}"} for index in range(24)], return_state=True)
+    plan = state.result()
     assert (plan.packed.su, plan.one_per_request.su, plan.packed.slurm_jobs) == (24.0, 96.0, 2)
     assert open_job_store().history("batchplanner").total == 0
-    with get_client(sync_client=True) as client:
-        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["batch-plan"])), limit=1)
+    with get_client(sync_client=True) as client:  # this run's artifact: other tests plan batches on the same server
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["batch-plan"]), flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert artifact.type == "table" and "72 saved" in artifact.description
     assert '"saving"' in artifact.data and '"12.0x sooner"' in artifact.data
 
