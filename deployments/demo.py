@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_UI_URL
 
 from blocks.database import open_job_store
 from tacc_jobs.models import JobRequest
+from tacc_jobs.settings import get_settings
 
 SAMPLE_REQUEST = {
     "agent": "AlphaCal",
@@ -37,19 +38,30 @@ def main() -> None:
     parser.add_argument("--rfi-strategy", default=SAMPLE_REQUEST["params"]["rfi_strategy"])
     args = parser.parse_args()
     request = JobRequest.model_validate(
-        {**SAMPLE_REQUEST, "gpu_count": args.gpus, "params": {**SAMPLE_REQUEST["params"], "rfi_strategy": args.rfi_strategy}}
+        {
+            **SAMPLE_REQUEST,
+            "gpu_count": args.gpus,
+            "params": {**SAMPLE_REQUEST["params"], "rfi_strategy": args.rfi_strategy},
+        }
     )
     started = time.monotonic()
-    flow_run = run_deployment("submit-job/submit-job", parameters={"request": request.model_dump(mode="json")}, timeout=None)
+    flow_run = run_deployment(
+        "submit-job/submit-job", parameters={"request": request.model_dump(mode="json")}, timeout=None
+    )
     elapsed = time.monotonic() - started
     record = open_job_store().find_by_flow_run(flow_run.id)
     print("\n=== tacc-orchestrator demo: job summary ===")
-    print(f"flow run       {flow_run.name}: {flow_run.state_name}  {PREFECT_UI_URL.value()}/runs/flow-run/{flow_run.id}")
+    print(
+        f"flow run       {flow_run.name}: {flow_run.state_name}  {PREFECT_UI_URL.value()}/runs/flow-run/{flow_run.id}"
+    )
+    print(f"UI password    the auth string in {get_settings().home / 'stack' / 'api-auth'}")
     if record is None:
         raise SystemExit("the flow run recorded no job; see its logs in the UI")
     print(f"job            {record.id}")
     print(f"status         {record.status.value}  (progress {record.progress:.0%})")
-    print(f"where          {record.system}/{record.queue}, scheduler job {record.scheduler_job_id}, {record.nodes} node(s), {record.gpu_count} GPUs")
+    print(
+        f"where          {record.system}/{record.queue}, scheduler job {record.scheduler_job_id}, {record.nodes} node(s), {record.gpu_count} GPUs"
+    )
     if record.runtime:
         print(f"runtime        {record.runtime.total_seconds():.1f} s on the cluster; {elapsed:.1f} s end to end")
     print(f"SUs            charged {record.charged_su} (estimated {record.estimated_su} at full wall time)")

@@ -87,7 +87,7 @@ MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStorageEnforce=associations
+AccountingStorageEnforce=associations,limits
 JobCompType=jobcomp/none
 MinJobAge=5
 EnforcePartLimits=ALL
@@ -150,14 +150,20 @@ ensure_associations() {
 }
 
 start_slurm() {
+  if [[ -n ${CONFIG_CHANGED:-} ]] && running slurmctld; then
+    # some settings (AccountingStorageEnforce) take effect only when slurmctld starts; its jobs are
+    # kept in its state files across the restart
+    log "slurm.conf changed: restarting slurmctld"
+    pkill -x slurmctld
+    wait_for 60 "slurmctld to stop" bash -c "! pgrep -x slurmctld"
+  fi
   if ! running slurmctld; then
     log "starting slurmctld"
     setsid nohup /usr/sbin/slurmctld -D -i >>"$LOGS/slurmctld.out" 2>&1 < /dev/null &
   fi
   wait_for 60 slurmctld scontrol ping
-  if [[ -n ${CONFIG_CHANGED:-} ]]; then
-    log "slurm.conf changed: reconfiguring"
-    scontrol reconfigure
+  if [[ -n ${CONFIG_CHANGED:-} ]] && running slurmd; then
+    scontrol reconfigure  # the node daemon reads the new file too
   fi
   if ! running slurmd; then
     log "starting slurmd"
