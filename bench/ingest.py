@@ -63,15 +63,31 @@ def peak_rss_mb() -> float:
 
 def run_pipeline(engine: Engine, jobs: int, chunk_rows: int, system: str) -> tuple[float, float, IngestSummary]:
     warehouse = TimedWarehouse(engine)
-    summary = IngestSummary(run_id=warehouse.start_run("sacct", system, *WINDOW), source="sacct", system=system,
-                            window_start=WINDOW[0], window_end=WINDOW[1])
+    summary = IngestSummary(
+        run_id=warehouse.start_run("sacct", system, *WINDOW),
+        source="sacct",
+        system=system,
+        window_start=WINDOW[0],
+        window_end=WINDOW[1],
+    )
     started = time.perf_counter()
-    ingest_chunks(warehouse, sacct_chunks(synthetic_sacct_rows(jobs, seed=3, requeue_every=REQUEUE_EVERY), system, CostRates(), {}, chunk_rows), summary)
+    ingest_chunks(
+        warehouse,
+        sacct_chunks(
+            synthetic_sacct_rows(jobs, seed=3, requeue_every=REQUEUE_EVERY), system, CostRates(), {}, chunk_rows
+        ),
+        summary,
+    )
     return time.perf_counter() - started, warehouse.write_seconds, summary
 
 
 def normalized_frames(jobs: int, system: str, seed: int) -> list[pd.DataFrame]:
-    return [chunk.usage for chunk in sacct_chunks(synthetic_sacct_rows(jobs, seed=seed, requeue_every=REQUEUE_EVERY), system, CostRates(), {}, 100_000)]
+    return [
+        chunk.usage
+        for chunk in sacct_chunks(
+            synthetic_sacct_rows(jobs, seed=seed, requeue_every=REQUEUE_EVERY), system, CostRates(), {}, 100_000
+        )
+    ]
 
 
 def naive_upserts(engine: Engine, jobs: int) -> float:
@@ -81,8 +97,13 @@ def naive_upserts(engine: Engine, jobs: int) -> float:
     started = time.perf_counter()
     with Session(engine) as session:
         for record in records:
-            row = session.scalars(select(JobUsageRow).where(JobUsageRow.system == record["system"], JobUsageRow.job_id == record["job_id"],
-                                                            JobUsageRow.submit_time == record["submit_time"])).first()
+            row = session.scalars(
+                select(JobUsageRow).where(
+                    JobUsageRow.system == record["system"],
+                    JobUsageRow.job_id == record["job_id"],
+                    JobUsageRow.submit_time == record["submit_time"],
+                )
+            ).first()
             if row is None:
                 session.add(JobUsageRow(**record, ingested_at=datetime.now(timezone.utc)))
             else:
@@ -129,18 +150,28 @@ def main() -> None:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     write_rate = summary.inserted / write_seconds
-    print(f"input: {summary.rows_read:,} sacct rows = {summary.inserted:,} jobs + {summary.steps_folded:,} steps "
-          f"({summary.failed} quarantined), chunks of {args.chunk_rows:,} rows")
-    print(f"pipeline end to end: {seconds:.1f} s = {summary.rows_read / seconds:,.0f} rows/s "
-          f"(parse+normalize {seconds - write_seconds:.1f} s, write {write_seconds:.1f} s)")
-    print(f"re-run of the same window: {rerun_seconds:.1f} s, {rerun.unchanged:,} unchanged, {rerun.inserted} inserted, {rerun.updated} updated")
+    print(
+        f"input: {summary.rows_read:,} sacct rows = {summary.inserted:,} jobs + {summary.steps_folded:,} steps "
+        f"({summary.failed} quarantined), chunks of {args.chunk_rows:,} rows"
+    )
+    print(
+        f"pipeline end to end: {seconds:.1f} s = {summary.rows_read / seconds:,.0f} rows/s "
+        f"(parse+normalize {seconds - write_seconds:.1f} s, write {write_seconds:.1f} s)"
+    )
+    print(
+        f"re-run of the same window: {rerun_seconds:.1f} s, {rerun.unchanged:,} unchanged, {rerun.inserted} inserted, {rerun.updated} updated"
+    )
     print(f"write path (COPY to staging + INSERT .. ON CONFLICT into indexed job_usage): {write_rate:,.0f} jobs/s")
     print(f"naive per-job ORM upsert ({args.naive_jobs:,} jobs): {naive_rate:,.0f} jobs/s")
     print(f"raw COPY into an unindexed table: {ceiling_rate:,.0f} jobs/s")
-    print(f"write path vs naive: {write_rate / naive_rate:.0f}x (target >= 50x); "
-          f"end to end vs naive: {summary.inserted / seconds / naive_rate:.0f}x")
+    print(
+        f"write path vs naive: {write_rate / naive_rate:.0f}x (target >= 50x); "
+        f"end to end vs naive: {summary.inserted / seconds / naive_rate:.0f}x"
+    )
     print(f"write path vs raw COPY: {100 * write_rate / ceiling_rate:.0f}% (target >= 30%)")
-    print(f"peak memory: {pipeline_memory:.0f} MB for the process ({baseline_memory:.0f} MB before the pipeline) (target < 500 MB)")
+    print(
+        f"peak memory: {pipeline_memory:.0f} MB for the process ({baseline_memory:.0f} MB before the pipeline) (target < 500 MB)"
+    )
 
 
 if __name__ == "__main__":

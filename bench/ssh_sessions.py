@@ -26,14 +26,24 @@ from blocks.credentials import TaccCredentials
 
 def sandbox_credentials() -> TaccCredentials:
     """The sandbox as a TaccCredentials block (not saved)."""
-    values = dict(line.split("=", 1) for line in subprocess.run(
-        ["scripts/slurm-sandbox.sh", "env"], capture_output=True, text=True, check=True).stdout.split())
-    return TaccCredentials(username=values["TACC_SANDBOX_USER"], host=values["TACC_SANDBOX_HOST"], port=int(values["TACC_SANDBOX_PORT"]),
-                           private_key=SecretStr(Path(values["TACC_SANDBOX_KEY"]).read_text()),
-                           known_hosts=Path(values["TACC_SANDBOX_KNOWN_HOSTS"]).read_text().strip())
+    values = dict(
+        line.split("=", 1)
+        for line in subprocess.run(
+            ["scripts/slurm-sandbox.sh", "env"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    return TaccCredentials(
+        username=values["TACC_SANDBOX_USER"],
+        host=values["TACC_SANDBOX_HOST"],
+        port=int(values["TACC_SANDBOX_PORT"]),
+        private_key=SecretStr(Path(values["TACC_SANDBOX_KEY"]).read_text()),
+        known_hosts=Path(values["TACC_SANDBOX_KNOWN_HOSTS"]).read_text().strip(),
+    )
 
 
-def seconds_per_command(credentials: TaccCredentials, slot: Callable[[], AbstractContextManager[object]], argv: list[str], count: int) -> float:
+def seconds_per_command(
+    credentials: TaccCredentials, slot: Callable[[], AbstractContextManager[object]], argv: list[str], count: int
+) -> float:
     """Mean wall time of `count` sequential remote commands over one connection (opened first)."""
     with credentials.get_client(session_slot=slot) as connection:
         connection.run(["true"])
@@ -52,8 +62,10 @@ def main() -> None:
     for label, argv in (("true", ["true"]), ("squeue --me", ["squeue", "--me", "--noheader"])):
         baseline = seconds_per_command(credentials, nullcontext, argv, args.commands)
         limited = seconds_per_command(credentials, slot, argv, args.commands)
-        print(f"{label:12s} no slot {baseline * 1000:7.1f} ms   with slot {limited * 1000:7.1f} ms   "
-              f"ratio {limited / baseline:5.2f}x   (+{(limited - baseline) * 1000:.1f} ms per command, {args.commands} commands)")
+        print(
+            f"{label:12s} no slot {baseline * 1000:7.1f} ms   with slot {limited * 1000:7.1f} ms   "
+            f"ratio {limited / baseline:5.2f}x   (+{(limited - baseline) * 1000:.1f} ms per command, {args.commands} commands)"
+        )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ from tacc_jobs.schedulers.local import LocalScheduler
 from tacc_jobs.store import JobStore, JobUpdate
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-SCHEDULER_METHODS = [name for name in vars(Scheduler) if not name.startswith("_") and callable(getattr(Scheduler, name))]
+SCHEDULER_METHODS = [
+    name for name in vars(Scheduler) if not name.startswith("_") and callable(getattr(Scheduler, name))
+]
 JOB_SCRIPT = """#!/bin/bash
 mkdir -p {output_dir}
 echo 0.5 > {progress}
@@ -124,10 +126,16 @@ def instrument(api_url: str) -> None:
         def wrapper(client: Any, request: httpx.Request, *args: Any, **kwargs: Any) -> Any:
             if COUNTERS.active and str(request.url).startswith(api_url):
                 path = request.url.path.removeprefix(httpx.URL(api_url).path)
-                kind = "block load" if path.startswith("/block_documents") or "/block_documents" in path else \
-                       "logs" if path.startswith("/logs") else "other"
+                kind = (
+                    "block load"
+                    if path.startswith("/block_documents") or "/block_documents" in path
+                    else "logs"
+                    if path.startswith("/logs")
+                    else "other"
+                )
                 COUNTERS.api_requests[kind] += 1
             return send(client, request, *args, **kwargs)
+
         return wrapper
 
     httpx.Client.send = counting(httpx.Client.send)  # type: ignore[method-assign]
@@ -137,7 +145,9 @@ def instrument(api_url: str) -> None:
     async def counting_async(client: Any, request: httpx.Request, *args: Any, **kwargs: Any) -> Any:
         if COUNTERS.active and str(request.url).startswith(api_url):
             path = request.url.path.removeprefix(httpx.URL(api_url).path)
-            COUNTERS.api_requests["block load" if "/block_documents" in path else "logs" if path.startswith("/logs") else "other"] += 1
+            COUNTERS.api_requests[
+                "block load" if "/block_documents" in path else "logs" if path.startswith("/logs") else "other"
+            ] += 1
         return await send_async(client, request, *args, **kwargs)
 
     httpx.AsyncClient.send = counting_async  # type: ignore[method-assign]
@@ -170,8 +180,14 @@ def measuring() -> Iterator[Counters]:
 
 
 def bench_request(user: str) -> JobRequest:
-    return JobRequest(agent="AlphaCal", dataset_id="VLASS2.1.eb123456", gpu_count=4, max_runtime="01:00:00", user_id=user,
-                      system="local")  # type: ignore[arg-type]
+    return JobRequest(
+        agent="AlphaCal",
+        dataset_id="VLASS2.1.eb123456",
+        gpu_count=4,
+        max_runtime="01:00:00",
+        user_id=user,
+        system="local",
+    )  # type: ignore[arg-type]
 
 
 def job_script(paths: JobPaths) -> str:
@@ -185,11 +201,21 @@ def create_active_jobs(store: JobStore, cluster: LocalScheduler, count: int, pla
     for index in range(count):
         record = store.create(bench_request(f"user{index % 50}"), plan)
         paths = JobPaths.for_job(cluster.scratch_root, record.id, record.dataset_id)
-        job_id = cluster.submit(JobSubmission(
-            name=scheduler_job_name(record.id), script=job_script(paths),
-            work_dir=paths.work_dir, stdout_path=paths.stdout, stderr_path=paths.stderr,
-            sbatch_args=[*plan.sbatch_args, "--hold"]))
-        records.append(store.transition(record.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id=job_id, work_dir=paths.work_dir)).record)
+        job_id = cluster.submit(
+            JobSubmission(
+                name=scheduler_job_name(record.id),
+                script=job_script(paths),
+                work_dir=paths.work_dir,
+                stdout_path=paths.stdout,
+                stderr_path=paths.stderr,
+                sbatch_args=[*plan.sbatch_args, "--hold"],
+            )
+        )
+        records.append(
+            store.transition(
+                record.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id=job_id, work_dir=paths.work_dir)
+            ).record
+        )
     return records
 
 
@@ -197,12 +223,14 @@ def change_some(cluster: LocalScheduler, held: list[JobRecord], count: int) -> N
     """Release half of `count` held jobs (they run to COMPLETED), cancel the rest; wait for the ends."""
     chosen = [held.pop() for _ in range(min(count, len(held)))]
     released = chosen[: math.ceil(len(chosen) / 2)]
-    for record in chosen[len(released):]:
+    for record in chosen[len(released) :]:
         cluster.cancel(record.scheduler_job_id or "")
     for record in released:
         cluster.release(record.scheduler_job_id or "")
     deadline = time.monotonic() + 600
-    while any(cluster.read_state(record.scheduler_job_id or "")["state"] in ("PENDING", "RUNNING") for record in released):
+    while any(
+        cluster.read_state(record.scheduler_job_id or "")["state"] in ("PENDING", "RUNNING") for record in released
+    ):
         if time.monotonic() > deadline:
             raise TimeoutError("released jobs did not end within 600 s")
         time.sleep(0.1)
@@ -221,14 +249,24 @@ def one_sweep(jobs: int, changed: int, trace_memory: bool) -> Sweep:
     if trace_memory:
         tracemalloc.stop()
     assert result.active == jobs, f"the sweep saw {result.active} active jobs, not {jobs}"
-    return Sweep(jobs=jobs, changed=result.changed, scheduler_calls=sum(counters.scheduler_calls.values()),
-                 sql_reads=counters.sql_reads, sql_writes=counters.sql_writes,
-                 api_requests=sum(counters.api_requests.values()), block_loads=counters.api_requests["block load"],
-                 log_posts=counters.api_requests["logs"], seconds=seconds,
-                 seconds_without_scheduler=seconds - counters.scheduler_seconds, peak_mb=peak)
+    return Sweep(
+        jobs=jobs,
+        changed=result.changed,
+        scheduler_calls=sum(counters.scheduler_calls.values()),
+        sql_reads=counters.sql_reads,
+        sql_writes=counters.sql_writes,
+        api_requests=sum(counters.api_requests.values()),
+        block_loads=counters.api_requests["block load"],
+        log_posts=counters.api_requests["logs"],
+        seconds=seconds,
+        seconds_without_scheduler=seconds - counters.scheduler_seconds,
+        peak_mb=peak,
+    )
 
 
-def bench_size(size: int, sweeps: int, changing: float, home: Path, plan: Plan) -> tuple[list[Sweep], float, Counter[str]]:
+def bench_size(
+    size: int, sweeps: int, changing: float, home: Path, plan: Plan
+) -> tuple[list[Sweep], float, Counter[str]]:
     """Sweeps over `size` active jobs on a fresh cluster; the time to create them; one sweep's scheduler calls."""
     from blocks.database import open_job_store
 
@@ -293,9 +331,14 @@ def bench_batch(requests: int, parallel_limit: int, home: Path) -> BatchFigures:
         cluster.cancel(record.scheduler_job_id or "")
     with open_job_store().engine.begin() as connection:
         connection.exec_driver_sql("DELETE FROM jobs")
-    return BatchFigures(records_per_second=len(created) / (created[-1] - started), submitted_per_second=len(submitted) / seconds,
-                        submitted=len(submitted), api_requests=sum(counters.api_requests.values()),
-                        block_loads=counters.api_requests["block load"], sql_statements=counters.sql_reads + counters.sql_writes)
+    return BatchFigures(
+        records_per_second=len(created) / (created[-1] - started),
+        submitted_per_second=len(submitted) / seconds,
+        submitted=len(submitted),
+        api_requests=sum(counters.api_requests.values()),
+        block_loads=counters.api_requests["block load"],
+        sql_statements=counters.sql_reads + counters.sql_writes,
+    )
 
 
 def ratio(value: float, base: float) -> str:
@@ -304,39 +347,57 @@ def ratio(value: float, base: float) -> str:
 
 def report(sizes: dict[int, list[Sweep]], created: dict[int, float], calls: dict[int, Counter[str]]) -> bool:
     timed = {size: sweeps[:-1] for size, sweeps in sizes.items()}
-    mean = {size: Sweep(jobs=size, **{name: sum(getattr(s, name) for s in sweeps) / len(sweeps)
-                                      for name in Sweep.model_fields if name != "jobs"}) for size, sweeps in timed.items()}
+    mean = {
+        size: Sweep(
+            jobs=size,
+            **{
+                name: sum(getattr(s, name) for s in sweeps) / len(sweeps)
+                for name in Sweep.model_fields
+                if name != "jobs"
+            },
+        )
+        for size, sweeps in timed.items()
+    }
     for size, sweeps in sizes.items():
         mean[size].peak_mb = sweeps[-1].peak_mb
     base = mean[min(mean)]
     changing = [row for row in mean.values() if row.changed]
     writes_per_change = changing[0].sql_writes / changing[0].changed if changing else 0.0
-    print(f"{'active':>7} {'changed':>7} {'sched':>5} {'SQL rd':>7} {'SQL wr':>7} {'wr/chg':>6} {'API':>5} {'blocks':>6} "
-          f"{'logs':>5} {'wall s':>7} {'excl. sched s':>13} {'peak MB':>8} {'create s':>8}  scheduler calls of one sweep")
+    print(
+        f"{'active':>7} {'changed':>7} {'sched':>5} {'SQL rd':>7} {'SQL wr':>7} {'wr/chg':>6} {'API':>5} {'blocks':>6} "
+        f"{'logs':>5} {'wall s':>7} {'excl. sched s':>13} {'peak MB':>8} {'create s':>8}  scheduler calls of one sweep"
+    )
     for size, row in mean.items():
-        print(f"{size:>7} {row.changed:>7.0f} {row.scheduler_calls:>5.1f} {row.sql_reads:>7.1f} {row.sql_writes:>7.1f} "
-              f"{row.sql_writes / max(row.changed, 1):>6.2f} {row.api_requests:>5.1f} {row.block_loads:>6.1f} {row.log_posts:>5.1f} "
-              f"{row.seconds:>7.3f} {row.seconds_without_scheduler:>13.3f} {row.peak_mb:>8.1f} {created[size]:>8.1f}  "
-              f"{dict(calls[size])}")
+        print(
+            f"{size:>7} {row.changed:>7.0f} {row.scheduler_calls:>5.1f} {row.sql_reads:>7.1f} {row.sql_writes:>7.1f} "
+            f"{row.sql_writes / max(row.changed, 1):>6.2f} {row.api_requests:>5.1f} {row.block_loads:>6.1f} {row.log_posts:>5.1f} "
+            f"{row.seconds:>7.3f} {row.seconds_without_scheduler:>13.3f} {row.peak_mb:>8.1f} {created[size]:>8.1f}  "
+            f"{dict(calls[size])}"
+        )
     print(f"\nratios to {base.jobs} active job(s), measured in this run:")
     for size, row in mean.items():
-        print(f"{size:>7}: scheduler calls {ratio(row.scheduler_calls, base.scheduler_calls)}, SQL reads {ratio(row.sql_reads, base.sql_reads)}, "
-              f"SQL writes per changed job {ratio(row.sql_writes / max(row.changed, 1), writes_per_change)}, "
-              f"API requests without logs {ratio(row.api_requests - row.log_posts, base.api_requests - base.log_posts)}, "
-              f"wall without scheduler {ratio(row.seconds_without_scheduler, base.seconds_without_scheduler)} "
-              f"({row.seconds_without_scheduler / row.jobs * 1e6:.0f} us per active job), "
-              f"peak memory {ratio(row.peak_mb, base.peak_mb)}")
+        print(
+            f"{size:>7}: scheduler calls {ratio(row.scheduler_calls, base.scheduler_calls)}, SQL reads {ratio(row.sql_reads, base.sql_reads)}, "
+            f"SQL writes per changed job {ratio(row.sql_writes / max(row.changed, 1), writes_per_change)}, "
+            f"API requests without logs {ratio(row.api_requests - row.log_posts, base.api_requests - base.log_posts)}, "
+            f"wall without scheduler {ratio(row.seconds_without_scheduler, base.seconds_without_scheduler)} "
+            f"({row.seconds_without_scheduler / row.jobs * 1e6:.0f} us per active job), "
+            f"peak memory {ratio(row.peak_mb, base.peak_mb)}"
+        )
     largest = mean[max(mean)]
     at_1000 = mean.get(1000)
     targets = {
         "1 scheduler call per sweep at any N": all(row.scheduler_calls == 1 for row in mean.values()),
-        "SQL writes proportional to the jobs that changed (none without a change; per changed job within 1.5x of the smallest size's)":
-            all(row.sql_writes <= 1.5 * writes_per_change * row.changed for row in mean.values()),
-        "sweep wall time without the scheduler call < 2 s at 1,000 jobs" + ("" if at_1000 else " (not measured: add 1000 to --sizes)"):
-            at_1000 is not None and at_1000.seconds_without_scheduler < 2.0,
-        "no per-job Prefect API request or block load (API requests without logs within 1.5x of the baseline)":
-            largest.api_requests - largest.log_posts <= 1.5 * max(base.api_requests - base.log_posts, 1)
-            and largest.block_loads <= base.block_loads,
+        "SQL writes proportional to the jobs that changed (none without a change; per changed job within 1.5x of the smallest size's)": all(
+            row.sql_writes <= 1.5 * writes_per_change * row.changed for row in mean.values()
+        ),
+        "sweep wall time without the scheduler call < 2 s at 1,000 jobs"
+        + ("" if at_1000 else " (not measured: add 1000 to --sizes)"): at_1000 is not None
+        and at_1000.seconds_without_scheduler < 2.0,
+        "no per-job Prefect API request or block load (API requests without logs within 1.5x of the baseline)": largest.api_requests
+        - largest.log_posts
+        <= 1.5 * max(base.api_requests - base.log_posts, 1)
+        and largest.block_loads <= base.block_loads,
     }
     print()
     for target, met in targets.items():
@@ -348,13 +409,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,100,1000,5000", help="active jobs, comma-separated")
     parser.add_argument("--sweeps", type=int, default=3, help="timed sweeps per size (plus one for memory)")
-    parser.add_argument("--changing", type=float, default=0.02, help="fraction of the jobs that change state between sweeps")
+    parser.add_argument(
+        "--changing", type=float, default=0.02, help="fraction of the jobs that change state between sweeps"
+    )
     parser.add_argument("--batch", type=int, default=100, help="requests in the submit-batch throughput run (0: skip)")
     parser.add_argument("--parallel-limit", type=int, default=16, help="submit-batch's parallel_limit")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     home = Path(tempfile.mkdtemp(prefix="tacc-bench-tracking-"))
-    os.environ.update({"TACC_ORCH_HOME": str(home), "TACC_ORCH_POLL_MIN_SECONDS": "0.2", "PREFECT_LOGGING_LEVEL": "WARNING"})
+    os.environ.update(
+        {"TACC_ORCH_HOME": str(home), "TACC_ORCH_POLL_MIN_SECONDS": "0.2", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    )
     name = f"tacc_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -391,10 +456,12 @@ def run(sizes: list[int], args: argparse.Namespace, home: Path, database_url: st
         met = report(results, created, calls)
         if args.batch:
             batch = bench_batch(args.batch, args.parallel_limit, home)
-            print(f"\nsubmit-batch, {args.batch} requests of {args.batch} users, parallel_limit={args.parallel_limit}, wait=False: "
-                  f"{batch.records_per_second:,.1f} records written/s, {batch.submitted_per_second:,.1f} jobs recorded and submitted/s; "
-                  f"per job: {batch.api_requests / args.batch:.1f} Prefect API requests ({batch.block_loads / args.batch:.1f} block loads), "
-                  f"{batch.sql_statements / args.batch:.1f} SQL statements")
+            print(
+                f"\nsubmit-batch, {args.batch} requests of {args.batch} users, parallel_limit={args.parallel_limit}, wait=False: "
+                f"{batch.records_per_second:,.1f} records written/s, {batch.submitted_per_second:,.1f} jobs recorded and submitted/s; "
+                f"per job: {batch.api_requests / args.batch:.1f} Prefect API requests ({batch.block_loads / args.batch:.1f} block loads), "
+                f"{batch.sql_statements / args.batch:.1f} SQL statements"
+            )
     print("\nall targets met" if met else "\nsome targets NOT met")
 
 

@@ -100,12 +100,20 @@ def ssh_session_slot(host: str) -> Callable[[], AbstractContextManager[object]]:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=get_settings().ssh_sessions_per_host))
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=get_settings().ssh_sessions_per_host)
+                )
             except ObjectAlreadyExists:  # another process created it first
                 pass
     # a lease the server could not renew for a while must not kill a long rsync or a job's wait
-    return partial(concurrency, name, occupy=1, strict=True, timeout_seconds=SESSION_SLOT_TIMEOUT_SECONDS,
-                   raise_on_lease_renewal_failure=False)
+    return partial(
+        concurrency,
+        name,
+        occupy=1,
+        strict=True,
+        timeout_seconds=SESSION_SLOT_TIMEOUT_SECONDS,
+        raise_on_lease_renewal_failure=False,
+    )
 
 
 def transfer_for(system: str) -> Transfer:

@@ -9,6 +9,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect_sqlalchemy import SqlAlchemyConnector
 from sqlalchemy import Engine
 
+from tacc_jobs.exceptions import ConfigurationError
 from tacc_jobs.settings import get_settings
 from tacc_jobs.store import JobStore, StagingStore
 from tacc_jobs.store.engine import migrated, migrated_sqlite
@@ -46,6 +47,10 @@ def open_engine() -> Engine:
     """The database, migrated: the `SqlAlchemyConnector` block named by `TACC_ORCH_DATABASE_BLOCK`
     (default `tacc-jobs-db`) when it is saved, else SQLite under `TACC_ORCH_HOME`.
 
+    A block named by the variable must exist: its absence (a typo, a client pointed at another
+    Prefect server) raises `ConfigurationError` rather than quietly opening an empty SQLite
+    store, where watch-jobs would see none of the real jobs. Only the default name falls back.
+
     A saved block is loaded once per process (a flow run's, under a process worker), not once
     per task: a batch of thousands of jobs would otherwise read it from the API thousands of
     times. A block saved later is seen by the next process; a missing one is looked up each time.
@@ -64,6 +69,11 @@ def open_engine() -> Engine:
     except ValueError as error:
         if not is_missing_block(error):
             raise
+        if "database_block" in settings.model_fields_set:  # named on purpose: SQLite would lose its jobs
+            raise ConfigurationError(
+                f"TACC_ORCH_DATABASE_BLOCK names the SqlAlchemyConnector block {settings.database_block!r}, which the "
+                f"Prefect server at {PREFECT_API_URL.value()} does not have: save it there, or unset the variable for SQLite"
+            ) from None
         settings.home.mkdir(parents=True, exist_ok=True)
         return migrated_sqlite(f"sqlite:///{settings.sqlite_path}")
     _block_engines[key] = migrated(connector.get_engine())

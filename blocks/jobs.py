@@ -46,7 +46,9 @@ class BatchJob(JobBlock[dict[str, Any]]):
     time_limit_seconds: float | None = Field(default=None, description="Wall time, to poll faster near the end")
     poll_min_seconds: float = Field(default=1.0, gt=0)
     poll_max_seconds: float = Field(default=300.0, gt=0)
-    tracking: TrackingPolicy = Field(default_factory=TrackingPolicy, description="When an unseen job is lost; transient failures sat out")
+    tracking: TrackingPolicy = Field(
+        default_factory=TrackingPolicy, description="When an unseen job is lost; transient failures sat out"
+    )
 
     def trigger(self) -> BatchJobRun:
         """Submit the job and return its run."""
@@ -65,9 +67,13 @@ class BatchJobRun(JobRun[dict[str, Any]]):
 
     def __init__(self, job: BatchJob, scheduler: Scheduler, scheduler_job_id: str) -> None:
         self.job, self.scheduler, self.scheduler_job_id = job, scheduler, scheduler_job_id
-        self.tracked = TrackedJob(scheduler_job_id=scheduler_job_id, name=job.submission.name,
-                                  progress_path=job.progress_path, stdout_path=job.submission.stdout_path,
-                                  result_path=job.result_path)
+        self.tracked = TrackedJob(
+            scheduler_job_id=scheduler_job_id,
+            name=job.submission.name,
+            progress_path=job.progress_path,
+            stdout_path=job.submission.stdout_path,
+            result_path=job.result_path,
+        )
         self.last: JobObservation | None = None
 
     def wait_for_completion(
@@ -99,27 +105,38 @@ class BatchJobRun(JobRun[dict[str, Any]]):
                 if failures >= policy.max_transient_failures:
                     raise
                 interval = min(interval * 2, self.job.poll_max_seconds)
-                self.logger.warning("Polling job %s failed (%s); retrying in %.0f s", self.scheduler_job_id, error, interval)
+                self.logger.warning(
+                    "Polling job %s failed (%s); retrying in %.0f s", self.scheduler_job_id, error, interval
+                )
                 time.sleep(interval)
                 continue
             failures, now = 0, utcnow()
             if observation.unseen:
                 unseen_since = unseen_since or now
                 if policy.is_lost(unseen_since, now):
-                    observation.status, observation.reason = JobStatus.FAILED, policy.lost_reason(self.scheduler_job_id, unseen_since)
+                    observation.status, observation.reason = (
+                        JobStatus.FAILED,
+                        policy.lost_reason(self.scheduler_job_id, unseen_since),
+                    )
             else:
                 unseen_since = None
             if observation.not_understood:
                 self.logger.warning("Job %s: %s; its status is kept", self.scheduler_job_id, observation.reason)
             self.tracked.stdout_offset = observation.next_stdout_offset
-            changed = self.last is None or (observation.status, observation.reason) != (self.last.status, self.last.reason)
+            changed = self.last is None or (observation.status, observation.reason) != (
+                self.last.status,
+                self.last.reason,
+            )
             self.last = observation
             if on_poll is not None:
                 on_poll(observation)
             if observation.ended:
                 return observation
-            if (pending_timeout is not None and observation.status is JobStatus.QUEUING
-                    and time.monotonic() - waiting_since >= pending_timeout):
+            if (
+                pending_timeout is not None
+                and observation.status is JobStatus.QUEUING
+                and time.monotonic() - waiting_since >= pending_timeout
+            ):
                 return observation
             if observation.state is not None and observation.state.start is not None:
                 started = observation.state.start
@@ -127,7 +144,12 @@ class BatchJobRun(JobRun[dict[str, Any]]):
             if started is not None and self.job.time_limit_seconds:
                 seconds_left = self.job.time_limit_seconds - (time.time() - started.timestamp())
             interval = next_poll_interval(
-                interval, changed, observation.status, seconds_left, self.job.poll_min_seconds, self.job.poll_max_seconds
+                interval,
+                changed,
+                observation.status,
+                seconds_left,
+                self.job.poll_min_seconds,
+                self.job.poll_max_seconds,
             )
             time.sleep(interval)
 

@@ -46,26 +46,37 @@ class TapisCredentials(CredentialsBlock):
     _block_type_name = "Tapis Credentials"
     _block_type_slug = "tapis-credentials"
 
-    base_url: str = Field(default=TACC_TENANT_URL, pattern=r"^https?://[A-Za-z0-9.:-]+/?$", description="Tapis tenant base URL")
+    base_url: str = Field(
+        default=TACC_TENANT_URL, pattern=r"^https?://[A-Za-z0-9.:-]+/?$", description="Tapis tenant base URL"
+    )
     username: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Tapis (TACC) user name")
     password: SecretStr | None = Field(default=None, description="TACC password (password grant)")
-    refresh_token: SecretStr | None = Field(default=None, description="A Tapis refresh token, used with the client id and key")
+    refresh_token: SecretStr | None = Field(
+        default=None, description="A Tapis refresh token, used with the client id and key"
+    )
     client_id: SecretStr | None = Field(default=None, description="OAuth2 client id (needed to use a refresh token)")
     client_key: SecretStr | None = Field(default=None, description="OAuth2 client key (secret)")
     exec_system_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,80}$", description="Tapis execution system id, e.g. ls6")
     scratch_root: str = Field(description="Absolute directory on the execution system for datasets, apps and jobs")
-    allocation: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="TACC allocation (sbatch -A)")
+    allocation: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="TACC allocation (sbatch -A)"
+    )
     dataset_source_url: str | None = Field(
-        default=None, pattern=r"^tapis://[A-Za-z0-9._-]+(/[A-Za-z0-9._/-]*)?$",
+        default=None,
+        pattern=r"^tapis://[A-Za-z0-9._-]+(/[A-Za-z0-9._/-]*)?$",
         description="Where Tapis can also read the datasets, one directory per dataset id (e.g. tapis://corral/projects/vlass); "
         "large datasets then move by a Files API transfer request instead of uploads",
     )
     transfer_threshold_mb: float = Field(
-        default=1024.0, ge=0, description="Datasets this large or larger move by a transfer request (with dataset_source_url)"
+        default=1024.0,
+        ge=0,
+        description="Datasets this large or larger move by a transfer request (with dataset_source_url)",
     )
     retries: int = Field(default=5, ge=0, le=20, description="Retries of a call answered 429/5xx or dropped")
     backoff_seconds: float = Field(default=1.0, gt=0, description="First retry delay; it doubles each retry")
-    refresh_margin_seconds: float = Field(default=60.0, ge=0, description="Renew the access token this long before it expires")
+    refresh_margin_seconds: float = Field(
+        default=60.0, ge=0, description="Renew the access token this long before it expires"
+    )
 
     @field_validator("scratch_root")
     @classmethod
@@ -96,9 +107,15 @@ class TapisCredentials(CredentialsBlock):
             ```
         """
         return TapisClient(
-            self.base_url, self.username, password=self.password, refresh_token=self.refresh_token,
-            client_id=self.client_id.get_secret_value() if self.client_id else None, client_key=self.client_key,
-            retries=self.retries, backoff_seconds=self.backoff_seconds, refresh_margin_seconds=self.refresh_margin_seconds,
+            self.base_url,
+            self.username,
+            password=self.password,
+            refresh_token=self.refresh_token,
+            client_id=self.client_id.get_secret_value() if self.client_id else None,
+            client_key=self.client_key,
+            retries=self.retries,
+            backoff_seconds=self.backoff_seconds,
+            refresh_margin_seconds=self.refresh_margin_seconds,
         )
 
     def shared_client(self) -> TapisClient:
@@ -110,8 +127,13 @@ class TapisCredentials(CredentialsBlock):
             ```
         """
         fields = self.model_dump(mode="json", exclude={"block_type_slug"})
-        fields.update({name: getattr(self, name).get_secret_value() for name in ("password", "refresh_token", "client_id", "client_key")
-                       if getattr(self, name) is not None})
+        fields.update(
+            {
+                name: getattr(self, name).get_secret_value()
+                for name in ("password", "refresh_token", "client_id", "client_key")
+                if getattr(self, name) is not None
+            }
+        )
         key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
         with _clients_lock:
             if key not in _clients:
@@ -123,7 +145,7 @@ class TapisCredentials(CredentialsBlock):
 
         Example:
             ```python
-            TapisCredentials.load("ls6").scheduler("ls6").states(["8a1c...-007"])
+            TapisCredentials.load("ls6").scheduler("ls6").states({"8a1c...-007": "tacc-6f1c..."})
             ```
         """
         return TapisScheduler(self.shared_client(), system, self.exec_system_id, self.scratch_root, self.allocation)
@@ -136,8 +158,12 @@ class TapisCredentials(CredentialsBlock):
             stage(inventory, TapisCredentials.load("ls6").transfer(), destination)
             ```
         """
-        return TapisFiles(self.shared_client(), self.exec_system_id, source_url=self.dataset_source_url,
-                          transfer_threshold_bytes=int(self.transfer_threshold_mb * 1e6))
+        return TapisFiles(
+            self.shared_client(),
+            self.exec_system_id,
+            source_url=self.dataset_source_url,
+            transfer_threshold_bytes=int(self.transfer_threshold_mb * 1e6),
+        )
 
 
 def saved_tapis_credentials(system: str) -> TapisCredentials | None:

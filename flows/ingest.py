@@ -17,7 +17,9 @@ from tacc_jobs.settings import get_settings
 from tasks.accounting import ingest_window
 
 
-def ingestion_window(source: str, system: str, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+def ingestion_window(
+    source: str, system: str, start: datetime | None, end: datetime | None
+) -> tuple[datetime, datetime]:
     """The window to read: as given, else from the last watermark (less the overlap) to now,
     so a missed night is caught up; a first run reads the last day. sacct returns every job
     eligible before the window's end that had not ended before its start: with the overlap, each

@@ -13,24 +13,48 @@ from tasks.planning import plan_request_batch
 
 
 def _total(label: str, figures: PlanFigures) -> dict[str, Any]:
-    return {"allocation": label, "strategy": "", "requests": "", "nodes": "", "wall_time": "",
-            "su": figures.su, "cost_usd": figures.cost_usd, "slurm_jobs": figures.slurm_jobs,
-            "makespan": figures.model_dump(mode="json")["makespan"], "reason": ""}
+    return {
+        "allocation": label,
+        "strategy": "",
+        "requests": "",
+        "nodes": "",
+        "wall_time": "",
+        "su": figures.su,
+        "cost_usd": figures.cost_usd,
+        "slurm_jobs": figures.slurm_jobs,
+        "makespan": figures.model_dump(mode="json")["makespan"],
+        "reason": "",
+    }
 
 
 def plan_table(plan: BatchPlan) -> list[dict[str, Any]]:
     """One row per allocation, then the packed total, one job per request and the saving."""
     rows = [
-        {"allocation": f"{number}: {a.system}/{a.queue} {a.agent}", "strategy": a.strategy.value,
-         "requests": len(a.requests), "nodes": a.nodes, "wall_time": a.model_dump(mode="json")["wall_time"],
-         "su": a.su, "cost_usd": a.cost_usd, "slurm_jobs": 1, "makespan": "", "reason": a.reason}
+        {
+            "allocation": f"{number}: {a.system}/{a.queue} {a.agent}",
+            "strategy": a.strategy.value,
+            "requests": len(a.requests),
+            "nodes": a.nodes,
+            "wall_time": a.model_dump(mode="json")["wall_time"],
+            "su": a.su,
+            "cost_usd": a.cost_usd,
+            "slurm_jobs": 1,
+            "makespan": "",
+            "reason": a.reason,
+        }
         for number, a in enumerate(plan.allocations, start=1)
     ]
     packed, single = plan.packed, plan.one_per_request
     rows += [_total("packed plan", packed), _total("one job per request", single)]
-    rows.append({**_total("saving", packed), "su": plan.su_saved, "cost_usd": round(single.cost_usd - packed.cost_usd, 2),
-                 "slurm_jobs": single.slurm_jobs - packed.slurm_jobs,
-                 "makespan": f"{single.makespan / packed.makespan:.1f}x sooner"})
+    rows.append(
+        {
+            **_total("saving", packed),
+            "su": plan.su_saved,
+            "cost_usd": round(single.cost_usd - packed.cost_usd, 2),
+            "slurm_jobs": single.slurm_jobs - packed.slurm_jobs,
+            "makespan": f"{single.makespan / packed.makespan:.1f}x sooner",
+        }
+    )
     return rows
 
 
@@ -53,6 +77,6 @@ def plan_batch(requests: list[JobRequest]) -> BatchPlan:
         table=plan_table(plan),
         key="batch-plan",
         description=f"Batch of {len(requests)} requests: {plan.packed.su:g} SUs packed instead of "
-                    f"{plan.one_per_request.su:g} one job per request ({plan.su_saved:g} saved)",
+        f"{plan.one_per_request.su:g} one job per request ({plan.su_saved:g} saved)",
     )
     return plan

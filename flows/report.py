@@ -69,18 +69,40 @@ def compute_usage(start: datetime, end: datetime) -> UsageReport:
     folder, span = get_settings().home / "reports", f"{start:%Y%m%d}-{end:%Y%m%d}"
     window = f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
     wait_histogram = metrics.wait_histogram(engine, start, end)
-    daily_cost = stacked_bar_chart(analytics.usage_by_period(engine, start, end, "day"), "day", "team", "cost_usd",
-                                   folder / f"daily-cost-{span}.png", f"Daily GPU cost by team, {window}", "cost (USD)")
-    wait_chart = stacked_bar_chart(wait_histogram, "wait", "queue", "jobs", folder / f"wait-time-{span}.png",
-                                   f"Queue wait time (start - eligible), {window}", "jobs",
-                                   [label for _, label in metrics.WAIT_BUCKETS])
+    daily_cost = stacked_bar_chart(
+        analytics.usage_by_period(engine, start, end, "day"),
+        "day",
+        "team",
+        "cost_usd",
+        folder / f"daily-cost-{span}.png",
+        f"Daily GPU cost by team, {window}",
+        "cost (USD)",
+    )
+    wait_chart = stacked_bar_chart(
+        wait_histogram,
+        "wait",
+        "queue",
+        "jobs",
+        folder / f"wait-time-{span}.png",
+        f"Queue wait time (start - eligible), {window}",
+        "jobs",
+        [label for _, label in metrics.WAIT_BUCKETS],
+    )
     return UsageReport(
-        start=start, end=end, by_team=analytics.cost_by_team(engine, start, end), by_model=analytics.cost_by_model(engine, start, end),
-        by_user=analytics.user_metrics(engine, start, end), by_week=analytics.usage_by_period(engine, start, end, "week"),
-        wait_by_queue_week=metrics.wait_by_queue_and_week(engine, start, end), wait_histogram=wait_histogram,
-        time_efficiency=metrics.time_efficiency(engine, start, end), job_sizes=metrics.job_sizes(engine, start, end),
-        success_by_agent=metrics.success_by_agent(engine, start, end), job_efficiency=metrics.job_efficiency(engine, start, end),
-        chart_path=str(daily_cost), wait_chart_path=str(wait_chart),
+        start=start,
+        end=end,
+        by_team=analytics.cost_by_team(engine, start, end),
+        by_model=analytics.cost_by_model(engine, start, end),
+        by_user=analytics.user_metrics(engine, start, end),
+        by_week=analytics.usage_by_period(engine, start, end, "week"),
+        wait_by_queue_week=metrics.wait_by_queue_and_week(engine, start, end),
+        wait_histogram=wait_histogram,
+        time_efficiency=metrics.time_efficiency(engine, start, end),
+        job_sizes=metrics.job_sizes(engine, start, end),
+        success_by_agent=metrics.success_by_agent(engine, start, end),
+        job_efficiency=metrics.job_efficiency(engine, start, end),
+        chart_path=str(daily_cost),
+        wait_chart_path=str(wait_chart),
     )
 
 
@@ -108,6 +130,9 @@ def usage_report(start: datetime | None = None, end: datetime | None = None) -> 
         path = getattr(report, field)
         with open(path, "rb") as handle:
             encoded = base64.b64encode(handle.read()).decode()
-        create_markdown_artifact(key=key, markdown=f"## {title}, {window}\n\n![{title}](data:image/png;base64,{encoded})\n\nPNG: `{path}`\n",
-                                 description=f"{title}, {window}")
+        create_markdown_artifact(
+            key=key,
+            markdown=f"## {title}, {window}\n\n![{title}](data:image/png;base64,{encoded})\n\nPNG: `{path}`\n",
+            description=f"{title}, {window}",
+        )
     return report

@@ -11,7 +11,9 @@ from tasks.staging import stage_dataset_to_scratch
 
 
 @flow(name="stage-dataset", flow_run_name="stage-dataset/{system}/{dataset_id}")
-def stage_dataset(dataset_id: DatasetId, system: System = System.LOCAL, priority: Priority = Priority.NORMAL) -> DatasetStaging:
+def stage_dataset(
+    dataset_id: DatasetId, system: System = System.LOCAL, priority: Priority = Priority.NORMAL
+) -> DatasetStaging:
     """Stage a dataset ahead of its jobs: checked at the source, transfer time estimated,
     queued by priority (high first), rsynced over the system's SSH connection (resumable,
     checksummed), verified, and recorded QUEUED -> STAGING -> STAGED (or FAILED with a reason).

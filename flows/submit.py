@@ -37,9 +37,17 @@ HISTORY_ROWS = 20
 def history_table(user_id: str) -> list[dict[str, object]]:
     """The user's latest jobs as rows of a table artifact."""
     return [
-        {"job": str(job.id), "agent": job.agent, "dataset": job.dataset_id, "where": f"{job.system}/{job.queue}",
-         "status": job.status.value, "reason": job.reason or "", "progress": f"{job.progress:.0%}",
-         "SUs": job.charged_su, "created (UTC)": f"{job.created_at:%Y-%m-%d %H:%M}"}
+        {
+            "job": str(job.id),
+            "agent": job.agent,
+            "dataset": job.dataset_id,
+            "where": f"{job.system}/{job.queue}",
+            "status": job.status.value,
+            "reason": job.reason or "",
+            "progress": f"{job.progress:.0%}",
+            "SUs": job.charged_su,
+            "created (UTC)": f"{job.created_at:%Y-%m-%d %H:%M}",
+        }
         for job in open_job_store().history(user_id, limit=HISTORY_ROWS).items
     ]
 
@@ -63,11 +71,12 @@ def summary_markdown(record: JobRecord, plan: Plan) -> str:
 @flow(
     name="submit-job",
     flow_run_name=request_run_name("submit-job"),
-    on_cancellation=[cancel_scheduler_job],
-    on_crashed=[cancel_scheduler_job],
+    on_cancellation=[cancel_scheduler_job],  # a crash is not a cancel: the job runs on, watch-jobs follows it
     persist_result=True,
 )
-def submit_job(request: JobRequest, wait: bool = True, suspend_after_seconds: Annotated[float, Field(ge=0)] | None = 300) -> JobRecord:
+def submit_job(
+    request: JobRequest, wait: bool = True, suspend_after_seconds: Annotated[float, Field(ge=0)] | None = 300
+) -> JobRecord:
     """Run one GPU job: plan it, stage its dataset, submit it, follow it to the end, notify.
 
     A deployment run whose job still waits in the queue after `suspend_after_seconds` suspends
@@ -111,14 +120,22 @@ def submit_job(request: JobRequest, wait: bool = True, suspend_after_seconds: An
     if suspend_after_seconds is not None and is_top_level_deployment_run():
         record = wait_for_job(record, pending_timeout=suspend_after_seconds)
         if record.status is JobStatus.QUEUING:  # the key makes it once per job: a resumed run goes on waiting
-            run_logger().info("Job %s is still queued: suspending until watch-jobs sees it start", record.scheduler_job_id)
+            run_logger().info(
+                "Job %s is still queued: suspending until watch-jobs sees it start", record.scheduler_job_id
+            )
             suspend_flow_run(key=f"queued-{record.id}")
     if not record.status.is_terminal:
         record = wait_for_job(record)
-    create_markdown_artifact(markdown=summary_markdown(record, plan), key=f"job-summary-{record.id}",
-                             description=f"{record.agent} on {record.dataset_id}")
-    create_table_artifact(table=history_table(record.user_id), key=artifact_key("job-history", record.user_id, hashlib.sha256(record.user_id.encode()).hexdigest()[:8]),
-                          description=f"The last {HISTORY_ROWS} jobs of {record.user_id}")
+    create_markdown_artifact(
+        markdown=summary_markdown(record, plan),
+        key=f"job-summary-{record.id}",
+        description=f"{record.agent} on {record.dataset_id}",
+    )
+    create_table_artifact(
+        table=history_table(record.user_id),
+        key=artifact_key("job-history", record.user_id, hashlib.sha256(record.user_id.encode()).hexdigest()[:8]),
+        description=f"The last {HISTORY_ROWS} jobs of {record.user_id}",
+    )
     if record.status is JobStatus.FAILED:
         raise JobFailed(f"job {record.id} ({record.system} #{record.scheduler_job_id}) FAILED: {record.reason}")
     if record.status is JobStatus.CANCELLED:

@@ -61,6 +61,20 @@ class PermanentSchedulerError(SchedulerError):
     """A refusal that retrying cannot fix: a bad account, partition or option."""
 
 
+class JobCapReached(SchedulerError):
+    """sbatch refused a job over a cap on how many jobs a user or account may have queued
+    (Slurm's QOS/association submit and job counts): it is not submitted, and may be once one
+    of them ends. Neither transient (a retry in seconds meets the same cap) nor permanent."""
+
+
+class WebhookError(TaccOrchestratorError, RuntimeError):
+    """A webhook was refused (a private address) or answered 4xx; the message masks its URL."""
+
+
+class ConfigurationError(TaccOrchestratorError, RuntimeError):
+    """A setting names something that is not there (a block, a file): an operator must fix it."""
+
+
 class StagingError(TaccOrchestratorError, RuntimeError):
     """A dataset cannot be staged as it is (missing, unreadable, a link, or failed verification)."""
 

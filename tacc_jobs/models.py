@@ -53,6 +53,8 @@ UserId = Annotated[
 QueueName = Annotated[
     str, _identifier(r"[a-z0-9][a-z0-9-]{0,31}", "lower-case letters, digits and '-', e.g. 'gpu-a100'")
 ]
+
+
 def _positive(duration: timedelta) -> timedelta:
     if duration <= timedelta(0):
         raise ValueError("a wall time must be longer than zero")
@@ -95,14 +97,27 @@ class Priority(str, Enum):
 
 
 class JobStatus(str, Enum):
-    """A job's status in the store: QUEUED -> QUEUING -> RUNNING -> a terminal status."""
+    """A job's status in the store: QUEUED -> QUEUING -> RUNNING -> a terminal status. The words
+    are those of seed 001's job API, which the portal reads as they are.
+
+    QUEUED and QUEUING differ in who holds the job: QUEUED is ours (planned and recorded, not yet
+    in the scheduler: staging, waiting for a per-user slot, or its submission unconfirmed);
+    QUEUING is the scheduler's (submitted, with a scheduler job id, waiting in its queue, Slurm's
+    PENDING, or requeued). A job's `reason` says why it is where it is.
+    """
 
     QUEUED = "QUEUED"
+    """Recorded, not yet submitted: no scheduler job id."""
     QUEUING = "QUEUING"
+    """Submitted, waiting in the scheduler's queue (Slurm PENDING, or requeued)."""
     RUNNING = "RUNNING"
+    """Started on its nodes (Slurm RUNNING, COMPLETING)."""
     COMPLETED = "COMPLETED"
+    """Ended with exit code 0; its result and charge are recorded."""
     FAILED = "FAILED"
+    """Ended otherwise: a non-zero exit, a time-out, a node failure, a refusal, or lost."""
     CANCELLED = "CANCELLED"
+    """Ended by an explicit cancel (never by a crash of the orchestrator)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -212,7 +227,8 @@ class Plan(BaseModel):
     staging_estimate_seconds: float | None = Field(default=None, description="Expected dataset transfer time")
     tips: list[str] = Field(default_factory=list)
     based_on: list[str] = Field(
-        default_factory=list, description="What the estimates used besides the catalog (a saved block, measured bandwidth)"
+        default_factory=list,
+        description="What the estimates used besides the catalog (a saved block, measured bandwidth)",
     )
 
     @property
@@ -261,15 +277,20 @@ class JobRecord(BaseModel):
     retention_days: int | None = None
     attempt: int = Field(default=1, description="1, then one more each time Slurm requeues the job")
     unseen_since: datetime | None = Field(default=None, description="Since when the scheduler has not reported the job")
-    submit_started_at: datetime | None = Field(default=None, description="When its submission began (a job may exist from then on)")
+    submit_started_at: datetime | None = Field(
+        default=None, description="When its submission began (a job may exist from then on)"
+    )
     allocation_name: str | None = Field(
         default=None, description="The Slurm job name of the packed allocation it runs in; None for a job of its own"
     )
     allocation_nodes: int | None = Field(default=None, description="Whole nodes of its packed allocation")
     array_index: int | None = Field(
-        default=None, description="Its task in the job array named `allocation_name` (its scheduler id `<array id>_<index>`); None when not an array member"
+        default=None,
+        description="Its task in the job array named `allocation_name` (its scheduler id `<array id>_<index>`); None when not an array member",
     )
-    gpu_seconds: float | None = Field(default=None, description="GPUs x seconds it ran (a packed member's share of the charge)")
+    gpu_seconds: float | None = Field(
+        default=None, description="GPUs x seconds it ran (a packed member's share of the charge)"
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

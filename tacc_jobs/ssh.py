@@ -33,7 +33,9 @@ from tacc_jobs.processes import process_alive
 
 SSH_CONNECTION_FAILED = 255
 DIR_PREFIX, OWNER, AGENT_PID, AGENT_SOCKET = "tacc-ssh-", "owner.pid", "agent.pid", "agent.sock"
-_REFUSED_LOGIN = re.compile(r"Host key verification failed|Permission denied|REMOTE HOST IDENTIFICATION HAS CHANGED|No such file or directory")
+_REFUSED_LOGIN = re.compile(
+    r"Host key verification failed|Permission denied|REMOTE HOST IDENTIFICATION HAS CHANGED|No such file or directory"
+)
 
 
 def stop_orphaned_agents() -> None:
@@ -109,7 +111,13 @@ class SshConnection:
             options["IdentityAgent"] = str(self._dir / AGENT_SOCKET)
         if identity:
             options.update(IdentityFile=str(identity), IdentitiesOnly="yes")
-        self._base = ["ssh", "-p", str(port), *(f"-o{key}={value}" for key, value in options.items()), f"{username}@{host}"]
+        self._base = [
+            "ssh",
+            "-p",
+            str(port),
+            *(f"-o{key}={value}" for key, value in options.items()),
+            f"{username}@{host}",
+        ]
 
     @property
     def ssh_argv(self) -> list[str]:
@@ -124,20 +132,34 @@ class SshConnection:
     def _start_agent(self, private_key: SecretStr) -> Path:
         """An ssh-agent holding the key (given on its standard input); the public half's path."""
         socket = self._dir / AGENT_SOCKET
-        self._agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket)], stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self._agent = subprocess.Popen(
+            ["ssh-agent", "-D", "-a", str(socket)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         (self._dir / AGENT_PID).write_text(str(self._agent.pid))
         for _ in range(100):
             if socket.exists():
                 break
             time.sleep(0.05)
         environment = {**os.environ, "SSH_AUTH_SOCK": str(socket)}
-        added = subprocess.run(["ssh-add", "-q", "-"], input=private_key.get_secret_value().strip().encode() + b"\n",
-                               env=environment, capture_output=True, timeout=30)
+        added = subprocess.run(
+            ["ssh-add", "-q", "-"],
+            input=private_key.get_secret_value().strip().encode() + b"\n",
+            env=environment,
+            capture_output=True,
+            timeout=30,
+        )
         if added.returncode != 0:
             self.close()
-            raise PermanentSchedulerError(f"ssh-add refused the private key: {added.stderr.decode(errors='replace').strip()}")
-        public = subprocess.run(["ssh-add", "-L"], env=environment, capture_output=True, text=True, timeout=30, check=True)
+            raise PermanentSchedulerError(
+                f"ssh-add refused the private key: {added.stderr.decode(errors='replace').strip()}"
+            )
+        public = subprocess.run(
+            ["ssh-add", "-L"], env=environment, capture_output=True, text=True, timeout=30, check=True
+        )
         return self._write_private("id_key.pub", public.stdout)
 
     def _write_private(self, name: str, text: str) -> Path:
@@ -147,7 +169,9 @@ class SshConnection:
             handle.write(text)
         return path
 
-    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run one remote command; every argument is quoted for the remote shell.
 
         Raises:
@@ -179,7 +203,9 @@ class SshConnection:
         """
         self.commands_run += 1
         with self.session_slot():
-            process = subprocess.Popen([*self._base, "--", shlex.join(argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            process = subprocess.Popen(
+                [*self._base, "--", shlex.join(argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             assert process.stdout is not None and process.stderr is not None
             try:
                 for line in process.stdout:
@@ -189,7 +215,9 @@ class SshConnection:
                 stderr = process.stderr.read()
                 returncode = process.wait(timeout=self.command_timeout)
         if returncode == SSH_CONNECTION_FAILED:
-            raise TransientSchedulerError(f"ssh {self.username}@{self.host}:{self.port}: {stderr.strip() or 'connection failed'}")
+            raise TransientSchedulerError(
+                f"ssh {self.username}@{self.host}:{self.port}: {stderr.strip() or 'connection failed'}"
+            )
         if returncode != 0:
             raise subprocess.CalledProcessError(returncode, list(argv), stderr=stderr)
 

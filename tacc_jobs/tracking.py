@@ -47,8 +47,13 @@ class TrackedJob(BaseModel):
         if record.scheduler_job_id is None or record.work_dir is None:
             raise ValueError(f"job {record.id} has not been submitted")
         paths = JobPaths.for_work_dir(record.work_dir)
-        return cls(scheduler_job_id=record.scheduler_job_id, name=record_job_name(record), progress_path=paths.progress,
-                   result_path=paths.result, status_path=member_status_path(record.work_dir) if record.packed else None)
+        return cls(
+            scheduler_job_id=record.scheduler_job_id,
+            name=record_job_name(record),
+            progress_path=paths.progress,
+            result_path=paths.result,
+            status_path=member_status_path(record.work_dir) if record.packed else None,
+        )
 
 
 def member_status_path(work_dir: str) -> str:
@@ -72,8 +77,12 @@ class JobObservation(BaseModel):
     log: str = ""
     next_stdout_offset: int = 0
     result: dict[str, object] | None = Field(default=None, description="The agent's result, once the job has ended")
-    allocation: SchedulerJobState | None = Field(default=None, description="A packed member's allocation, as the scheduler reports it")
-    member: MemberStatus | None = Field(default=None, description="A packed member's status file, once its launcher wrote one")
+    allocation: SchedulerJobState | None = Field(
+        default=None, description="A packed member's allocation, as the scheduler reports it"
+    )
+    member: MemberStatus | None = Field(
+        default=None, description="A packed member's status file, once its launcher wrote one"
+    )
 
     @property
     def ended(self) -> bool:
@@ -132,8 +141,10 @@ class TrackingPolicy(BaseModel):
 
     def lost_reason(self, scheduler_job_id: str, unseen_since: datetime) -> str:
         """Why a lost job ended FAILED."""
-        return (f"lost: the scheduler has not reported job {scheduler_job_id} (neither squeue nor accounting) since "
-                f"{unseen_since:%Y-%m-%d %H:%M:%S} UTC, {self.unseen_grace_seconds:.0f} s or more")
+        return (
+            f"lost: the scheduler has not reported job {scheduler_job_id} (neither squeue nor accounting) since "
+            f"{unseen_since:%Y-%m-%d %H:%M:%S} UTC, {self.unseen_grace_seconds:.0f} s or more"
+        )
 
 
 def _parse_progress(text: str) -> float | None:
@@ -156,8 +167,11 @@ def observe(scheduler: Scheduler, jobs: Sequence[TrackedJob]) -> list[JobObserva
     offsets.update({job.status_path: 0 for job in jobs if job.status_path})
     # a member's result is read with its status (it exists once the member ends, whatever its allocation does)
     offsets.update({job.result_path: 0 for job in jobs if job.status_path and job.result_path})
-    snapshot = scheduler.poll({job.scheduler_job_id: job.name for job in jobs}, offsets,
-                              {job.scheduler_job_id: job.result_path for job in jobs if job.result_path and not job.status_path})
+    snapshot = scheduler.poll(
+        {job.scheduler_job_id: job.name for job in jobs},
+        offsets,
+        {job.scheduler_job_id: job.result_path for job in jobs if job.result_path and not job.status_path},
+    )
     states, files = snapshot.states, snapshot.files
     observations = []
     for job in jobs:
@@ -224,8 +238,11 @@ def member_observation(allocation: JobObservation, member: MemberStatus | None) 
     observed = allocation.model_copy(update={"allocation": allocation.state, "member": member})
     if member is not None and member.is_final:
         status, reason = map_slurm_state(member.state, None if member.exit_code is None else f"{member.exit_code}:0")
-        state = _with_times(allocation.state or SchedulerJobState(job_id=allocation.scheduler_job_id, state=member.state),
-                            member.start, member.end)
+        state = _with_times(
+            allocation.state or SchedulerJobState(job_id=allocation.scheduler_job_id, state=member.state),
+            member.start,
+            member.end,
+        )
         return observed.model_copy(update={"status": status, "reason": reason, "state": state})
     if allocation.status is None or allocation.state is None:
         return observed
@@ -235,12 +252,17 @@ def member_observation(allocation: JobObservation, member: MemberStatus | None) 
             status, reason = JobStatus.FAILED, "its allocation ended before it reported an end"
         state = _with_times(allocation.state, member.start if member else None, allocation.state.end)
         return observed.model_copy(update={"status": status, "reason": reason, "state": state})
-    if allocation.status is JobStatus.RUNNING and member is not None and member.state == "RUNNING" \
-            and not _left_by_an_earlier_attempt(member, allocation.state):
+    if (
+        allocation.status is JobStatus.RUNNING
+        and member is not None
+        and member.state == "RUNNING"
+        and not _left_by_an_earlier_attempt(member, allocation.state)
+    ):
         return observed.model_copy(update={"state": _with_times(allocation.state, member.start, None)})
     reason = PILE_REASON if allocation.status is JobStatus.RUNNING else allocation.reason
-    return observed.model_copy(update={"status": JobStatus.QUEUING, "reason": reason,
-                                       "state": _with_times(allocation.state, None, None)})
+    return observed.model_copy(
+        update={"status": JobStatus.QUEUING, "reason": reason, "state": _with_times(allocation.state, None, None)}
+    )
 
 
 ATTEMPT_CLOCK_MARGIN = timedelta(seconds=1)
@@ -251,7 +273,11 @@ def _left_by_an_earlier_attempt(member: MemberStatus, allocation: SchedulerJobSt
     """Whether a member's RUNNING status was left by an earlier attempt of its requeued
     allocation (it started before this attempt did): the launcher has not run it again yet, and
     its old start must not read as a second restart."""
-    return member.start is not None and allocation.start is not None and member.start < allocation.start - ATTEMPT_CLOCK_MARGIN
+    return (
+        member.start is not None
+        and allocation.start is not None
+        and member.start < allocation.start - ATTEMPT_CLOCK_MARGIN
+    )
 
 
 def _with_times(state: SchedulerJobState, start: object, end: object) -> SchedulerJobState:
@@ -267,8 +293,9 @@ def charged_su(record: JobRecord, start: datetime | None, end: datetime | None) 
     return charge_su(spec, record.nodes, end - start)
 
 
-def record_observation(store: JobStore, record: JobRecord, observation: JobObservation,
-                       policy: TrackingPolicy, now: datetime | None = None) -> Transition | None:
+def record_observation(
+    store: JobStore, record: JobRecord, observation: JobObservation, policy: TrackingPolicy, now: datetime | None = None
+) -> Transition | None:
     """Apply one observation to the store, as the tracking policy reads it.
 
     - Unseen: the first time, note since when (one write); past the policy's grace, FAILED as lost.
@@ -284,8 +311,14 @@ def record_observation(store: JobStore, record: JobRecord, observation: JobObser
         if record.unseen_since is None:
             store.mark_unseen(record.id, now)
         elif policy.is_lost(record.unseen_since, now):
-            return _apply(store, record, JobStatus.FAILED, JobUpdate(
-                reason=policy.lost_reason(record.scheduler_job_id or "?", record.unseen_since), completed_at=now))
+            return _apply(
+                store,
+                record,
+                JobStatus.FAILED,
+                JobUpdate(
+                    reason=policy.lost_reason(record.scheduler_job_id or "?", record.unseen_since), completed_at=now
+                ),
+            )
         return None
     if record.unseen_since is not None:
         store.mark_unseen(record.id, None)
@@ -294,11 +327,16 @@ def record_observation(store: JobStore, record: JobRecord, observation: JobObser
     status = observation.status
     assert status is not None
     state = observation.state
-    update = JobUpdate(reason=observation.reason, progress=1.0 if status is JobStatus.COMPLETED else observation.progress,
-                       started_at=state.start if state else None)
+    update = JobUpdate(
+        reason=observation.reason,
+        progress=1.0 if status is JobStatus.COMPLETED else observation.progress,
+        started_at=state.start if state else None,
+    )
     if policy.requeued(record.status, record.started_at, observation):
         update.attempt = record.attempt + 1
-        update.reason = f"requeued by Slurm (attempt {update.attempt})" + (f": {observation.reason}" if observation.reason else "")
+        update.reason = f"requeued by Slurm (attempt {update.attempt})" + (
+            f": {observation.reason}" if observation.reason else ""
+        )
     if status is JobStatus.COMPLETED:
         update.result = observation.result
     if status.is_terminal:
@@ -325,9 +363,15 @@ ADOPTED_REASON = "adopted by watch-jobs: its submitter did not record it"
 NEVER_SUBMITTED_REASON = "never reached the scheduler: no job of this name, and its name is now fenced"
 
 
-def reconcile_unsubmitted(store: JobStore, scheduler: Scheduler, records: Sequence[JobRecord], policy: TrackingPolicy,
-                          submitter_gone: Callable[[JobRecord], bool], timeout: timedelta,
-                          now: datetime | None = None) -> list[Transition]:
+def reconcile_unsubmitted(
+    store: JobStore,
+    scheduler: Scheduler,
+    records: Sequence[JobRecord],
+    policy: TrackingPolicy,
+    submitter_gone: Callable[[JobRecord], bool],
+    timeout: timedelta,
+    now: datetime | None = None,
+) -> list[Transition]:
     """Settle jobs recorded QUEUED with no scheduler id whose submitter may have died between
     `sbatch` and recording its answer: those whose submission began, and those whose flow run
     has ended. Each is looked up by its name, in one call for all. A job whose submission never
@@ -349,24 +393,43 @@ def reconcile_unsubmitted(store: JobStore, scheduler: Scheduler, records: Sequen
     if not candidates:
         return []
     since = min(record.created_at for record in candidates) - NAME_LOOKUP_MARGIN
-    found = scheduler.find(sorted({record_job_name(record) for record in candidates}), since)  # an allocation's name once
+    found = scheduler.find(
+        sorted({record_job_name(record) for record in candidates}), since
+    )  # an allocation's name once
     transitions: list[Transition] = []
     for record in candidates:
         try:
-            transitions += _settle(store, scheduler, record, found.get(record_job_name(record)), policy,
-                                   submitter_gone(record) or (record.submit_started_at is not None
-                                                              and now - record.submit_started_at >= timeout), now)
+            transitions += _settle(
+                store,
+                scheduler,
+                record,
+                found.get(record_job_name(record)),
+                policy,
+                submitter_gone(record)
+                or (record.submit_started_at is not None and now - record.submit_started_at >= timeout),
+                now,
+            )
         except SchedulerError:
             continue  # the next sweep tries again; the other records are settled meanwhile
     return transitions
 
 
-def _settle(store: JobStore, scheduler: Scheduler, record: JobRecord, state: SchedulerJobState | None,
-            policy: TrackingPolicy, may_abandon: bool, now: datetime) -> list[Transition]:
+def _settle(
+    store: JobStore,
+    scheduler: Scheduler,
+    record: JobRecord,
+    state: SchedulerJobState | None,
+    policy: TrackingPolicy,
+    may_abandon: bool,
+    now: datetime,
+) -> list[Transition]:
     work_dir = JobPaths.for_job(scheduler.scratch_root, record.id, record.dataset_id).work_dir
     if state is None and may_abandon:
-        state = scheduler.abandon(record_job_name(record), submission_dir(scheduler.scratch_root, record),
-                                  record.created_at - NAME_LOOKUP_MARGIN)
+        state = scheduler.abandon(
+            record_job_name(record),
+            submission_dir(scheduler.scratch_root, record),
+            record.created_at - NAME_LOOKUP_MARGIN,
+        )
         if state is None:
             return [_apply(store, record, JobStatus.FAILED, JobUpdate(reason=NEVER_SUBMITTED_REASON, completed_at=now))]
     if state is None:
@@ -374,14 +437,26 @@ def _settle(store: JobStore, scheduler: Scheduler, record: JobRecord, state: Sch
     return adopt(store, record, state, work_dir, policy, now)
 
 
-def adopt(store: JobStore, record: JobRecord, state: SchedulerJobState, work_dir: str, policy: TrackingPolicy,
-          now: datetime | None = None) -> list[Transition]:
+def adopt(
+    store: JobStore,
+    record: JobRecord,
+    state: SchedulerJobState,
+    work_dir: str,
+    policy: TrackingPolicy,
+    now: datetime | None = None,
+) -> list[Transition]:
     """Record a job found by name as the record's: its id (QUEUING), then the state it is in (a
     packed member's own state comes from its status file, an array member's from its task, at the
     next observation). An array member's id is its task's, `<array id>_<index>`, whichever task
     of the array was found."""
-    job_id = array_task_id(array_job_id(state.job_id), record.array_index) if record.array_index is not None else state.job_id
-    adopted = _apply(store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=job_id, work_dir=work_dir, reason=ADOPTED_REASON))
+    job_id = (
+        array_task_id(array_job_id(state.job_id), record.array_index)
+        if record.array_index is not None
+        else state.job_id
+    )
+    adopted = _apply(
+        store, record, JobStatus.QUEUING, JobUpdate(scheduler_job_id=job_id, work_dir=work_dir, reason=ADOPTED_REASON)
+    )
     transitions = [adopted]
     if adopted.record.scheduler_job_id == state.job_id and not adopted.record.status.is_terminal and not record.packed:
         status, reason = map_scheduler_state(state)
@@ -421,7 +496,9 @@ def read_job_result(scheduler: Scheduler, record: JobRecord) -> dict[str, object
     result = _parse_result(files[result_path].data)
     if not record.packed:
         return result
-    return with_placement(result or {}, record_job_name(record), _parse_member_status(files[member_status_path(record.work_dir)].data))
+    return with_placement(
+        result or {}, record_job_name(record), _parse_member_status(files[member_status_path(record.work_dir)].data)
+    )
 
 
 def with_placement(result: dict[str, object], allocation_name: str, member: MemberStatus | None) -> dict[str, object]:
@@ -434,12 +511,24 @@ def with_placement(result: dict[str, object], allocation_name: str, member: Memb
     """
     if member is None:
         return result
-    return {**result, "allocation": {"name": allocation_name, "node": member.node, "gpus": member.gpus,
-                                     "gpu_seconds": member.gpu_seconds}}
+    return {
+        **result,
+        "allocation": {
+            "name": allocation_name,
+            "node": member.node,
+            "gpus": member.gpus,
+            "gpu_seconds": member.gpu_seconds,
+        },
+    }
 
 
-def charge_ended_allocations(store: JobStore, scheduler: Scheduler, system: str, observed: Sequence[SchedulerJobState],
-                             now: datetime | None = None) -> dict[str, list[JobRecord]]:
+def charge_ended_allocations(
+    store: JobStore,
+    scheduler: Scheduler,
+    system: str,
+    observed: Sequence[SchedulerJobState],
+    now: datetime | None = None,
+) -> dict[str, list[JobRecord]]:
     """Charge every packed allocation of `system` that has ended with all its members: TACC's
     charge of the allocation (its whole nodes for the time it ran) split among its members in
     proportion to the GPU-seconds each used (from their status files), stored as each member's
@@ -476,7 +565,9 @@ def _charge_allocation(store: JobStore, scheduler: Scheduler, name: str, state: 
     members = store.allocation_members(name)
     if not members or any(not member.status.is_terminal for member in members):
         return []
-    unsubmitted = {member.id: (0.0, 0.0) for member in members if not member.work_dir}  # cancelled before sbatch: never in it
+    unsubmitted = {
+        member.id: (0.0, 0.0) for member in members if not member.work_dir
+    }  # cancelled before sbatch: never in it
     members = [member for member in members if member.work_dir]
     spec = find_queue(members[0].system, members[0].queue) if members else None
     if spec is None:
@@ -490,7 +581,9 @@ def _charge_allocation(store: JobStore, scheduler: Scheduler, name: str, state: 
         status = _parse_member_status(files[paths[member.id]].data) if member.id in paths else None
         gpu_seconds.append(status.gpu_seconds_until(state.end or utcnow()) if status else member.gpu_seconds or 0.0)
     shares = split_charge(total, gpu_seconds)
-    store.set_member_charges({**unsubmitted, **{member.id: (seconds, share) for member, seconds, share in zip(members, gpu_seconds, shares)}})
+    store.set_member_charges(
+        {**unsubmitted, **{member.id: (seconds, share) for member, seconds, share in zip(members, gpu_seconds, shares)}}
+    )
     return store.allocation_members(name)
 
 

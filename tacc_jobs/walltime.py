@@ -34,9 +34,7 @@ def parse_walltime(text: str) -> timedelta:
         minutes, seconds = int(clock["minutes"]), int(clock["seconds"])
         if minutes > 59 or seconds > 59:
             raise ValueError(f"{text!r}: minutes and seconds must be below 60")
-        duration = timedelta(
-            days=int(clock["days"] or 0), hours=int(clock["hours"]), minutes=minutes, seconds=seconds
-        )
+        duration = timedelta(days=int(clock["days"] or 0), hours=int(clock["hours"]), minutes=minutes, seconds=seconds)
     elif unit := _UNIT.match(value):
         amount = float(unit["amount"])
         duration = timedelta(hours=amount) if unit["unit"] == "h" else timedelta(minutes=amount)

@@ -30,7 +30,9 @@ from tasks.policies import cluster_task
 
 def cost_rates(settings: OrchestratorSettings) -> CostRates:
     """The dollar rates configured for this orchestrator."""
-    return CostRates(usd_per_gpu_hour=settings.usd_per_gpu_hour, usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type)
+    return CostRates(
+        usd_per_gpu_hour=settings.usd_per_gpu_hour, usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type
+    )
 
 
 def source_zone(name: str) -> str:
@@ -46,7 +48,9 @@ def source_zone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidAccountingInput(f"source_timezone: {name!r} is not an IANA time zone (e.g. America/Chicago, UTC)") from None
+        raise InvalidAccountingInput(
+            f"source_timezone: {name!r} is not an IANA time zone (e.g. America/Chicago, UTC)"
+        ) from None
     return name
 
 
@@ -63,8 +67,16 @@ def record_file(path: str | None) -> RecordFile:
     return RecordFile(Path(path))
 
 
-def normalized_chunks(source: str, system: str, start: datetime, end: datetime, records: RecordFile | None, url: str | None,
-                      zone: str, job_store: JobStore) -> Iterator[Normalized]:
+def normalized_chunks(
+    source: str,
+    system: str,
+    start: datetime,
+    end: datetime,
+    records: RecordFile | None,
+    url: str | None,
+    zone: str,
+    job_store: JobStore,
+) -> Iterator[Normalized]:
     """The chosen source's rows, chunk by chunk, normalized.
 
     Example:
@@ -76,7 +88,9 @@ def normalized_chunks(source: str, system: str, start: datetime, end: datetime, 
     rates = cost_rates(settings)
     if source == "sacct":
         agents = job_store.agents_by_job_name(system)
-        yield from sacct_chunks(scheduler_for(system).accounting(start, end), system, rates, agents, settings.ingest_chunk_rows)
+        yield from sacct_chunks(
+            scheduler_for(system).accounting(start, end), system, rates, agents, settings.ingest_chunk_rows
+        )
     elif records is not None:
         for frame in records.frames(settings.ingest_chunk_rows):
             yield normalize_records(frame, "file", rates, zone)
@@ -89,8 +103,15 @@ def normalized_chunks(source: str, system: str, start: datetime, end: datetime, 
 
 
 @cluster_task
-def ingest_window(source: str, system: str, start: datetime, end: datetime, path: str | None = None, url: str | None = None,
-                  source_timezone: str = DEFAULT_SOURCE_ZONE) -> IngestSummary:
+def ingest_window(
+    source: str,
+    system: str,
+    start: datetime,
+    end: datetime,
+    path: str | None = None,
+    url: str | None = None,
+    source_timezone: str = DEFAULT_SOURCE_ZONE,
+) -> IngestSummary:
     """Ingest one window of one source: normalize, create teams, upsert, quarantine, record the run.
 
     The run's window becomes the next nightly run's watermark only when it completes. Bad input
@@ -116,7 +137,9 @@ def ingest_window(source: str, system: str, start: datetime, end: datetime, path
         with closing(chunks):  # a failure ends the sacct stream (and its SSH session) here
             ingest_chunks(warehouse, chunks, summary, teams)
     except Exception as error:
-        warehouse.finish_run(run_id, "FAILED", error=str(error)[:2000], rows_read=summary.rows_read, failed=summary.failed)
+        warehouse.finish_run(
+            run_id, "FAILED", error=str(error)[:2000], rows_read=summary.rows_read, failed=summary.failed
+        )
         raise
     counts = summary.model_dump(include={"rows_read", "inserted", "updated", "unchanged", "failed", "steps_folded"})
     warehouse.finish_run(run_id, "COMPLETED", **counts)

@@ -59,8 +59,11 @@ def remove_run_results(client: SyncPrefectClient, flow_run_id: uuid.UUID, dry_ru
     except ObjectNotFound:  # the server no longer knows the run: nothing to find
         return 0
     if flow_run.state is None or not flow_run.state.is_final():
-        logger.warning("Flow run %s has not ended (%s): its jobs are kept for now", flow_run.name,
-                       flow_run.state.name if flow_run.state else "no state")
+        logger.warning(
+            "Flow run %s has not ended (%s): its jobs are kept for now",
+            flow_run.name,
+            flow_run.state.name if flow_run.state else "no state",
+        )
         return None
     try:
         files = persisted_result_files(client, flow_run)
@@ -70,7 +73,9 @@ def remove_run_results(client: SyncPrefectClient, flow_run_id: uuid.UUID, dry_ru
             elif not dry_run:
                 file.delete()
     except Exception as error:  # one run's storage failing does not stop the cleanup
-        logger.warning("Could not remove the results of flow run %s: %s; its jobs are kept for now", flow_run.name, error)
+        logger.warning(
+            "Could not remove the results of flow run %s: %s; its jobs are kept for now", flow_run.name, error
+        )
         return None
     return sum(file.filesystem is not None for file in files)
 
@@ -89,7 +94,9 @@ def remove_persisted_results(store: JobStore, expired: list[JobRecord], dry_run:
         jobs must wait for a later cleanup (see `remove_run_results`).
     """
     expired_ids = {record.id for record in expired}
-    jobs_by_run = store.job_ids_by_flow_run({record.flow_run_id for record in expired if record.flow_run_id is not None})
+    jobs_by_run = store.job_ids_by_flow_run(
+        {record.flow_run_id for record in expired if record.flow_run_id is not None}
+    )
     removed, deferred = 0, set()
     with get_client(sync_client=True) as client:
         for flow_run_id in (run for run, job_ids in jobs_by_run.items() if job_ids <= expired_ids):
@@ -118,13 +125,28 @@ def remove_expired_jobs(default_ttl_days: int, dry_run: bool) -> CleanupSummary:
     expired = [record for record in expired if record.flow_run_id not in deferred]
     removed_dirs = 0
     for record in expired:
-        logger.info("%s job %s (%s, ended %s)", "Would remove" if dry_run else "Removing", record.id, record.status.value,
-                    record.completed_at or record.updated_at)
+        logger.info(
+            "%s job %s (%s, ended %s)",
+            "Would remove" if dry_run else "Removing",
+            record.id,
+            record.status.value,
+            record.completed_at or record.updated_at,
+        )
         if not dry_run and record.work_dir:
             removed_dirs += remove_work_dir(record.system, record.work_dir)
     removed = len(expired) if dry_run else store.delete([record.id for record in expired])
     allocations = sorted({(record.system, record.allocation_name) for record in expired if record.allocation_name})
-    removed_allocations = 0 if dry_run else sum(remove_allocation_dir(system, name) for system, name in allocations
-                                                if not store.allocation_members(name))  # its last member is gone
-    return CleanupSummary(records_removed=removed, work_dirs_removed=removed_dirs, results_removed=results_removed,
-                          allocation_dirs_removed=removed_allocations, dry_run=dry_run)
+    removed_allocations = (
+        0
+        if dry_run
+        else sum(
+            remove_allocation_dir(system, name) for system, name in allocations if not store.allocation_members(name)
+        )
+    )  # its last member is gone
+    return CleanupSummary(
+        records_removed=removed,
+        work_dirs_removed=removed_dirs,
+        results_removed=results_removed,
+        allocation_dirs_removed=removed_allocations,
+        dry_run=dry_run,
+    )

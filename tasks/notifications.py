@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
@@ -11,7 +10,7 @@ from tacc_jobs.schedulers import Scheduler
 from tacc_jobs.settings import get_settings
 from tacc_jobs.store import JobStore, JobUpdate, Transition
 from tacc_jobs.tracking import job_event_payload, job_resource, read_job_result
-from tacc_jobs.webhooks import private_webhook_reason
+from tacc_jobs.webhooks import post_webhook
 from tasks.policies import cluster_task
 from tasks.run_context import run_logger
 
@@ -29,7 +28,10 @@ def announce(store: JobStore, scheduler: Scheduler, transition: Transition) -> J
             record = store.transition(record.id, record.status, JobUpdate(result=result)).record
     emit_event(
         event=f"tacc.job.{record.status.value.lower()}",
-        resource={"prefect.resource.id": job_resource(record.id), "prefect.resource.name": f"{record.agent}/{record.dataset_id}"},
+        resource={
+            "prefect.resource.id": job_resource(record.id),
+            "prefect.resource.name": f"{record.agent}/{record.dataset_id}",
+        },
         payload={**job_event_payload(record), "previous_status": transition.previous.value},
     )
     if record.status.is_terminal and record.webhook_url:
@@ -50,8 +52,4 @@ def send_job_webhook(record: JobRecord) -> int:
     """
     if not record.webhook_url:
         raise ValueError(f"job {record.id} has no webhook_url")
-    if not get_settings().allow_private_webhooks and (reason := private_webhook_reason(record.webhook_url)):
-        raise ValueError(reason)
-    response = httpx.post(record.webhook_url, json=job_event_payload(record), timeout=10.0)
-    response.raise_for_status()
-    return response.status_code
+    return post_webhook(record.webhook_url, job_event_payload(record), get_settings().allow_private_webhooks)

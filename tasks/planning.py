@@ -57,17 +57,23 @@ def plan_job_request(request: JobRequest, check_budget: bool = True) -> Plan:
     credentials = system_credentials(system)
     host = LocalCopy.host if system == "local" else credentials.host if credentials else None
     measured = open_staging_store().bandwidth(host) if host else None
-    based_on = [f"bandwidth measured on past transfers to {host}" if measured else
-                f"default bandwidth of {settings.default_bandwidth_mb_per_s:g} MB/s (no transfer to {host or system} measured)"]
+    based_on = [
+        f"bandwidth measured on past transfers to {host}"
+        if measured
+        else f"default bandwidth of {settings.default_bandwidth_mb_per_s:g} MB/s (no transfer to {host or system} measured)"
+    ]
     if system != "local":
-        based_on.append(f"{type(credentials).__name__} block {system!r}: allocation {credentials.allocation or 'none set'}" if credentials
-                        else f"no TaccCredentials block {system!r} saved: no allocation (-A), default bandwidth")
+        based_on.append(
+            f"{type(credentials).__name__} block {system!r}: allocation {credentials.allocation or 'none set'}"
+            if credentials
+            else f"no TaccCredentials block {system!r} saved: no allocation (-A), default bandwidth"
+        )
     context = PlanningContext(
         usd_per_gpu_hour=settings.usd_per_gpu_hour,
         usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type,
         cost_warning_usd=settings.cost_warning_usd,
         su_budget=settings.su_budgets.get(request.user_id) if check_budget else None,
-        su_committed=store.su_committed(request.user_id),
+        su_committed=store.su_committed(request.user_id, since=settings.su_budget_since(request.user_id)),
         past_runtimes_minutes=store.past_runtimes_minutes(request.user_id, request.agent),
         account=credentials.allocation if credentials else None,
         dataset_bytes=dataset.bytes,
@@ -96,8 +102,13 @@ def plan_request_batch(requests: list[JobRequest]) -> BatchPlan:
     for system in sorted({request.system.value for request in requests}):
         credentials = system_credentials(system)
         accounts[system] = credentials.allocation if credentials else None
-    context = PlanningContext(usd_per_gpu_hour=settings.usd_per_gpu_hour, usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type)
+    context = PlanningContext(
+        usd_per_gpu_hour=settings.usd_per_gpu_hour, usd_per_gpu_hour_by_type=settings.usd_per_gpu_hour_by_type
+    )
     store = open_job_store()
-    su_left = {user: settings.su_budgets[user] - store.su_committed(user)
-               for user in sorted({request.user_id for request in requests}) if user in settings.su_budgets}
+    su_left = {
+        user: settings.su_budgets[user] - store.su_committed(user, since=settings.su_budget_since(user))
+        for user in sorted({request.user_id for request in requests})
+        if user in settings.su_budgets
+    }
     return pack_requests(requests, context, accounts, su_left)

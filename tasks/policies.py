@@ -9,6 +9,7 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.context import TaskRunContext
 from prefect.tasks import Task, exponential_backoff
 from prefect.utilities.hashing import hash_objects
@@ -27,15 +28,42 @@ def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> 
         def poll(): ...
         ```
     """
-    error = state.data if isinstance(state.data, BaseException) else None
+    return is_transient_error(state.data if isinstance(state.data, BaseException) else None)
+
+
+def is_transient_error(error: BaseException | None) -> bool:
+    """Whether `error` may pass next time (see `is_transient`). Prefect's
+    `ConcurrencySlotAcquisitionError` (an SSH-session slot asked of an unreachable Prefect API)
+    is judged by the error it wraps.
+
+    Example:
+        ```python
+        is_transient_error(httpx.ConnectError("refused"))  # True
+        ```
+    """
+    if isinstance(error, ConcurrencySlotAcquisitionError):
+        return is_transient_error(error.__cause__)
     if isinstance(error, httpx.HTTPStatusError):
         return error.response.status_code >= 500 or error.response.status_code == 429
-    return isinstance(error, (TransientError, httpx.TransportError, TimeoutError, ConnectionError,
-                              database_errors.OperationalError, database_errors.TimeoutError))
+    return isinstance(
+        error,
+        (
+            TransientError,
+            httpx.TransportError,
+            TimeoutError,
+            ConnectionError,
+            database_errors.OperationalError,
+            database_errors.TimeoutError,
+        ),
+    )
 
 
 cluster_task = partial(
-    task, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient
+    task,
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=is_transient,
 )
 
 """`@cluster_task`: a task that talks to a cluster or a remote service. It never caches (remote

@@ -95,7 +95,10 @@ def persisted_result_files(client: SyncPrefectClient, flow_run: FlowRun) -> list
     """
     task_runs = read_every(client.read_task_runs, flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     states = [flow_run.state, *(task_run.state for task_run in task_runs)]
-    results = {(state.data.storage_block_id, state.data.storage_key): state.data for state in states
-               if state is not None and isinstance(state.data, ResultRecordMetadata) and state.data.storage_key}
+    results = {
+        (state.data.storage_block_id, state.data.storage_key): state.data
+        for state in states
+        if state is not None and isinstance(state.data, ResultRecordMetadata) and state.data.storage_key
+    }
     files = [locate(metadata) for metadata in results.values()]
     return [file for file in files if file.filesystem is None or file.exists()]

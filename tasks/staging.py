@@ -53,14 +53,21 @@ def stage_dataset_to_scratch(dataset_id: str, system: str, priority: str = "norm
     try:
         inventory = inspect_dataset(settings.dataset_root, dataset_id)
     except StagingError as error:
-        store.update(system, dataset_id, status=StagingStatus.FAILED, reason=str(error), finished_at=datetime.now(timezone.utc))
+        store.update(
+            system, dataset_id, status=StagingStatus.FAILED, reason=str(error), finished_at=datetime.now(timezone.utc)
+        )
         raise
     transfer = transfer_for(system)
     measured = store.bandwidth(transfer_host(system))
     bandwidth = measured or settings.default_bandwidth_mb_per_s * 1e6
     logger.info(
-        "Dataset %s: %d files, %d bytes; about %.0f s to %s at %.1f MB/s (%s)", dataset_id, len(inventory.sizes),
-        inventory.bytes, transfer_seconds(inventory.bytes, bandwidth), system, bandwidth / 1e6,
+        "Dataset %s: %d files, %d bytes; about %.0f s to %s at %.1f MB/s (%s)",
+        dataset_id,
+        len(inventory.sizes),
+        inventory.bytes,
+        transfer_seconds(inventory.bytes, bandwidth),
+        system,
+        bandwidth / 1e6,
         "measured" if measured else "default",
     )
     for advice in layout_advice(inventory):
@@ -72,12 +79,16 @@ def stage_dataset_to_scratch(dataset_id: str, system: str, priority: str = "norm
             store.request(system, dataset_id, priority)  # another stager finished it: ours only verifies
             continue
         if not waiting_logged:
-            logger.info("Waiting for a staging slot on %s (%d request(s) ahead, or the dataset is being staged)",
-                        system, store.waiting_ahead(system, dataset_id))
+            logger.info(
+                "Waiting for a staging slot on %s (%d request(s) ahead, or the dataset is being staged)",
+                system,
+                store.waiting_ahead(system, dataset_id),
+            )
             waiting_logged = True
         time.sleep(SLOT_POLL_SECONDS)
-    artifact_id = create_progress_artifact(progress=0.0, key=artifact_key("staging", system, dataset_id),
-                                           description=f"Staging {dataset_id} to {system}")
+    artifact_id = create_progress_artifact(
+        progress=0.0, key=artifact_key("staging", system, dataset_id), description=f"Staging {dataset_id} to {system}"
+    )
     last_reported = [0.0]
 
     def on_progress(fraction: float) -> None:
@@ -89,15 +100,38 @@ def stage_dataset_to_scratch(dataset_id: str, system: str, priority: str = "norm
     try:
         staged = stage(inventory, transfer, dataset_destination(system, dataset_id), on_progress)
     except Exception as error:
-        store.update(system, dataset_id, status=StagingStatus.FAILED, reason=str(error), finished_at=datetime.now(timezone.utc))
+        store.update(
+            system, dataset_id, status=StagingStatus.FAILED, reason=str(error), finished_at=datetime.now(timezone.utc)
+        )
         raise
-    store.update(system, dataset_id, status=StagingStatus.STAGED, reason=None, progress=1.0, path=staged.path,
-                 digest=staged.digest, files=staged.files, bytes=staged.bytes, finished_at=datetime.now(timezone.utc))
+    store.update(
+        system,
+        dataset_id,
+        status=StagingStatus.STAGED,
+        reason=None,
+        progress=1.0,
+        path=staged.path,
+        digest=staged.digest,
+        files=staged.files,
+        bytes=staged.bytes,
+        finished_at=datetime.now(timezone.utc),
+    )
     if staged.transfer is not None and staged.transfer.bytes_transferred:
         store.record_transfer(transfer.host, staged.transfer.bytes_transferred, staged.transfer.seconds)
     if staged.repaired:
-        logger.warning("Repaired %d file(s) of %s that differed in scratch: %s", len(staged.repaired), dataset_id, ", ".join(staged.repaired))
-    logger.info("Dataset %s %s at %s:%s", dataset_id, "staged" if staged.copied else "already staged, unchanged", system, staged.path)
+        logger.warning(
+            "Repaired %d file(s) of %s that differed in scratch: %s",
+            len(staged.repaired),
+            dataset_id,
+            ", ".join(staged.repaired),
+        )
+    logger.info(
+        "Dataset %s %s at %s:%s",
+        dataset_id,
+        "staged" if staged.copied else "already staged, unchanged",
+        system,
+        staged.path,
+    )
     result = store.get(system, dataset_id)
     assert result is not None
     return result

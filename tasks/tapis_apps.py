@@ -23,5 +23,7 @@ def register_agent_apps(system: str) -> dict[str, str]:
         raise ValueError(f"system {system!r}: save a TapisCredentials block named {system!r} first (see README)")
     done = register_apps(credentials.shared_client(), credentials.exec_system_id, credentials.scratch_root)
     for app, action in done.items():
-        get_run_logger().info("Tapis app %s %s on %s (%s)", app, action, credentials.exec_system_id, credentials.base_url)
+        get_run_logger().info(
+            "Tapis app %s %s on %s (%s)", app, action, credentials.exec_system_id, credentials.base_url
+        )
     return dict(done)

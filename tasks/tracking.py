@@ -69,7 +69,13 @@ def wait_for_job(record: JobRecord, pending_timeout: float | None = None) -> Job
             return
         if transition.moved or transition.record.reason != record.reason:
             reason = f" ({transition.record.reason})" if transition.record.reason else ""
-            logger.info("Job %s: %s -> %s%s", record.scheduler_job_id, transition.previous.value, transition.record.status.value, reason)
+            logger.info(
+                "Job %s: %s -> %s%s",
+                record.scheduler_job_id,
+                transition.previous.value,
+                transition.record.status.value,
+                reason,
+            )
         if transition.record.progress != record.progress:
             update_progress_artifact(artifact_id, progress=transition.record.progress * 100)
         record = announce(store, run.scheduler, transition)
@@ -111,30 +117,54 @@ def sweep_system(system: str) -> SystemSweep:
     now = utcnow()
     unsubmitted = store.unsubmitted(system, created_before=now - timedelta(seconds=settings.unsubmitted_grace_seconds))
     try:  # reconciliation failing (a daemon down, the API unreachable) must not stop the sweep of active jobs
-        ended_runs = ended_flow_runs({record.flow_run_id for record in unsubmitted if record.flow_run_id}) if unsubmitted else set()
-        settled = reconcile_unsubmitted(store, scheduler, unsubmitted, policy,
-                                        lambda record: record.flow_run_id is None or record.flow_run_id in ended_runs,
-                                        timedelta(seconds=settings.unsubmitted_timeout_seconds), now)
+        ended_runs = (
+            ended_flow_runs({record.flow_run_id for record in unsubmitted if record.flow_run_id})
+            if unsubmitted
+            else set()
+        )
+        settled = reconcile_unsubmitted(
+            store,
+            scheduler,
+            unsubmitted,
+            policy,
+            lambda record: record.flow_run_id is None or record.flow_run_id in ended_runs,
+            timedelta(seconds=settings.unsubmitted_timeout_seconds),
+            now,
+        )
     except Exception as error:
         logger.warning("%s: jobs recorded without a scheduler id not settled this sweep: %s", system, error)
         settled = []
     for transition in settled:
-        logger.warning("%s job %s: %s -> %s (%s)", system, transition.record.id, transition.previous.value,
-                       transition.record.status.value, transition.record.reason)
+        logger.warning(
+            "%s job %s: %s -> %s (%s)",
+            system,
+            transition.record.id,
+            transition.previous.value,
+            transition.record.status.value,
+            transition.record.reason,
+        )
         announce(store, scheduler, transition)
     records = store.active(system)
     observations = observe(scheduler, [TrackedJob.from_record(record) for record in records])
     changed, statuses = 0, Counter[str]()
     for record, observation in zip(records, observations):
         if observation.not_understood:
-            logger.warning("%s job %s (%s): %s; its status is kept", system, record.scheduler_job_id, record.id, observation.reason)
+            logger.warning(
+                "%s job %s (%s): %s; its status is kept", system, record.scheduler_job_id, record.id, observation.reason
+            )
         transition = record_observation(store, record, observation, policy, now)
         current = transition.record if transition else record
         statuses[current.status.value] += 1
         if transition is not None and transition.moved:
             changed += 1
-            logger.info("%s job %s (%s): %s -> %s", system, current.scheduler_job_id, current.id, transition.previous.value,
-                        current.status.value)
+            logger.info(
+                "%s job %s (%s): %s -> %s",
+                system,
+                current.scheduler_job_id,
+                current.id,
+                transition.previous.value,
+                current.status.value,
+            )
             announce(store, scheduler, transition)
     allocations = [observation.allocation for observation in observations if observation.allocation is not None]
     try:  # what is recorded stays recorded; the next sweep charges what this one could not
@@ -143,8 +173,18 @@ def sweep_system(system: str) -> SystemSweep:
         logger.warning("%s: ended packed allocations not charged this sweep: %s", system, error)
         charged = {}
     for name, members in charged.items():
-        logger.info("%s allocation %s ended: %s SUs split among %d members by GPU-seconds", system, name,
-                    round(sum(member.charged_su or 0.0 for member in members), 4), len(members))
-    return SystemSweep(system=system, active=len(records), changed=changed, statuses=dict(statuses),
-                       adopted=sum(t.previous is JobStatus.QUEUED and t.record.scheduler_job_id is not None for t in settled),
-                       abandoned=sum(t.record.reason == NEVER_SUBMITTED_REASON for t in settled))
+        logger.info(
+            "%s allocation %s ended: %s SUs split among %d members by GPU-seconds",
+            system,
+            name,
+            round(sum(member.charged_su or 0.0 for member in members), 4),
+            len(members),
+        )
+    return SystemSweep(
+        system=system,
+        active=len(records),
+        changed=changed,
+        statuses=dict(statuses),
+        adopted=sum(t.previous is JobStatus.QUEUED and t.record.scheduler_job_id is not None for t in settled),
+        abandoned=sum(t.record.reason == NEVER_SUBMITTED_REASON for t in settled),
+    )

@@ -1,6 +1,6 @@
 """Fixtures of the Tapis tests: the Tapis test server on the sandbox, clients, a scheduler, the block.
 
-Test modules load them with `pytest_plugins = ["tests.tapis_fixtures"]`.
+tests/conftest.py imports them for every test module.
 """
 
 from __future__ import annotations
@@ -27,9 +27,15 @@ TAPIS_SCRATCH = "/home/{user}/scratch/tapis"
 def tapis_server_session(sandbox: Sandbox) -> Iterator[TapisTestServer]:
     """The Tapis test server for the session: execution system `ls6` is the sandbox."""
     connection = sandbox.connect()
-    server = TapisTestServer(connection, exec_system_id="ls6", queues={spec.queue for spec in system_queues("ls6")},
-                             username=sandbox.user, password=secrets.token_urlsafe(16), client_id=CLIENT_ID,
-                             client_key=secrets.token_urlsafe(16)).start()
+    server = TapisTestServer(
+        connection,
+        exec_system_id="ls6",
+        queues={spec.queue for spec in system_queues("ls6")},
+        username=sandbox.user,
+        password=secrets.token_urlsafe(16),
+        client_id=CLIENT_ID,
+        client_key=secrets.token_urlsafe(16),
+    ).start()
     yield server
     server.stop()
     connection.close()
@@ -61,16 +67,24 @@ def tapis_scheduler(tapis_client: TapisClient, sandbox: Sandbox) -> TapisSchedul
     """The Tapis backend on execution system `ls6`, its apps registered under a scratch of its own."""
     scratch = f"/home/{sandbox.user}/scratch/tapis-{uuid.uuid4().hex[:8]}"
     register_apps(tapis_client, "ls6", scratch)
-    return TapisScheduler(tapis_client, system="ls6", exec_system_id="ls6", scratch_root=scratch, allocation=sandbox.account)
+    return TapisScheduler(
+        tapis_client, system="ls6", exec_system_id="ls6", scratch_root=scratch, allocation=sandbox.account
+    )
 
 
 @pytest.fixture
 def tapis_block(tapis_server: TapisTestServer, sandbox: Sandbox, prefect_server: None) -> Iterator[TapisCredentials]:
     """The test server saved as the `ls6` TapisCredentials block (so ls6 goes through Tapis),
     removed afterwards (other tests reach ls6 over SSH)."""
-    block = TapisCredentials(base_url=tapis_server.base_url, username=sandbox.user, password=SecretStr(tapis_server.password),
-                             exec_system_id="ls6", scratch_root=TAPIS_SCRATCH.format(user=sandbox.user),
-                             allocation=sandbox.account, backoff_seconds=0.05)
+    block = TapisCredentials(
+        base_url=tapis_server.base_url,
+        username=sandbox.user,
+        password=SecretStr(tapis_server.password),
+        exec_system_id="ls6",
+        scratch_root=TAPIS_SCRATCH.format(user=sandbox.user),
+        allocation=sandbox.account,
+        backoff_seconds=0.05,
+    )
     block.save("ls6", overwrite=True)
     yield block
     TapisCredentials.delete("ls6")

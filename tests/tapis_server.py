@@ -64,8 +64,10 @@ TERMINAL = ("FINISHED", "CANCELLED", "FAILED")
 # Stdin is base64 (binary-safe); paths are positional arguments, never pasted into the program.
 WRITE_FILE = 'mkdir -p -- "$(dirname -- "$1")" && base64 -d > "$1"'
 READ_FILE = '[ -f "$1" ] || exit 44; base64 -w0 -- "$1"'
-LIST_FILES = '[ -e "$1" ] || exit 44; if [ "$2" = true ]; then depth=20; else depth=1; fi; ' \
-             '[ -d "$1" ] || depth=0; find "$1" -mindepth "$( [ -d "$1" ] && echo 1 || echo 0)" -maxdepth "$depth" -printf "%y\\t%s\\t%T@\\t%p\\n"'
+LIST_FILES = (
+    '[ -e "$1" ] || exit 44; if [ "$2" = true ]; then depth=20; else depth=1; fi; '
+    '[ -d "$1" ] || depth=0; find "$1" -mindepth "$( [ -d "$1" ] && echo 1 || echo 0)" -maxdepth "$depth" -printf "%y\\t%s\\t%T@\\t%p\\n"'
+)
 UNZIP = 'mkdir -p -- "$2" && python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$1" "$2"'
 
 
@@ -129,8 +131,16 @@ def basic(status: str, message: str, result: Any = None) -> dict[str, Any]:
 class TapisTestServer:
     """Tapis v3 for the tests, with its execution system `exec_system_id` being the sandbox."""
 
-    def __init__(self, connection: SshConnection, exec_system_id: str, queues: set[str], username: str, password: str,
-                 client_id: str, client_key: str) -> None:
+    def __init__(
+        self,
+        connection: SshConnection,
+        exec_system_id: str,
+        queues: set[str],
+        username: str,
+        password: str,
+        client_id: str,
+        client_key: str,
+    ) -> None:
         self.ssh, self.exec_system_id, self.queues = connection, exec_system_id, queues
         self.username, self.password, self.client_id, self.client_key = username, password, client_id, client_key
         self.token_ttl = 3600.0
@@ -159,7 +169,9 @@ class TapisTestServer:
 
     def start(self) -> TapisTestServer:
         app = Starlette(routes=[Route("/{rest:path}", self.handle, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        )
         threading.Thread(target=self._server.run, daemon=True).start()
         deadline = time.monotonic() + 15
         while not self._server.started:
@@ -168,8 +180,12 @@ class TapisTestServer:
             time.sleep(0.02)
         port = self._server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
-        self.specs = {"authenticator": load_spec("authenticator", self.base_url), "jobs": load_spec("jobs", f"{self.base_url}/v3"),
-                      "files": load_spec("files", self.base_url), "apps": load_spec("apps", self.base_url)}
+        self.specs = {
+            "authenticator": load_spec("authenticator", self.base_url),
+            "jobs": load_spec("jobs", f"{self.base_url}/v3"),
+            "files": load_spec("files", self.base_url),
+            "apps": load_spec("apps", self.base_url),
+        }
         threading.Thread(target=self._monitor, daemon=True).start()
         return self
 
@@ -210,7 +226,12 @@ class TapisTestServer:
     # --- HTTP ---------------------------------------------------------------------------------
 
     def _spec_for(self, path: str) -> OpenAPI:
-        for prefix, name in (("/v3/oauth2", "authenticator"), ("/v3/jobs", "jobs"), ("/v3/files", "files"), ("/v3/apps", "apps")):
+        for prefix, name in (
+            ("/v3/oauth2", "authenticator"),
+            ("/v3/jobs", "jobs"),
+            ("/v3/files", "files"),
+            ("/v3/apps", "apps"),
+        ):
             if path.startswith(prefix):
                 return self.specs[name]
         raise TapisError(404, f"no Tapis service at {path}")
@@ -218,16 +239,21 @@ class TapisTestServer:
     async def handle(self, request: Request) -> Response:
         body = await request.body()
         answer = await run_in_threadpool(self.serve, request, body)
-        return Response(answer.data(), status_code=answer.status, media_type=answer.content_type, headers=answer.headers)
+        return Response(
+            answer.data(), status_code=answer.status, media_type=answer.content_type, headers=answer.headers
+        )
 
     def serve(self, request: Request, body: bytes) -> Answer:
         raw_path = request.url.path
         match = _MULTI_SEGMENT.match(raw_path)
         matched_path = f"{match.group(1)}{quote(match.group(2), safe='')}" if match else raw_path
         checked = ValidatedRequest(
-            host_url=self.base_url, path=matched_path, method=request.method.lower(),
+            host_url=self.base_url,
+            path=matched_path,
+            method=request.method.lower(),
             parameters=RequestParameters(query=request.query_params, header=request.headers, cookie=request.cookies),
-            content_type=request.headers.get("content-type", "application/json"), body=body or None,
+            content_type=request.headers.get("content-type", "application/json"),
+            body=body or None,
         )
         route = f"{request.method} {self._route(raw_path)}"
         with self.lock:
@@ -236,7 +262,9 @@ class TapisTestServer:
             spec = self._spec_for(raw_path)
             result = spec.unmarshal_request(checked)
             if result.errors:
-                details = "; ".join(f"{type(error).__name__}: {getattr(error, '__cause__', None) or error}" for error in result.errors)
+                details = "; ".join(
+                    f"{type(error).__name__}: {getattr(error, '__cause__', None) or error}" for error in result.errors
+                )
                 self.violations.append(f"request {route}: {details}")
                 raise TapisError(400, f"TAPIS_INVALID_REQUEST {details}")
             answer = self._injected(route) or self.dispatch(request.method, raw_path, request, body)
@@ -267,7 +295,9 @@ class TapisTestServer:
     def _check_response(self, spec: OpenAPI | None, request: ValidatedRequest, answer: Answer, route: str) -> None:
         if spec is None:
             return
-        response = ValidatedResponse(data=answer.data(), status_code=answer.status, content_type=answer.content_type, headers=answer.headers)
+        response = ValidatedResponse(
+            data=answer.data(), status_code=answer.status, content_type=answer.content_type, headers=answer.headers
+        )
         try:
             result = spec.unmarshal_response(request, response)
         except ResponseNotFound:
@@ -276,7 +306,9 @@ class TapisTestServer:
         if result.errors and isinstance(result.errors[0], ResponseNotFound):
             self.undeclared.append(f"{route} -> {answer.status}")
         elif result.errors:
-            details = "; ".join(f"{type(error).__name__}: {getattr(error, '__cause__', None) or error}" for error in result.errors)
+            details = "; ".join(
+                f"{type(error).__name__}: {getattr(error, '__cause__', None) or error}" for error in result.errors
+            )
             self.violations.append(f"response {route} -> {answer.status}: {details}")
 
     def _user(self, request: Request) -> str:
@@ -294,7 +326,11 @@ class TapisTestServer:
             return self.create_token(request, body)
         self._user(request)
         query = {key: values[-1] for key, values in parse_qs(request.url.query).items()}
-        payload = json.loads(body) if body and request.headers.get("content-type", "").startswith("application/json") else None
+        payload = (
+            json.loads(body)
+            if body and request.headers.get("content-type", "").startswith("application/json")
+            else None
+        )
         routes: list[tuple[str, str, Callable[..., Answer]]] = [
             ("POST", r"/v3/jobs/submit", lambda: self.submit(payload)),
             ("POST", r"/v3/jobs/search", lambda: self.search(payload, query)),
@@ -302,7 +338,11 @@ class TapisTestServer:
             ("GET", r"/v3/jobs/([^/]+)/history", self.job_history),
             ("GET", r"/v3/jobs/([^/]+)/output/list/(.*)", self.output_list),
             ("GET", r"/v3/jobs/([^/]+)/output/download/(.*)", self.output_download),
-            ("GET", r"/v3/files/ops/([^/]+)/(.*)", lambda system, rel: self.list_files(system, rel, query.get("recurse") == "true")),
+            (
+                "GET",
+                r"/v3/files/ops/([^/]+)/(.*)",
+                lambda system, rel: self.list_files(system, rel, query.get("recurse") == "true"),
+            ),
             ("POST", r"/v3/files/ops/([^/]+)/(.*)", lambda system, rel: self.upload(system, rel, request, body)),
             ("DELETE", r"/v3/files/ops/([^/]+)/(.*)", self.delete),
             ("POST", r"/v3/files/ops/([^/]+)", lambda system: self.mkdir(system, payload)),
@@ -323,7 +363,11 @@ class TapisTestServer:
 
     def create_token(self, request: Request, body: bytes) -> Answer:
         content_type = request.headers.get("content-type", "")
-        form = json.loads(body) if content_type.startswith("application/json") else {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+        form = (
+            json.loads(body)
+            if content_type.startswith("application/json")
+            else {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+        )
         client = None
         if request.headers.get("authorization", "").startswith("Basic "):
             client = tuple(base64.b64decode(request.headers["authorization"][6:]).decode().split(":", 1))
@@ -347,10 +391,27 @@ class TapisTestServer:
             self.refresh_tokens.add(refresh)
             self.token_grants[grant] += 1
         expires = datetime.fromtimestamp(time.time() + self.token_ttl, timezone.utc).isoformat()
-        return Answer(201, basic("success", "Token created successfully.", {
-            "access_token": {"access_token": access, "expires_at": expires, "expires_in": int(self.token_ttl), "jti": str(uuid.uuid4())},
-            "refresh_token": {"refresh_token": refresh, "expires_at": expires, "expires_in": 14400, "jti": str(uuid.uuid4())},
-        }))
+        return Answer(
+            201,
+            basic(
+                "success",
+                "Token created successfully.",
+                {
+                    "access_token": {
+                        "access_token": access,
+                        "expires_at": expires,
+                        "expires_in": int(self.token_ttl),
+                        "jti": str(uuid.uuid4()),
+                    },
+                    "refresh_token": {
+                        "refresh_token": refresh,
+                        "expires_at": expires,
+                        "expires_in": 14400,
+                        "jti": str(uuid.uuid4()),
+                    },
+                },
+            ),
+        )
 
     # --- SSH on the execution system ----------------------------------------------------------
 
@@ -369,7 +430,9 @@ class TapisTestServer:
     # --- Files --------------------------------------------------------------------------------
 
     def list_files(self, system: str, rel: str, recurse: bool) -> Answer:
-        code, out, err = self._ssh(["bash", "-c", LIST_FILES, "list", self._system_path(system, rel), str(recurse).lower()])
+        code, out, err = self._ssh(
+            ["bash", "-c", LIST_FILES, "list", self._system_path(system, rel), str(recurse).lower()]
+        )
         if code == 44:
             raise TapisError(404, f"FILES_NOT_FOUND {rel}")
         if code:
@@ -377,9 +440,18 @@ class TapisTestServer:
         items = []
         for line in out.splitlines():
             kind, size, mtime, path = line.split("\t", 3)
-            items.append({"type": "dir" if kind == "d" else "file", "size": int(size), "name": path.rsplit("/", 1)[-1],
-                          "path": path.lstrip("/"), "lastModified": datetime.fromtimestamp(float(mtime), timezone.utc).isoformat(),
-                          "mimeType": "application/octet-stream", "nativePermissions": "rw-r--r--", "url": f"tapis://{system}{path}"})
+            items.append(
+                {
+                    "type": "dir" if kind == "d" else "file",
+                    "size": int(size),
+                    "name": path.rsplit("/", 1)[-1],
+                    "path": path.lstrip("/"),
+                    "lastModified": datetime.fromtimestamp(float(mtime), timezone.utc).isoformat(),
+                    "mimeType": "application/octet-stream",
+                    "nativePermissions": "rw-r--r--",
+                    "url": f"tapis://{system}{path}",
+                }
+            )
         return Answer(200, basic("success", "ok", items))
 
     def contents(self, system: str, rel: str) -> Answer:
@@ -392,12 +464,18 @@ class TapisTestServer:
 
     def upload(self, system: str, rel: str, request: Request, body: bytes) -> Answer:
         message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
-            f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode() + body)
-        parts = [part for part in message.iter_parts() if part.get_param("name", header="content-disposition") == "file"]
+            f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode() + body
+        )
+        parts = [
+            part for part in message.iter_parts() if part.get_param("name", header="content-disposition") == "file"
+        ]
         if not parts:
             raise TapisError(400, "FILES_UPLOAD_ERROR no 'file' part")
         content = parts[0].get_payload(decode=True) or b""
-        code, _, err = self._ssh(["bash", "-c", WRITE_FILE, "write", self._system_path(system, rel)], stdin=base64.b64encode(content).decode())
+        code, _, err = self._ssh(
+            ["bash", "-c", WRITE_FILE, "write", self._system_path(system, rel)],
+            stdin=base64.b64encode(content).decode(),
+        )
         if code:
             raise TapisError(500, f"FILES_UPLOAD_ERROR {err.strip()}")
         return Answer(200, basic("success", "File uploaded", "ok"))
@@ -423,9 +501,18 @@ class TapisTestServer:
             if not all(found):
                 raise TapisError(400, f"FILES_TXFR_INVALID_URI {element}")
             pairs.append(tuple(self._system_path(match.group(1), match.group(2)) for match in found if match))
-        task = {"uuid": str(uuid.uuid4()), "tag": payload.get("tag", ""), "status": "ACCEPTED", "username": self.username,
-                "tenantId": "tacc", "created": now(), "totalTransfers": len(pairs), "completeTransfers": 0,
-                "estimatedTotalBytes": 0, "totalBytesTransferred": 0}
+        task = {
+            "uuid": str(uuid.uuid4()),
+            "tag": payload.get("tag", ""),
+            "status": "ACCEPTED",
+            "username": self.username,
+            "tenantId": "tacc",
+            "created": now(),
+            "totalTransfers": len(pairs),
+            "completeTransfers": 0,
+            "estimatedTotalBytes": 0,
+            "totalBytesTransferred": 0,
+        }
         self.transfers[task["uuid"]] = task
         threading.Thread(target=self._run_transfer, args=(task, pairs), daemon=True).start()
         return Answer(200, basic("success", "Transfer created", dict(task)))
@@ -433,8 +520,16 @@ class TapisTestServer:
     def _run_transfer(self, task: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
         task.update(status="IN_PROGRESS", startTime=now())
         for source, destination in pairs:
-            code, out, err = self._ssh(["bash", "-c", 'mkdir -p -- "$(dirname -- "$2")" && cp -- "$1" "$2" && stat -c %s -- "$2"',
-                                        "transfer", source, destination])
+            code, out, err = self._ssh(
+                [
+                    "bash",
+                    "-c",
+                    'mkdir -p -- "$(dirname -- "$2")" && cp -- "$1" "$2" && stat -c %s -- "$2"',
+                    "transfer",
+                    source,
+                    destination,
+                ]
+            )
             if code:
                 task.update(status="FAILED", errorMessage=err.strip(), endTime=now())
                 return
@@ -477,13 +572,20 @@ class TapisTestServer:
     def submit(self, request: dict[str, Any]) -> Answer:
         app = self.apps.get((request["appId"], request["appVersion"]))
         if app is None:
-            raise TapisError(400, f"JOBS_APP_NOT_FOUND Application {request['appId']} version {request['appVersion']} was not "
-                                  f"found or is not available to user {self.username}")
+            raise TapisError(
+                400,
+                f"JOBS_APP_NOT_FOUND Application {request['appId']} version {request['appVersion']} was not "
+                f"found or is not available to user {self.username}",
+            )
         if request.get("execSystemId") != self.exec_system_id:
-            raise TapisError(400, f"JOBS_INVALID_EXEC_SYSTEM execution system {request.get('execSystemId')!r} not found")
+            raise TapisError(
+                400, f"JOBS_INVALID_EXEC_SYSTEM execution system {request.get('execSystemId')!r} not found"
+            )
         queue = request.get("execSystemLogicalQueue")
         if queue not in self.queues:
-            raise TapisError(400, f"JOBS_QUEUE_NOT_FOUND logical queue {queue!r} is not defined on {self.exec_system_id}")
+            raise TapisError(
+                400, f"JOBS_QUEUE_NOT_FOUND logical queue {queue!r} is not defined on {self.exec_system_id}"
+            )
         parameters = request.get("parameterSet", {})
         for option in parameters.get("schedulerOptions", []):
             if not _SAFE_OPTION.fullmatch(option["arg"]):
@@ -493,18 +595,42 @@ class TapisTestServer:
                 raise TapisError(400, f"JOBS_INVALID_ENV_VARIABLE {variable['key']!r}")
         job_uuid = f"{uuid.uuid4()}-007"
         job = {
-            "uuid": job_uuid, "id": len(self.jobs) + 1, "name": request["name"], "owner": self.username, "tenant": "tacc",
-            "description": request.get("description", ""), "status": "PENDING", "created": now(), "lastUpdated": now(),
-            "appId": request["appId"], "appVersion": request["appVersion"], "execSystemId": self.exec_system_id,
-            "execSystemExecDir": request["execSystemExecDir"], "execSystemInputDir": request["execSystemInputDir"],
-            "execSystemOutputDir": request["execSystemOutputDir"], "execSystemLogicalQueue": queue,
-            "archiveSystemId": request.get("archiveSystemId", self.exec_system_id), "archiveSystemDir": request.get("archiveSystemDir", ""),
-            "nodeCount": request.get("nodeCount", 1), "coresPerNode": 1, "maxMinutes": request.get("maxMinutes", 10),
-            "fileInputs": json.dumps(request.get("fileInputs", [])), "parameterSet": json.dumps(parameters),
-            "subscriptions": json.dumps(request.get("subscriptions", [])), "tags": request.get("tags", []),
-            "blockedCount": 0, "remoteSubmitRetries": 0, "remoteChecksSuccess": 0, "remoteChecksFailed": 0,
-            "visible": True, "createdby": self.username, "createdbyTenant": "tacc", "jobType": "BATCH", "mpi": False,
-            "lastMessage": "Job created", "_containerImage": app["containerImage"],
+            "uuid": job_uuid,
+            "id": len(self.jobs) + 1,
+            "name": request["name"],
+            "owner": self.username,
+            "tenant": "tacc",
+            "description": request.get("description", ""),
+            "status": "PENDING",
+            "created": now(),
+            "lastUpdated": now(),
+            "appId": request["appId"],
+            "appVersion": request["appVersion"],
+            "execSystemId": self.exec_system_id,
+            "execSystemExecDir": request["execSystemExecDir"],
+            "execSystemInputDir": request["execSystemInputDir"],
+            "execSystemOutputDir": request["execSystemOutputDir"],
+            "execSystemLogicalQueue": queue,
+            "archiveSystemId": request.get("archiveSystemId", self.exec_system_id),
+            "archiveSystemDir": request.get("archiveSystemDir", ""),
+            "nodeCount": request.get("nodeCount", 1),
+            "coresPerNode": 1,
+            "maxMinutes": request.get("maxMinutes", 10),
+            "fileInputs": json.dumps(request.get("fileInputs", [])),
+            "parameterSet": json.dumps(parameters),
+            "subscriptions": json.dumps(request.get("subscriptions", [])),
+            "tags": request.get("tags", []),
+            "blockedCount": 0,
+            "remoteSubmitRetries": 0,
+            "remoteChecksSuccess": 0,
+            "remoteChecksFailed": 0,
+            "visible": True,
+            "createdby": self.username,
+            "createdbyTenant": "tacc",
+            "jobType": "BATCH",
+            "mpi": False,
+            "lastMessage": "Job created",
+            "_containerImage": app["containerImage"],
         }
         with self.lock:
             self.jobs[job_uuid] = job
@@ -521,17 +647,32 @@ class TapisTestServer:
             job.update(status=status, lastMessage=message, lastUpdated=now())
             if status in TERMINAL:
                 job["ended"] = now()
-            self.history[job["uuid"]].append({"event": event, "created": now(), "eventDetail": status, "description": message})
+            self.history[job["uuid"]].append(
+                {"event": event, "created": now(), "eventDetail": status, "description": message}
+            )
         for subscription in json.loads(job["subscriptions"]):
-            if subscription.get("eventCategoryFilter") in ("JOB_NEW_STATUS", "ALL") and subscription.get("enabled", True):
+            if subscription.get("eventCategoryFilter") in ("JOB_NEW_STATUS", "ALL") and subscription.get(
+                "enabled", True
+            ):
                 for target in subscription.get("deliveryTargets", []):
                     self._deliver(target["deliveryAddress"], job, status, message)
 
     def _deliver(self, address: str, job: dict[str, Any], status: str, message: str) -> None:
-        notification = {"uuid": str(uuid.uuid4()), "tenant": "tacc", "subscriptionName": f"{job['uuid']}-sub", "created": now(),
-                        "event": {"source": f"{self.base_url}/jobs", "type": f"jobs.JOB_NEW_STATUS.{status}", "subject": job["uuid"],
-                                  "timestamp": now(), "data": json.dumps({"newJobStatus": status, "jobName": job["name"],
-                                                                          "jobUuid": job["uuid"], "message": message})}}
+        notification = {
+            "uuid": str(uuid.uuid4()),
+            "tenant": "tacc",
+            "subscriptionName": f"{job['uuid']}-sub",
+            "created": now(),
+            "event": {
+                "source": f"{self.base_url}/jobs",
+                "type": f"jobs.JOB_NEW_STATUS.{status}",
+                "subject": job["uuid"],
+                "timestamp": now(),
+                "data": json.dumps(
+                    {"newJobStatus": status, "jobName": job["name"], "jobUuid": job["uuid"], "message": message}
+                ),
+            },
+        }
         try:
             httpx.post(address, json=notification, timeout=5)
         except httpx.HTTPError as error:  # Tapis's notifications service logs failed deliveries and goes on
@@ -549,7 +690,16 @@ class TapisTestServer:
                 if source is None or source.group(1) != self.exec_system_id:
                     raise TapisError(400, f"JOBS_INPUT_UNREACHABLE {item['sourceUrl']}")
                 target = f"{job['execSystemInputDir']}/{item['targetPath']}"
-                code, _, err = self._ssh(["bash", "-c", 'mkdir -p -- "$(dirname -- "$2")" && cp -r -- "$1" "$2"', "cp", source.group(2), target])
+                code, _, err = self._ssh(
+                    [
+                        "bash",
+                        "-c",
+                        'mkdir -p -- "$(dirname -- "$2")" && cp -r -- "$1" "$2"',
+                        "cp",
+                        source.group(2),
+                        target,
+                    ]
+                )
                 if code:
                     raise TapisError(500, f"JOBS_UNABLE_TO_STAGE_INPUTS {err.strip()}")
             self._event(job, "JOB_NEW_STATUS", "STAGING_JOB", "Staging the application")
@@ -561,8 +711,12 @@ class TapisTestServer:
             if job["status"] == "CANCELLED":
                 return
             self._event(job, "JOB_NEW_STATUS", "SUBMITTING_JOB", "Submitting the job to Slurm")
-            for retry in range(SUBMIT_RETRIES + 1):  # as Tapis does (remoteSubmitRetries): a controller restarting is no failure
-                code, out, err = self._ssh(["bash", "-c", 'cd -- "$1" && sbatch --parsable tapisjob.sh', "sbatch", job["execSystemExecDir"]])
+            for retry in range(
+                SUBMIT_RETRIES + 1
+            ):  # as Tapis does (remoteSubmitRetries): a controller restarting is no failure
+                code, out, err = self._ssh(
+                    ["bash", "-c", 'cd -- "$1" && sbatch --parsable tapisjob.sh', "sbatch", job["execSystemExecDir"]]
+                )
                 if code == 0 or retry == SUBMIT_RETRIES:
                     break
                 job["remoteSubmitRetries"] += 1
@@ -570,14 +724,20 @@ class TapisTestServer:
             if code:
                 raise TapisError(500, f"JOBS_LAUNCH_FAILURE sbatch: {err.strip()}")
             with self.lock:
-                job.update(remoteJobId=out.strip().split(";")[0], remoteSubmitted=now(), remoteQueue=job["execSystemLogicalQueue"])
+                job.update(
+                    remoteJobId=out.strip().split(";")[0],
+                    remoteSubmitted=now(),
+                    remoteQueue=job["execSystemLogicalQueue"],
+                )
             self._event(job, "JOB_NEW_STATUS", "QUEUED", f"Slurm job {job['remoteJobId']} queued")
         except TapisError as error:
             job["condition"] = "JOB_UNABLE_TO_STAGE_JOB" if "STAGE_JOB" in error.message else "JOB_LAUNCH_FAILURE"
             self._event(job, "JOB_NEW_STATUS", "FAILED", error.message)
 
     def _write(self, path: str, text: str) -> None:
-        code, _, err = self._ssh(["bash", "-c", WRITE_FILE, "write", path], stdin=base64.b64encode(text.encode()).decode())
+        code, _, err = self._ssh(
+            ["bash", "-c", WRITE_FILE, "write", path], stdin=base64.b64encode(text.encode()).decode()
+        )
         if code:
             raise TapisError(500, f"JOBS_UNABLE_TO_STAGE_JOB {err.strip()}")
 
@@ -585,13 +745,25 @@ class TapisTestServer:
         parameters = json.loads(job["parameterSet"])
         logs = parameters.get("logConfig") or {"stdoutFilename": "tapisjob.out", "stderrFilename": "tapisjob.err"}
         output = job["execSystemOutputDir"]
-        directives = [f"--job-name {job['name']}", f"--partition {job['execSystemLogicalQueue']}", f"--nodes {job['nodeCount']}",
-                      f"--time {job['maxMinutes']}", f"--output {output}/{logs['stdoutFilename']}",
-                      f"--error {output}/{logs['stderrFilename']}",
-                      *(option["arg"] for option in parameters.get("schedulerOptions", []))]
-        return "\n".join(["#!/bin/bash", *(f"#SBATCH {directive}" for directive in directives),
-                          f"cd {shlex.quote(job['execSystemExecDir'])}", "set -a; . ./tapisjob.env; set +a",
-                          "bash ./tapisjob_app.sh", ""])
+        directives = [
+            f"--job-name {job['name']}",
+            f"--partition {job['execSystemLogicalQueue']}",
+            f"--nodes {job['nodeCount']}",
+            f"--time {job['maxMinutes']}",
+            f"--output {output}/{logs['stdoutFilename']}",
+            f"--error {output}/{logs['stderrFilename']}",
+            *(option["arg"] for option in parameters.get("schedulerOptions", [])),
+        ]
+        return "\n".join(
+            [
+                "#!/bin/bash",
+                *(f"#SBATCH {directive}" for directive in directives),
+                f"cd {shlex.quote(job['execSystemExecDir'])}",
+                "set -a; . ./tapisjob.env; set +a",
+                "bash ./tapisjob_app.sh",
+                "",
+            ]
+        )
 
     def _environment(self, job: dict[str, Any]) -> str:
         variables = {item["key"]: item["value"] for item in json.loads(job["parameterSet"]).get("envVariables", [])}
@@ -603,15 +775,25 @@ class TapisTestServer:
         while not self.stopping.is_set():
             time.sleep(0.3)
             with self.lock:
-                watched = {job["remoteJobId"]: job for job in self.jobs.values()
-                           if job.get("remoteJobId") and job["status"] in ("QUEUED", "RUNNING", "BLOCKED")}
+                watched = {
+                    job["remoteJobId"]: job
+                    for job in self.jobs.values()
+                    if job.get("remoteJobId") and job["status"] in ("QUEUED", "RUNNING", "BLOCKED")
+                }
             for job in list(watched.values()):
                 if job["uuid"] in self.blocked and job["status"] != "BLOCKED":
                     job["_before_block"] = job["status"]
                     job["blockedCount"] += 1
-                    self._event(job, "JOB_NEW_STATUS", "BLOCKED", "Remote access error: SSH connection to the system lost; retrying")
+                    self._event(
+                        job,
+                        "JOB_NEW_STATUS",
+                        "BLOCKED",
+                        "Remote access error: SSH connection to the system lost; retrying",
+                    )
                 elif job["status"] == "BLOCKED" and job["uuid"] not in self.blocked:
-                    self._event(job, "JOB_NEW_STATUS", job.pop("_before_block"), "Connection recovered; monitoring resumed")
+                    self._event(
+                        job, "JOB_NEW_STATUS", job.pop("_before_block"), "Connection recovered; monitoring resumed"
+                    )
             active = {remote: job for remote, job in watched.items() if job["status"] != "BLOCKED"}
             if not active:
                 continue
@@ -623,8 +805,17 @@ class TapisTestServer:
     def _observe(self, active: dict[str, dict[str, Any]]) -> None:
         """squeue first (it keeps ended jobs a few minutes, and needs no slurmdbd); sacct for the
         exit code of a failure, or for jobs squeue no longer knows."""
-        code, out, _ = self._ssh(["env", "TZ=UTC", "squeue", "--noheader", "--states=all", f"--jobs={','.join(active)}",
-                                  "--format=%i|%T|%S|%e"])
+        code, out, _ = self._ssh(
+            [
+                "env",
+                "TZ=UTC",
+                "squeue",
+                "--noheader",
+                "--states=all",
+                f"--jobs={','.join(active)}",
+                "--format=%i|%T|%S|%e",
+            ]
+        )
         in_queue = {line.split("|")[0]: line.split("|")[1:] for line in out.split()} if code == 0 else {}
         for remote, (state, start, end) in in_queue.items():
             job = active.get(remote)
@@ -633,12 +824,26 @@ class TapisTestServer:
                 self._event(job, "JOB_NEW_STATUS", "RUNNING", f"Slurm job {remote} is running")
             elif job and state in ("COMPLETED", "CANCELLED"):
                 self._finish(job, state, "0:0", start, end)
-        left = [remote for remote in active if in_queue.get(remote, [""])[0] not in
-                ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "COMPLETED", "CANCELLED")]
+        left = [
+            remote
+            for remote in active
+            if in_queue.get(remote, [""])[0]
+            not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "COMPLETED", "CANCELLED")
+        ]
         if not left:
             return
-        code, out, _ = self._ssh(["env", "TZ=UTC", "sacct", "--noheader", "-X", "--parsable2", f"--jobs={','.join(left)}",
-                                  "--format=JobID,State,ExitCode,Start,End"])
+        code, out, _ = self._ssh(
+            [
+                "env",
+                "TZ=UTC",
+                "sacct",
+                "--noheader",
+                "-X",
+                "--parsable2",
+                f"--jobs={','.join(left)}",
+                "--format=JobID,State,ExitCode,Start,End",
+            ]
+        )
         for line in out.splitlines() if code == 0 else []:
             remote, state, exit_code, start, end = line.split("|")
             job = active.get(remote)
@@ -650,7 +855,11 @@ class TapisTestServer:
         """Slurm's own start and end times, as Tapis reports them."""
         started = f"{start}.000000Z" if start[:1].isdigit() else job.get("remoteStarted") or now()
         with self.lock:
-            job.update(remoteEnded=f"{end}.000000Z" if end[:1].isdigit() else now(), remoteResultInfo=exit_code, remoteStarted=started)
+            job.update(
+                remoteEnded=f"{end}.000000Z" if end[:1].isdigit() else now(),
+                remoteResultInfo=exit_code,
+                remoteStarted=started,
+            )
         if state == "CANCELLED":
             job.setdefault("condition", "SCHEDULER_CANCELLED")
             self._event(job, "JOB_NEW_STATUS", "CANCELLED", f"Slurm job cancelled ({exit_code})")
@@ -660,7 +869,11 @@ class TapisTestServer:
             job.update(condition="NORMAL_COMPLETION", remoteOutcome="FINISHED")
             self._event(job, "JOB_NEW_STATUS", "FINISHED", "The job completed")
             return
-        conditions = {"TIMEOUT": "SCHEDULER_TIMEOUT", "OUT_OF_MEMORY": "SCHEDULER_OUT_OF_MEMORY", "DEADLINE": "SCHEDULER_DEADLINE"}
+        conditions = {
+            "TIMEOUT": "SCHEDULER_TIMEOUT",
+            "OUT_OF_MEMORY": "SCHEDULER_OUT_OF_MEMORY",
+            "DEADLINE": "SCHEDULER_DEADLINE",
+        }
         job.update(condition=conditions.get(state, "JOB_REMOTE_OUTCOME_ERROR"), remoteOutcome="FAILED")
         self._event(job, "JOB_NEW_STATUS", "FAILED", f"Slurm reported {state}, exit code {exit_code}")
 
@@ -677,7 +890,7 @@ class TapisTestServer:
                 raise TapisError(400, f"JOBS_SEARCH_INVALID value in {condition!r}")
             matches = [job for job in matches if self._matches(job.get(name), operator, values)]
         skip, limit = int(query.get("skip", 0)), int(query.get("limit", 100))
-        return Answer(200, basic("success", "Jobs found", [self._public(job) for job in matches[skip:skip + limit]]))
+        return Answer(200, basic("success", "Jobs found", [self._public(job) for job in matches[skip : skip + limit]]))
 
     @staticmethod
     def _matches(value: Any, operator: str, values: list[str]) -> bool:
@@ -721,4 +934,6 @@ class TapisTestServer:
 
 def client_for(server: TapisTestServer, **options: Any) -> TapisClient:
     """A client of the test server as its user (password grant), retrying fast."""
-    return TapisClient(server.base_url, server.username, **{"password": SecretStr(server.password), "backoff_seconds": 0.01, **options})
+    return TapisClient(
+        server.base_url, server.username, **{"password": SecretStr(server.password), "backoff_seconds": 0.01, **options}
+    )

@@ -36,9 +36,15 @@ NOV = (datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 16, tzinfo
 
 def test_a_teams_and_jobs_document_ingests_both(warehouse: Warehouse) -> None:
     records = RecordFile(DOCUMENT)
-    summary = IngestSummary(run_id=warehouse.start_run("file", "-", *NOV), source="file", system="-", window_start=NOV[0],
-                            window_end=NOV[1])
-    ingest_chunks(warehouse, (normalize_records(frame, "file", CostRates()) for frame in records.frames(7)), summary, records.teams)
+    summary = IngestSummary(
+        run_id=warehouse.start_run("file", "-", *NOV), source="file", system="-", window_start=NOV[0], window_end=NOV[1]
+    )
+    ingest_chunks(
+        warehouse,
+        (normalize_records(frame, "file", CostRates()) for frame in records.frames(7)),
+        summary,
+        records.teams,
+    )
     assert (summary.inserted, summary.failed) == (30, 0)
     with warehouse.engine.connect() as connection:
         teams = {row.name: (row.description, row.budget_usd) for row in connection.execute(select(TeamRow))}
@@ -46,15 +52,28 @@ def test_a_teams_and_jobs_document_ingests_both(warehouse: Warehouse) -> None:
     assert RecordFile(SAMPLE / "jobs.json").teams == [], "a plain array of jobs still works, and holds no teams"
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("absent.json", None, "absent.json: no such file"),
-    ("broken.json", '[{"job_id": "1",}]', "broken.json: not valid JSON (Expecting property name enclosed in double quotes: line 1"),
-    ("shape.json", '{"items": []}', 'shape.json: expected a JSON array of job records, or a {"teams": [...], "jobs": [...]} document'),
-    ("numbers.json", "[1, 2]", "numbers.json: expected a JSON array of job records"),
-    ("teams.json", '{"teams": [{"budget_usd": 5}], "jobs": []}', "teams.json: teams.0.name: Field required"),
-    ("jobs.xlsx", "", "jobs.xlsx: use a .csv, .json or .jsonl file"),
-])
-def test_a_file_that_cannot_be_read_is_refused_when_opened(tmp_path: Path, name: str, content: str | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("absent.json", None, "absent.json: no such file"),
+        (
+            "broken.json",
+            '[{"job_id": "1",}]',
+            "broken.json: not valid JSON (Expecting property name enclosed in double quotes: line 1",
+        ),
+        (
+            "shape.json",
+            '{"items": []}',
+            'shape.json: expected a JSON array of job records, or a {"teams": [...], "jobs": [...]} document',
+        ),
+        ("numbers.json", "[1, 2]", "numbers.json: expected a JSON array of job records"),
+        ("teams.json", '{"teams": [{"budget_usd": 5}], "jobs": []}', "teams.json: teams.0.name: Field required"),
+        ("jobs.xlsx", "", "jobs.xlsx: use a .csv, .json or .jsonl file"),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_refused_when_opened(
+    tmp_path: Path, name: str, content: str | None, message: str
+) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_text(content)
@@ -63,14 +82,29 @@ def test_a_file_that_cannot_be_read_is_refused_when_opened(tmp_path: Path, name:
     assert str(refused.value).startswith(f"{tmp_path}/{message}")
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("columns.csv", "job_id,team,model_name,provider,gpu_type,start_time,end_time\n1,a,b,c,d,2026-11-01T00:00:00Z,2026-11-01T01:00:00Z\n",
-     "columns.csv: missing columns team_name, status (job records need job_id, team_name, model_name"),
-    ("ragged.csv", "job_id,team_name,model_name,provider,gpu_type,start_time,end_time,status\n1,a,b,c,d,e,f,g\n2,a,b,c,d,e,f,g,h,i\n",
-     "ragged.csv: not readable as CSV (Error tokenizing data. C error: Expected 8 fields in line 3, saw 10"),
-    ("columns.jsonl", '{"job_id": "1", "status": "COMPLETED"}\n', "columns.jsonl: missing columns team_name, model_name"),
-])
-def test_a_wrong_column_set_is_refused_before_any_row_is_read(tmp_path: Path, name: str, content: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "columns.csv",
+            "job_id,team,model_name,provider,gpu_type,start_time,end_time\n1,a,b,c,d,2026-11-01T00:00:00Z,2026-11-01T01:00:00Z\n",
+            "columns.csv: missing columns team_name, status (job records need job_id, team_name, model_name",
+        ),
+        (
+            "ragged.csv",
+            "job_id,team_name,model_name,provider,gpu_type,start_time,end_time,status\n1,a,b,c,d,e,f,g\n2,a,b,c,d,e,f,g,h,i\n",
+            "ragged.csv: not readable as CSV (Error tokenizing data. C error: Expected 8 fields in line 3, saw 10",
+        ),
+        (
+            "columns.jsonl",
+            '{"job_id": "1", "status": "COMPLETED"}\n',
+            "columns.jsonl: missing columns team_name, model_name",
+        ),
+    ],
+)
+def test_a_wrong_column_set_is_refused_before_any_row_is_read(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(InvalidAccountingInput) as refused:
@@ -100,6 +134,8 @@ def test_bad_input_fails_the_flow_once_and_a_document_ingests(tmp_path: Path) ->
 
 
 def test_only_transient_failures_are_retried() -> None:
-    timed_out = OperationalError("SELECT 1", {}, psycopg.errors.QueryCanceled("canceling statement due to statement timeout"))
+    timed_out = OperationalError(
+        "SELECT 1", {}, psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+    )
     assert is_transient(ingest_window, None, Failed(data=timed_out)), "a database time-out may pass next time"
     assert not is_transient(ingest_window, None, Failed(data=InvalidAccountingInput("jobs.json: no such file")))

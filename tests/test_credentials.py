@@ -19,16 +19,22 @@ from pydantic import SecretStr, ValidationError
 from blocks.clusters import ssh_session_slot
 from blocks.credentials import TaccCredentials
 from flows.resources import cluster_resources
-from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
+from tacc_jobs.exceptions import JobCapReached, PermanentSchedulerError, TransientSchedulerError
 from tacc_jobs.processes import process_alive
 from tacc_jobs.schedulers.slurm import scheduler_error
 from tests.conftest import REPO, Sandbox, wait_until
 
 
 def credentials(sandbox: Sandbox, **fields: object) -> TaccCredentials:
-    return TaccCredentials(username=sandbox.user, host=sandbox.host, port=sandbox.port,
-                           known_hosts=sandbox.known_hosts.read_text().strip(), allocation=sandbox.account,
-                           scratch_root=f"/home/{sandbox.user}/scratch/orchestrator", **fields)
+    return TaccCredentials(
+        username=sandbox.user,
+        host=sandbox.host,
+        port=sandbox.port,
+        known_hosts=sandbox.known_hosts.read_text().strip(),
+        allocation=sandbox.account,
+        scratch_root=f"/home/{sandbox.user}/scratch/orchestrator",
+        **fields,
+    )
 
 
 def test_every_field_is_described() -> None:
@@ -37,8 +43,14 @@ def test_every_field_is_described() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("username", "jdoe; rm -rf /"), ("host", "ls6 -oProxyCommand=x"), ("allocation", "A B"), ("scratch_root", "relative/path"),
-     ("scratch_root", "/scratch/../etc"), ("scratch_root", "/scratch/$(id)")],
+    [
+        ("username", "jdoe; rm -rf /"),
+        ("host", "ls6 -oProxyCommand=x"),
+        ("allocation", "A B"),
+        ("scratch_root", "relative/path"),
+        ("scratch_root", "/scratch/../etc"),
+        ("scratch_root", "/scratch/$(id)"),
+    ],
 )
 def test_fields_are_validated(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match=field):
@@ -48,8 +60,11 @@ def test_fields_are_validated(field: str, value: str) -> None:
 def key_material_on_disk(key_text: str) -> list[Path]:
     """Every file a connection wrote (its temporary directories) that holds the private key's text."""
     body = "".join(key_text.strip().splitlines()[1:-1])[:64]
-    return [path for path in Path(tempfile.gettempdir()).glob("tacc-ssh-*/*")
-            if path.is_file() and body in path.read_text(errors="ignore").replace("\n", "")]
+    return [
+        path
+        for path in Path(tempfile.gettempdir()).glob("tacc-ssh-*/*")
+        if path.is_file() and body in path.read_text(errors="ignore").replace("\n", "")
+    ]
 
 
 def test_a_private_key_never_touches_the_disk(sandbox: Sandbox) -> None:
@@ -69,19 +84,37 @@ def test_a_private_key_never_touches_the_disk(sandbox: Sandbox) -> None:
 def test_no_key_is_left_behind_after_sigkill(sandbox: Sandbox) -> None:
     """Fault injection: the process holding a connection is killed with SIGKILL mid-use."""
     key_text = sandbox.key.read_text()
-    code = ("import sys; from pathlib import Path; from pydantic import SecretStr; from tacc_jobs.ssh import SshConnection; "
-            "c = SshConnection(host=sys.argv[1], port=int(sys.argv[2]), username=sys.argv[3], private_key=SecretStr(Path(sys.argv[4]).read_text()), "
-            "known_hosts=Path(sys.argv[5]).read_text().strip()); c.run(['true']); print(c._dir, flush=True); "
-            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
-    child = subprocess.run([sys.executable, "-c", code, sandbox.host, str(sandbox.port), sandbox.user, str(sandbox.key), str(sandbox.known_hosts)],
-                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    code = (
+        "import sys; from pathlib import Path; from pydantic import SecretStr; from tacc_jobs.ssh import SshConnection; "
+        "c = SshConnection(host=sys.argv[1], port=int(sys.argv[2]), username=sys.argv[3], private_key=SecretStr(Path(sys.argv[4]).read_text()), "
+        "known_hosts=Path(sys.argv[5]).read_text().strip()); c.run(['true']); print(c._dir, flush=True); "
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            sandbox.host,
+            str(sandbox.port),
+            sandbox.user,
+            str(sandbox.key),
+            str(sandbox.known_hosts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert child.returncode == -9, child.stderr
     left = Path(child.stdout.strip())
     agent = int((left / "agent.pid").read_text())
     on_disk = key_material_on_disk(key_text)
     print(f"after SIGKILL: key files on disk={len(on_disk)}, directory left={left.exists()}")
     assert on_disk == []
-    with credentials(sandbox, private_key_path=sandbox.key).get_client():  # the next connection stops the orphaned agent
+    with credentials(
+        sandbox, private_key_path=sandbox.key
+    ).get_client():  # the next connection stops the orphaned agent
         assert not left.exists()
         wait_until(lambda: not process_alive(agent), timeout=10)
 
@@ -91,19 +124,53 @@ def test_commands_reuse_one_master_connection(sandbox: Sandbox) -> None:
         connection.run(["true"])
         sockets = [path for path in Path(connection._dir).iterdir() if path.name.startswith("cm-")]
         assert len(sockets) == 1 and stat.S_ISSOCK(sockets[0].stat().st_mode)
-        check = subprocess.run([*connection._base[:-1], "-O", "check", connection._base[-1]], capture_output=True, text=True)
+        check = subprocess.run(
+            [*connection._base[:-1], "-O", "check", connection._base[-1]], capture_output=True, text=True
+        )
         assert check.returncode == 0 and "Master running" in check.stderr
 
 
 @pytest.mark.parametrize(
     ("stderr", "returncode", "kind", "advice"),
     [
-        ("squeue: error: slurm_load_jobs error: Socket timed out on send/recv operation", 1, TransientSchedulerError, None),
-        ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)", 1, TransientSchedulerError, None),
+        (
+            "squeue: error: slurm_load_jobs error: Socket timed out on send/recv operation",
+            1,
+            TransientSchedulerError,
+            None,
+        ),
+        (
+            "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+            1,
+            TransientSchedulerError,
+            None,
+        ),
         ("", 75, TransientSchedulerError, None),
-        ("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified", 1, PermanentSchedulerError, "check the allocation"),
-        ("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)", 1, PermanentSchedulerError, "exceeds a queue limit"),
+        (
+            "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+            1,
+            PermanentSchedulerError,
+            "check the allocation",
+        ),
+        (
+            "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
+            1,
+            PermanentSchedulerError,
+            "exceeds a queue limit",
+        ),
         ("sbatch: error: invalid partition specified: gpu-z", 1, PermanentSchedulerError, "queue does not exist"),
+        (
+            "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
+            1,
+            JobCapReached,
+            None,
+        ),
+        (
+            "sbatch: error: QOSMaxWallDurationPerJobLimit\nsbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
+            1,
+            PermanentSchedulerError,
+            "exceeds a queue limit",
+        ),
     ],
 )
 def test_error_classification(stderr: str, returncode: int, kind: type, advice: str | None) -> None:
@@ -137,7 +204,9 @@ def test_ssh_sessions_to_a_login_host_are_capped_by_a_global_concurrency_limit(s
     clock = "import time; print(time.time())"
     command = ["bash", "-c", f"python3 -c {shlex.quote(clock)}; sleep 0.5; python3 -c {shlex.quote(clock)}"]
     try:
-        with credentials(sandbox, private_key=SecretStr(sandbox.key.read_text())).get_client(session_slot=slot) as connection:
+        with credentials(sandbox, private_key=SecretStr(sandbox.key.read_text())).get_client(
+            session_slot=slot
+        ) as connection:
             with ThreadPoolExecutor(max_workers=6) as pool:
                 outputs = list(pool.map(lambda _: connection.run(command).stdout.split(), range(6)))
     finally:

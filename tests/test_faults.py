@@ -39,9 +39,9 @@ from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.store import JobStore
 from tasks.flow_run_sync import cancel_jobs_of_cancelled_runs
 from tasks.tracking import SystemSweep, sweep_system
-from tests.conftest import REPO, Sandbox, wait_until
+from tests.conftest import REPO, Sandbox, accounted, wait_until
 
-pytestmark = pytest.mark.usefixtures("prefect_server", "ls6_block")
+pytestmark = [pytest.mark.usefixtures("prefect_server", "ls6_block"), pytest.mark.faults]
 
 FAULTS = Path("/tmp/tacc-faults")
 WRAPPER = Path("/usr/local/bin/sbatch")  # before /usr/bin in sshd's PATH: the remote programs run it
@@ -59,8 +59,16 @@ FIGURES = REPO / "tests" / "artifacts" / "faults.txt"
 
 def request(user: str, seconds_per_chunk: float = 0.5, **fields: Any) -> dict[str, Any]:
     """An AlphaCal job on the sandbox (`ls6`): 8 chunks, `seconds_per_chunk` each."""
-    return {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 3, "max_runtime": "00:10:00",
-            "user_id": user, "system": "ls6", "params": {"rfi_strategy": "high", "step_seconds": seconds_per_chunk}, **fields}
+    return {
+        "agent": "AlphaCal",
+        "dataset_id": "VLASS2.1.eb123456",
+        "gpu_count": 3,
+        "max_runtime": "00:10:00",
+        "user_id": user,
+        "system": "ls6",
+        "params": {"rfi_strategy": "high", "step_seconds": seconds_per_chunk},
+        **fields,
+    }
 
 
 @pytest.fixture
@@ -85,21 +93,28 @@ def slurm_jobs(names: list[str]) -> dict[str, set[str]]:
     """Name -> every Slurm job id of that name, from the controller and from accounting (as root)."""
     jobs: dict[str, set[str]] = {name: set() for name in names}
     listing = ",".join(names)
-    queue = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={listing}", "--format=%i|%j"], capture_output=True, text=True)
-    accounted = subprocess.run(["sacct", "--allusers", "--noheader", "-X", "--parsable2", f"--name={listing}", "--starttime=now-1days",
-                                "--format=JobID,JobName"], capture_output=True, text=True)
+    queue = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--name={listing}", "--format=%i|%j"], capture_output=True, text=True
+    )
+    accounted = subprocess.run(
+        [
+            "sacct",
+            "--allusers",
+            "--noheader",
+            "-X",
+            "--parsable2",
+            f"--name={listing}",
+            "--starttime=now-1days",
+            "--format=JobID,JobName",
+        ],
+        capture_output=True,
+        text=True,
+    )
     for line in (queue.stdout + accounted.stdout).splitlines():
         job_id, _, name = line.partition("|")
         if name in jobs:
             jobs[name].add(job_id)
     return jobs
-
-
-def slurm_final_state(job_id: str, name: str) -> str:
-    """Accounting's last word on a job (bounded by its name: ids repeat)."""
-    output = subprocess.run(["sacct", "--allusers", "--noheader", "-X", "--parsable2", f"--jobs={job_id}", f"--name={name}",
-                             "--format=State"], capture_output=True, text=True).stdout.split("\n")
-    return output[0].split()[0] if output and output[0] else ""
 
 
 def record_figures(scenario: str, figures: dict[str, object]) -> None:
@@ -117,11 +132,20 @@ def audit(scenario: str, store: JobStore, records: list[JobRecord], **extra: obj
     jobs = slurm_jobs([scheduler_job_name(record.id) for record in current])
     figures: dict[str, object] = {
         "duplicate_slurm_jobs": sum(max(0, len(ids) - 1) for ids in jobs.values()),
-        "untracked_slurm_jobs": sum(1 for record in current for job_id in jobs[scheduler_job_name(record.id)]
-                                    if job_id != record.scheduler_job_id),
+        "untracked_slurm_jobs": sum(
+            1
+            for record in current
+            for job_id in jobs[scheduler_job_name(record.id)]
+            if job_id != record.scheduler_job_id
+        ),
         "records_stuck_active": sum(1 for record in current if not record.status.is_terminal),
-        "false_failed": sum(1 for record in current if record.status is JobStatus.FAILED and record.scheduler_job_id
-                            and slurm_final_state(record.scheduler_job_id, scheduler_job_name(record.id)) == "COMPLETED"),
+        "false_failed": sum(
+            1
+            for record in current
+            if record.status is JobStatus.FAILED
+            and record.scheduler_job_id
+            and accounted(record.scheduler_job_id, scheduler_job_name(record.id)) == "COMPLETED"
+        ),
     }
     record_figures(scenario, {**figures, **extra})
     assert all(value == 0 for value in figures.values()), f"{scenario}: {figures}"
@@ -139,6 +163,7 @@ def sweep() -> SystemSweep | None:
 
 def sweep_until_ended(store: JobStore, records: list[JobRecord], timeout: float = 240) -> list[JobRecord]:
     """Sweep every few seconds, as watch-jobs does every minute, until every record has ended."""
+
     def ended() -> list[JobRecord] | None:
         sweep()
         current = [store.get(record.id) for record in records]
@@ -169,8 +194,12 @@ def start_now(job_id: str) -> None:
     credential and kills the restart ("Job credential revoked"), a real FAILED that Slurm's own
     begin-time delay exists to avoid.
     """
-    ends = subprocess.run(["sacct", "-D", "-X", "--noheader", "--parsable2", f"--jobs={job_id}", "--format=End"],
-                          capture_output=True, text=True, check=True).stdout.split()
+    ends = subprocess.run(
+        ["sacct", "-D", "-X", "--noheader", "--parsable2", f"--jobs={job_id}", "--format=End"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     last_end = max((datetime.fromisoformat(end) for end in ends if end[:1].isdigit()), default=datetime.now())
     time.sleep(max(0.0, (last_end + timedelta(seconds=2) - datetime.now()).total_seconds()))
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
@@ -178,7 +207,9 @@ def start_now(job_id: str) -> None:
 
 def sandbox_node() -> str:
     """The sandbox's one node."""
-    return subprocess.run(["sinfo", "--noheader", "--format=%n"], capture_output=True, text=True, check=True).stdout.split()[0]
+    return subprocess.run(
+        ["sinfo", "--noheader", "--format=%n"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
 
 
 def submitted(user: str, **request_fields: Any) -> JobRecord:
@@ -189,29 +220,43 @@ def submitted(user: str, **request_fields: Any) -> JobRecord:
 
 
 def running(store: JobStore, record: JobRecord) -> JobRecord:
-    return wait_until(lambda: sweep() and (now := store.get(record.id)).status is JobStatus.RUNNING and now, timeout=120, interval=1)  # type: ignore[return-value]
+    return wait_until(
+        lambda: sweep() and (now := store.get(record.id)).status is JobStatus.RUNNING and now, timeout=120, interval=1
+    )  # type: ignore[return-value]
 
 
 def child_submitter(user: str, wait: bool = False, seconds_per_chunk: float = 0.3) -> subprocess.Popen[str]:
     """A separate Python process running submit_job on the sandbox, as a worker would."""
-    code = ("import json, sys; from flows.submit import submit_job; "
-            f"submit_job(json.loads(sys.argv[1]), wait={wait})")
+    code = f"import json, sys; from flows.submit import submit_job; submit_job(json.loads(sys.argv[1]), wait={wait})"
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    return subprocess.Popen([sys.executable, "-c", code, json.dumps(request(user, seconds_per_chunk))], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(request(user, seconds_per_chunk))],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def in_squeue_with_record(store: JobStore, user: str) -> JobRecord:
     """The user's record once its job is visible in squeue (its answer still held back)."""
+
     def visible() -> JobRecord | None:
         items = store.history(user).items
-        return items[0] if items and slurm_jobs([scheduler_job_name(items[0].id)])[scheduler_job_name(items[0].id)] else None
+        return (
+            items[0]
+            if items and slurm_jobs([scheduler_job_name(items[0].id)])[scheduler_job_name(items[0].id)]
+            else None
+        )
 
     return wait_until(visible, timeout=120, interval=0.5)  # type: ignore[return-value]
 
 
-def test_submitter_killed_right_after_sbatch_is_adopted_by_one_sweep(slow_sbatch: Callable[[float, float], None],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_submitter_killed_right_after_sbatch_is_adopted_by_one_sweep(
+    slow_sbatch: Callable[[float, float], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, user = open_job_store(), f"kill{uuid.uuid4().hex[:6]}"
     slow_sbatch(0, 30)  # the job is queued, the answer held back 30 s
     child = child_submitter(user)
@@ -220,13 +265,19 @@ def test_submitter_killed_right_after_sbatch_is_adopted_by_one_sweep(slow_sbatch
     child.wait()
     slow_sbatch(0, 0)
     orphan = store.get(record.id)
-    assert (orphan.status, orphan.scheduler_job_id) == (JobStatus.QUEUED, None), "the kill came after the record was written"
+    assert (orphan.status, orphan.scheduler_job_id) == (JobStatus.QUEUED, None), (
+        "the kill came after the record was written"
+    )
     monkeypatch.setenv("TACC_ORCH_UNSUBMITTED_GRACE_SECONDS", "0")
     result = sweep()
     assert result is not None and result.adopted == 1
     adopted = store.get(record.id)
     expected = slurm_jobs([scheduler_job_name(record.id)])[scheduler_job_name(record.id)]
-    assert {adopted.scheduler_job_id} == expected and adopted.status in (JobStatus.QUEUING, JobStatus.RUNNING, JobStatus.COMPLETED)
+    assert {adopted.scheduler_job_id} == expected and adopted.status in (
+        JobStatus.QUEUING,
+        JobStatus.RUNNING,
+        JobStatus.COMPLETED,
+    )
     final = sweep_until_ended(store, [record])[0]
     assert final.status is JobStatus.COMPLETED, final
     assert store.su_committed(user) == final.charged_su, "only the real charge counts against the budget"
@@ -235,15 +286,21 @@ def test_submitter_killed_right_after_sbatch_is_adopted_by_one_sweep(slow_sbatch
 
 @pytest.mark.parametrize("held", ["before", "after"])
 def test_ssh_dropped_while_sbatch_is_in_flight_then_the_retry_makes_one_job(
-        held: str, sandbox: Sandbox, slow_sbatch: Callable[[float, float], None]) -> None:
+    held: str, sandbox: Sandbox, slow_sbatch: Callable[[float, float], None]
+) -> None:
     slow_sbatch(*((4, 0) if held == "before" else (0, 4)))
     connection = sandbox.connect()
     connection.command_timeout = 2  # ssh is killed while the remote program sleeps around sbatch
     slurm = SlurmScheduler(connection, "ls6", f"/home/{sandbox.user}/scratch/faults-{uuid.uuid4().hex[:6]}")
     name = f"tacc-{uuid.uuid4()}"
-    submission = JobSubmission(name=name, script="#!/bin/bash\nsleep 1\n", work_dir=f"{slurm.scratch_root}/{name}",
-                               stdout_path=f"{slurm.scratch_root}/{name}/out", stderr_path=f"{slurm.scratch_root}/{name}/err",
-                               sbatch_args=["-p", "gpu-a100", "-N", "1", "-t", "00:02:00"])
+    submission = JobSubmission(
+        name=name,
+        script="#!/bin/bash\nsleep 1\n",
+        work_dir=f"{slurm.scratch_root}/{name}",
+        stdout_path=f"{slurm.scratch_root}/{name}/out",
+        stderr_path=f"{slurm.scratch_root}/{name}/err",
+        sbatch_args=["-p", "gpu-a100", "-N", "1", "-t", "00:02:00"],
+    )
     with pytest.raises(TransientError):
         slurm.submit(submission)
     connection.command_timeout = 120  # the retry waits on the name's lock for the first program
@@ -255,15 +312,26 @@ def test_ssh_dropped_while_sbatch_is_in_flight_then_the_retry_makes_one_job(
     print(f"ssh dropped {held} sbatch ran, then the retry: slurm_jobs={len(jobs)}")
 
 
-def test_two_concurrent_submitters_of_one_job_make_one_job(sandbox: Sandbox, slow_sbatch: Callable[[float, float], None]) -> None:
+def test_two_concurrent_submitters_of_one_job_make_one_job(
+    sandbox: Sandbox, slow_sbatch: Callable[[float, float], None]
+) -> None:
     slow_sbatch(0, 3)
     scratch = f"/home/{sandbox.user}/scratch/faults-{uuid.uuid4().hex[:6]}"
     name = f"tacc-{uuid.uuid4()}"
-    submission = JobSubmission(name=name, script="#!/bin/bash\nsleep 1\n", work_dir=f"{scratch}/{name}", stdout_path=f"{scratch}/{name}/out",
-                               stderr_path=f"{scratch}/{name}/err", sbatch_args=["-p", "gpu-a100", "-N", "1", "-t", "00:02:00"])
+    submission = JobSubmission(
+        name=name,
+        script="#!/bin/bash\nsleep 1\n",
+        work_dir=f"{scratch}/{name}",
+        stdout_path=f"{scratch}/{name}/out",
+        stderr_path=f"{scratch}/{name}/err",
+        sbatch_args=["-p", "gpu-a100", "-N", "1", "-t", "00:02:00"],
+    )
     answers: list[str] = []
     connections = [sandbox.connect(), sandbox.connect()]
-    threads = [threading.Thread(target=lambda c=c: answers.append(SlurmScheduler(c, "ls6", scratch).submit(submission))) for c in connections]
+    threads = [
+        threading.Thread(target=lambda c=c: answers.append(SlurmScheduler(c, "ls6", scratch).submit(submission)))
+        for c in connections
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -279,7 +347,9 @@ def test_slurmctld_restarted_while_jobs_wait_and_run() -> None:
     store, user = open_job_store(), f"ctld{uuid.uuid4().hex[:6]}"
     run_job = running(store, submitted(user, seconds_per_chunk=2))
     node = sandbox_node()
-    scontrol("update", f"nodename={node}", "state=drain", "reason=tacc-orchestrator fault test")  # the next job must wait
+    scontrol(
+        "update", f"nodename={node}", "state=drain", "reason=tacc-orchestrator fault test"
+    )  # the next job must wait
     try:
         wait_job = submitted(user, seconds_per_chunk=0.3)
         scontrol("hold", wait_job.scheduler_job_id)
@@ -287,16 +357,25 @@ def test_slurmctld_restarted_while_jobs_wait_and_run() -> None:
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
     daemon("slurmctld", "stop")
     failed_sweeps = sum(sweep() is None for _ in range(2))  # the controller is down: nothing changes
+    assert failed_sweeps == 2, "with slurmctld down every sweep fails: none may read an empty queue as jobs gone"
     assert all(not store.get(r.id).status.is_terminal for r in (run_job, wait_job))
     daemon("slurmctld", "start")
     scontrol("release", wait_job.scheduler_job_id)
     sweep_until_ended(store, [run_job, wait_job])
-    audit("slurmctld restarted while jobs wait and run", store, [run_job, wait_job], sweeps_failed_while_down=failed_sweeps)
+    audit(
+        "slurmctld restarted while jobs wait and run",
+        store,
+        [run_job, wait_job],
+        sweeps_failed_while_down=failed_sweeps,
+    )
 
 
-def test_slurmdbd_down_while_jobs_end_then_back_two_minutes_later() -> None:
+def test_slurmdbd_down_while_jobs_end_then_back_two_minutes_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a job unseen this long is FAILED as lost: 30 s, well inside the two minutes, so that a sweep
+    # which took accounting's silence for the jobs' absence would fail them here
+    monkeypatch.setenv("TACC_ORCH_UNSEEN_GRACE_SECONDS", "30")
     store, user = open_job_store(), f"dbd{uuid.uuid4().hex[:6]}"
-    records = [submitted(user, seconds_per_chunk=0.5) for _ in range(2)]
+    records = [submitted(user, seconds_per_chunk=2) for _ in range(2)]  # 16 s: seen RUNNING however slow the sweeps
     for record in records:
         running(store, record)
     daemon("slurmdbd", "stop", "KILL")
@@ -304,7 +383,9 @@ def test_slurmdbd_down_while_jobs_end_then_back_two_minutes_later() -> None:
         down_since = time.monotonic()
         while time.monotonic() - down_since < 120:  # the jobs end meanwhile; squeue forgets them after MinJobAge
             sweep()
-            assert not any(store.get(r.id).status is JobStatus.FAILED for r in records), "a false FAILED while slurmdbd is down"
+            assert not any(store.get(r.id).status is JobStatus.FAILED for r in records), (
+                "a false FAILED while slurmdbd is down"
+            )
             time.sleep(10)
     finally:
         daemon("slurmdbd", "start")
@@ -317,7 +398,9 @@ def test_scontrol_requeue_of_a_running_job_is_attempt_two_then_completed() -> No
     record = submitted(user, seconds_per_chunk=1.5)
     wait_until(lambda: sweep() and store.get(record.id).progress > 0, timeout=120, interval=1)  # the agent runs
     scontrol("requeue", record.scheduler_job_id)
-    requeued = wait_until(lambda: sweep() and (now := store.get(record.id)).attempt == 2 and now, timeout=60, interval=1)
+    requeued = wait_until(
+        lambda: sweep() and (now := store.get(record.id)).attempt == 2 and now, timeout=60, interval=1
+    )
     assert requeued.status in (JobStatus.QUEUING, JobStatus.RUNNING), requeued
     start_now(record.scheduler_job_id)
     final = sweep_until_ended(store, [record])[0]
@@ -346,7 +429,9 @@ def test_slurm_job_ids_restarted_after_the_controller_state_is_cleared() -> None
     store, user = open_job_store(), f"ids{uuid.uuid4().hex[:6]}"
     old = sweep_until_ended(store, [submitted(user, seconds_per_chunk=0.1)])[0]
     old_rows = slurm_jobs([scheduler_job_name(old.id)])
-    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout.splitlines()
+    config = subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     state_dir = Path(next(line.split("=", 1)[1].strip() for line in config if line.startswith("StateSaveLocation")))
     daemon("slurmctld", "stop")
     for entry in state_dir.iterdir():  # the controller forgets every job: ids start again at 1
@@ -357,31 +442,66 @@ def test_slurm_job_ids_restarted_after_the_controller_state_is_cleared() -> None
     final = sweep_until_ended(store, [new])[0]
     assert final.status is JobStatus.COMPLETED
     again = store.get(old.id)
-    assert (again.status, again.scheduler_job_id, again.charged_su) == (old.status, old.scheduler_job_id, old.charged_su)
+    assert (again.status, again.scheduler_job_id, again.charged_su) == (
+        old.status,
+        old.scheduler_job_id,
+        old.charged_su,
+    )
     # Slurm's accounting may keep the old job or lose its row to the reused id (slurmdbd 22.05, seen
     # once in CI); what it must never do is give the old name a new job
     assert slurm_jobs([scheduler_job_name(old.id)])[scheduler_job_name(old.id)] <= old_rows[scheduler_job_name(old.id)]
-    audit("Slurm job ids restarted (controller state cleared)", store, [old, new], new_id=new.scheduler_job_id, old_id=old.scheduler_job_id)
+    audit(
+        "Slurm job ids restarted (controller state cleared)",
+        store,
+        [old, new],
+        new_id=new.scheduler_job_id,
+        old_id=old.scheduler_job_id,
+    )
 
 
 @pytest.mark.usefixtures("postgres_block")
-def test_postgresql_job_store_stopped_under_a_sweep_then_started() -> None:
+def test_postgresql_job_store_stopped_under_a_sweep_then_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL stops after the sweep has read the jobs and polled Slurm, just before its first write."""
     store, user = open_job_store(), f"pg{uuid.uuid4().hex[:6]}"
     records = [submitted(user, seconds_per_chunk=0.5) for _ in range(3)]
+    wait_until(
+        lambda: {accounted(r.scheduler_job_id, scheduler_job_name(r.id)) for r in records} == {"COMPLETED"}, timeout=120
+    )
     cluster = next(Path("/etc/postgresql").iterdir()).name
     postgres = ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main"]
-    subprocess.run([*postgres, "stop", "-m", "fast"], check=True, capture_output=True, timeout=120)  # under the sweep's feet
+    write = JobStore.transition
+    stopped: list[str] = []
+
+    def stop_then_write(self: JobStore, *args: Any, **kwargs: Any) -> Any:
+        if not stopped:
+            subprocess.run([*postgres, "stop", "-m", "fast"], check=True, capture_output=True, timeout=120)
+            stopped.append("between the sweep's reads and its writes")
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobStore, "transition", stop_then_write)
     try:
         with disable_run_logger(), pytest.raises(OperationalError):  # the database is gone: this sweep fails
             sweep_system.fn("ls6")
     finally:
+        monkeypatch.setattr(JobStore, "transition", write)  # (undo() would also drop the fixtures' settings)
         subprocess.run([*postgres, "start"], check=True, capture_output=True, timeout=120)
-    wait_until(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1"], capture_output=True).returncode == 0, timeout=60)
+    assert stopped, "the sweep reached its writes"
+    wait_until(
+        lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1"], capture_output=True).returncode == 0, timeout=60
+    )
+    assert all(not store.get(r.id).status.is_terminal for r in records), "the failed sweep wrote nothing"
     sweep_until_ended(store, records)
-    audit("PostgreSQL job store stopped under a sweep, then started", store, records, failed_sweeps=1)
+    audit(
+        "PostgreSQL job store stopped between a sweep's reads and its writes, then started",
+        store,
+        records,
+        failed_sweeps=1,
+    )
 
 
-def test_cancelling_a_run_before_its_job_id_is_recorded_leaves_no_job(slow_sbatch: Callable[[float, float], None]) -> None:
+def test_cancelling_a_run_before_its_job_id_is_recorded_leaves_no_job(
+    slow_sbatch: Callable[[float, float], None],
+) -> None:
     store, user = open_job_store(), f"cx{uuid.uuid4().hex[:6]}"
     slow_sbatch(0, 30)
     child = child_submitter(user, wait=True, seconds_per_chunk=5)
@@ -395,9 +515,17 @@ def test_cancelling_a_run_before_its_job_id_is_recorded_leaves_no_job(slow_sbatc
     child.wait(timeout=90)  # its answer arrives for a cancelled record: it cancels its job again and stops
     slow_sbatch(0, 0)
     name = scheduler_job_name(record.id)
-    in_queue = lambda: subprocess.run(["squeue", "--noheader", f"--name={name}", "--states=PENDING,RUNNING"],  # noqa: E731
-                                      capture_output=True, text=True).stdout.strip()
+
+    def in_queue() -> str:
+        squeue = ["squeue", "--noheader", f"--name={name}", "--states=PENDING,RUNNING"]
+        return subprocess.run(squeue, capture_output=True, text=True).stdout.strip()
+
     wait_until(lambda: not in_queue(), timeout=30)
     final = store.get(record.id)
     assert final.status is JobStatus.CANCELLED and final.scheduler_job_id in slurm_jobs([name])[name]
-    audit("flow run cancelled before its job id was recorded", store, [record], left_in_squeue=len(in_queue().splitlines()))
+    audit(
+        "flow run cancelled before its job id was recorded",
+        store,
+        [record],
+        left_in_squeue=len(in_queue().splitlines()),
+    )

@@ -39,13 +39,20 @@ from tests.conftest import Webhook, wait_until
 from tests.tapis_server import TapisTestServer
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "tapis_block")
-pytest_plugins = ["tests.tapis_fixtures"]
 
 
 def request(**fields: Any) -> dict[str, Any]:
     params = {"rfi_strategy": "high", "step_seconds": 0.2, **fields.pop("params", {})}
-    return {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 3, "max_runtime": "00:05:00",
-            "user_id": f"u{uuid.uuid4().hex[:8]}", "system": "ls6", "params": params, **fields}
+    return {
+        "agent": "AlphaCal",
+        "dataset_id": "VLASS2.1.eb123456",
+        "gpu_count": 3,
+        "max_runtime": "00:05:00",
+        "user_id": f"u{uuid.uuid4().hex[:8]}",
+        "system": "ls6",
+        "params": params,
+        **fields,
+    }
 
 
 @pytest.fixture
@@ -61,29 +68,50 @@ def test_the_saved_block_makes_ls6_go_through_tapis(tapis_block: TapisCredential
 
 
 @pytest.mark.usefixtures("apps_registered")
-def test_submit_job_end_to_end_through_tapis(tapis_server: TapisTestServer, tapis_block: TapisCredentials, webhook: Webhook) -> None:
+def test_submit_job_end_to_end_through_tapis(
+    tapis_server: TapisTestServer, tapis_block: TapisCredentials, webhook: Webhook
+) -> None:
     started = time.monotonic()
     record = submit_job(request(webhook_url=webhook.url))
     elapsed = time.monotonic() - started
-    print(f"\nsubmit_job through Tapis, end to end: {elapsed:.1f} s (job {record.runtime.total_seconds():.1f} s on Slurm)")
-    assert record.status is JobStatus.COMPLETED and record.progress == 1.0 and TAPIS_UUID.fullmatch(record.scheduler_job_id)
+    print(
+        f"\nsubmit_job through Tapis, end to end: {elapsed:.1f} s (job {record.runtime.total_seconds():.1f} s on Slurm)"
+    )
+    assert (
+        record.status is JobStatus.COMPLETED
+        and record.progress == 1.0
+        and TAPIS_UUID.fullmatch(record.scheduler_job_id)
+    )
     assert (record.queue, record.nodes, record.charged_su) == ("gpu-a100", 1, 1 * 0.25 * 4)
     assert record.result["samples"] == 12000 and record.result["rfi_strategy"] == "high"
     staged = staging_status("VLASS2.1.eb123456", "ls6")
-    assert staged.status is StagingStatus.STAGED and staged.path == f"{tapis_block.scratch_root}/datasets/VLASS2.1.eb123456"
+    assert (
+        staged.status is StagingStatus.STAGED
+        and staged.path == f"{tapis_block.scratch_root}/datasets/VLASS2.1.eb123456"
+    )
     tapis_job = tapis_server.jobs[record.scheduler_job_id]
     assert tapis_job["status"] == "FINISHED" and tapis_job["name"] == f"tacc-{record.id.hex}"
     assert tapis_server.calls["POST /v3/jobs/submit"] == 1
     statuses = [item.get("status") or item["event"]["type"].rsplit(".", 1)[-1] for item in webhook.received]
-    assert statuses[-1] == "COMPLETED" and "FINISHED" in statuses, "Tapis's subscription, then the orchestrator's own call"
+    assert statuses[-1] == "COMPLETED" and "FINISHED" in statuses, (
+        "Tapis's subscription, then the orchestrator's own call"
+    )
     secrets = [tapis_server.password, *tapis_server.access_tokens, *tapis_server.refresh_tokens]
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[record.flow_run_id])))
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[record.flow_run_id])))
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[record.flow_run_id])))
-    stored = "\n".join([*(log.message for log in logs), runs[0].model_dump_json(), *(artifact.model_dump_json() for artifact in artifacts),
-                        get_settings().sqlite_path.read_bytes().decode(errors="replace")])
-    assert logs and artifacts and all(secret not in stored for secret in secrets), "no secret in logs, parameters, artifacts, job store"
+    stored = "\n".join(
+        [
+            *(log.message for log in logs),
+            runs[0].model_dump_json(),
+            *(artifact.model_dump_json() for artifact in artifacts),
+            get_settings().sqlite_path.read_bytes().decode(errors="replace"),
+        ]
+    )
+    assert logs and artifacts and all(secret not in stored for secret in secrets), (
+        "no secret in logs, parameters, artifacts, job store"
+    )
 
 
 @pytest.mark.usefixtures("apps_registered")
@@ -93,8 +121,11 @@ def test_watch_and_cancel_through_tapis(tapis_server: TapisTestServer) -> None:
     sweeps = watch_jobs("ls6")
     assert tapis_server.calls["POST /v3/jobs/search"] == 1, "one search call for every active job of the system"
     assert sweeps[0].active >= 1
-    started = wait_until(lambda: watch_jobs("ls6") and (now := open_job_store().get(record.id)).status is not JobStatus.QUEUING and now,
-                         timeout=120, interval=1)
+    started = wait_until(
+        lambda: watch_jobs("ls6") and (now := open_job_store().get(record.id)).status is not JobStatus.QUEUING and now,
+        timeout=120,
+        interval=1,
+    )
     assert started.status is JobStatus.RUNNING, started.reason
     cancelled = cancel_job(record.id)
     assert cancelled.status is JobStatus.CANCELLED

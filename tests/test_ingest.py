@@ -43,9 +43,15 @@ def count(engine: Engine, table) -> int:
 
 
 def run_file(warehouse: Warehouse, path: Path) -> IngestSummary:
-    summary = IngestSummary(run_id=warehouse.start_run("file", "-", *NOV), source="file", system="-", window_start=NOV[0], window_end=NOV[1])
-    return ingest_chunks(warehouse, (normalize_records(frame, "file", CostRates()) for frame in RecordFile(path).frames(7)), summary,
-                         [Team(name="ml-research", budget_usd=400.0)])
+    summary = IngestSummary(
+        run_id=warehouse.start_run("file", "-", *NOV), source="file", system="-", window_start=NOV[0], window_end=NOV[1]
+    )
+    return ingest_chunks(
+        warehouse,
+        (normalize_records(frame, "file", CostRates()) for frame in RecordFile(path).frames(7)),
+        summary,
+        [Team(name="ml-research", budget_usd=400.0)],
+    )
 
 
 def test_same_input_twice_leaves_the_same_rows(warehouse: Warehouse) -> None:
@@ -72,7 +78,13 @@ def test_changed_rows_are_updated_and_counted(warehouse: Warehouse, tmp_path: Pa
 
 def test_malformed_rows_land_in_quarantine_with_their_reason(warehouse: Warehouse) -> None:
     rows = list(synthetic_sacct_rows(30, bad_every=10)) + [["999", "too", "short"]]
-    summary = IngestSummary(run_id=warehouse.start_run("sacct", "ls6", *NOV), source="sacct", system="ls6", window_start=NOV[0], window_end=NOV[1])
+    summary = IngestSummary(
+        run_id=warehouse.start_run("sacct", "ls6", *NOV),
+        source="sacct",
+        system="ls6",
+        window_start=NOV[0],
+        window_end=NOV[1],
+    )
     ingest_chunks(warehouse, sacct_chunks(rows, "ls6", CostRates(), {}, 40), summary)
     assert summary.failed == 4 and summary.inserted == 27 and summary.steps_folded == 60
     with warehouse.engine.connect() as connection:
@@ -124,24 +136,42 @@ def test_ingestion_flows_and_report_on_postgresql(postgres_block: str, feed: Pag
     from_http = ingest_job_metadata(source="http", url=feed.url)
     assert (from_file.inserted + from_file.unchanged, from_http.inserted + from_http.unchanged) == (30, 30)
     asked = parse_qs(urlsplit(feed.requested[0]).query)
-    assert (asked["start"], asked["end"]) == ([from_http.window_start.isoformat()], [from_http.window_end.isoformat()]), "the feed is asked for the window"
-    assert len(feed.requested) == 4 and all("start=" not in path for path in feed.requested[1:]), "then it follows its next links"
+    assert (asked["start"], asked["end"]) == (
+        [from_http.window_start.isoformat()],
+        [from_http.window_end.isoformat()],
+    ), "the feed is asked for the window"
+    assert len(feed.requested) == 4 and all("start=" not in path for path in feed.requested[1:]), (
+        "then it follows its next links"
+    )
     assert count(engine, JobUsageRow.__table__) == before + from_file.inserted + from_http.inserted
     report = usage_report(*NOV)
     teams = {row["team"]: row for row in report.by_team}
     assert set(teams) >= {"ml-research", "data-science", "ai-platform"}
     assert teams["ml-research"]["budget_usd"] == 400.0 and teams["ml-research"]["budget_used_pct"] > 0
-    assert [row["cost_usd"] for row in report.by_team] == sorted((row["cost_usd"] for row in report.by_team), reverse=True)
+    assert [row["cost_usd"] for row in report.by_team] == sorted(
+        (row["cost_usd"] for row in report.by_team), reverse=True
+    )
     assert Path(report.chart_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with get_client(sync_client=True) as client:
-        keys = ["usage-cost-by-team", "usage-cost-by-model", "usage-user-metrics", "usage-daily-cost-chart", "ingest-summary-http-local"]
-        found = {artifact.key: artifact for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+        keys = [
+            "usage-cost-by-team",
+            "usage-cost-by-model",
+            "usage-user-metrics",
+            "usage-daily-cost-chart",
+            "ingest-summary-http-local",
+        ]
+        found = {
+            artifact.key: artifact
+            for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        }
     assert set(found) == set(keys)
     assert "data:image/png;base64," in found["usage-daily-cost-chart"].data
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_nightly_window_resumes_from_the_watermark_with_overlap(postgres_block: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nightly_window_resumes_from_the_watermark_with_overlap(
+    postgres_block: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TACC_ORCH_INGEST_OVERLAP_HOURS", "6")
     first = ingest_job_metadata(source="sacct", system="local", start=NOV[0], end=NOV[1])
     nightly = ingest_job_metadata(source="sacct", system="local")
@@ -157,24 +187,40 @@ def test_real_sacct_from_the_sandbox_cluster(slurm: SlurmScheduler, ls6_block, p
     def submit(body: str, *extra: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:4]}"  # the job name is the idempotency key: one per job
         work_dir = f"{slurm.scratch_root}/{name}"
-        return slurm.submit(JobSubmission(name=name, script=f"#!/bin/bash\n{body}\n", work_dir=work_dir,
-                                          stdout_path=f"{work_dir}/out", stderr_path=f"{work_dir}/err",
-                                          sbatch_args=["-p", "gpu-a100", "-N", "1", "-t", "00:02:00", *extra]))
+        return slurm.submit(
+            JobSubmission(
+                name=name,
+                script=f"#!/bin/bash\n{body}\n",
+                work_dir=work_dir,
+                stdout_path=f"{work_dir}/out",
+                stderr_path=f"{work_dir}/err",
+                sbatch_args=["-p", "gpu-a100", "-N", "1", "-t", "00:02:00", *extra],
+            )
+        )
 
     ok, failed, array = submit("sleep 1"), submit("exit 3"), submit("sleep 1", "--array=1-2")
     expected = {ok, failed, f"{array}_1", f"{array}_2"}
 
     def all_accounted() -> bool:
-        rows = {row[0]: row[SACCT_FIELDS.index("State")] for row in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1))}
+        rows = {
+            row[0]: row[SACCT_FIELDS.index("State")]
+            for row in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1))
+        }
         return all(rows.get(job_id, "PENDING") in ("COMPLETED", "FAILED") for job_id in expected)
 
     wait_until(all_accounted, timeout=90, interval=1)
-    summary = ingest_job_metadata(source="sacct", system="ls6", start=start, end=datetime.now(timezone.utc) + timedelta(minutes=1))
+    summary = ingest_job_metadata(
+        source="sacct", system="ls6", start=start, end=datetime.now(timezone.utc) + timedelta(minutes=1)
+    )
     assert summary.steps_folded >= 4 and summary.failed == 0
     engine = create_engine(postgres_block)
     with engine.connect() as connection:
-        rows = {row.job_id: row for row in connection.execute(
-            select(JobUsageRow).where(JobUsageRow.system == "ls6", JobUsageRow.job_name.like(f"{prefix}-%")))}
+        rows = {
+            row.job_id: row
+            for row in connection.execute(
+                select(JobUsageRow).where(JobUsageRow.system == "ls6", JobUsageRow.job_name.like(f"{prefix}-%"))
+            )
+        }
     assert set(rows) == expected, "steps folded, array tasks kept as jobs"
     assert (rows[failed].status, rows[failed].exit_code) == ("failed", "3:0")
     assert rows[ok].status == "completed" and rows[ok].gpu_count == 3 and rows[ok].gpu_type == "a100"
@@ -213,7 +259,9 @@ def test_killed_ingestion_rerun_is_complete_and_duplicate_free(postgres_url: str
 
     def partly_written() -> bool:
         with engine.connect() as connection:
-            return (connection.scalar(select(func.count()).select_from(usage).where(usage.c.system == "killed")) or 0) > 0
+            return (
+                connection.scalar(select(func.count()).select_from(usage).where(usage.c.system == "killed")) or 0
+            ) > 0
 
     wait_until(partly_written, timeout=60)
     os.kill(killed.pid, signal.SIGKILL)
@@ -222,10 +270,14 @@ def test_killed_ingestion_rerun_is_complete_and_duplicate_free(postgres_url: str
         partial = connection.scalar(select(func.count()).select_from(usage).where(usage.c.system == "killed"))
         runs = connection.execute(select(IngestRunRow.status).where(IngestRunRow.system == "killed")).scalars().all()
     assert 0 < partial < 20000 and runs == ["RUNNING"]
-    rerun = subprocess.run([sys.executable, "-c", INGEST_SCRIPT, postgres_url, "0"], cwd=REPO, capture_output=True, text=True, check=True)
+    rerun = subprocess.run(
+        [sys.executable, "-c", INGEST_SCRIPT, postgres_url, "0"], cwd=REPO, capture_output=True, text=True, check=True
+    )
     inserted, unchanged = map(int, rerun.stdout.split())
     assert inserted == 20000 - partial and unchanged == partial
     with engine.connect() as connection:
         total = connection.scalar(select(func.count()).select_from(usage).where(usage.c.system == "killed"))
-        distinct = connection.scalar(select(func.count(func.distinct(usage.c.job_id))).where(usage.c.system == "killed"))
+        distinct = connection.scalar(
+            select(func.count(func.distinct(usage.c.job_id))).where(usage.c.system == "killed")
+        )
     assert total == distinct == 20000

@@ -21,12 +21,27 @@ HOSTILE = "$(touch {marker}); `touch {marker}`; ' \" ; touch {marker} #"
 
 
 def render(tmp_path: Path, params: dict[str, object]) -> tuple[str, JobPaths, uuid.UUID]:
-    request = parse_request({"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 4,
-                             "max_runtime": "00:05:00", "user_id": "jdoe", "system": "local", "params": params})
+    request = parse_request(
+        {
+            "agent": "AlphaCal",
+            "dataset_id": "VLASS2.1.eb123456",
+            "gpu_count": 4,
+            "max_runtime": "00:05:00",
+            "user_id": "jdoe",
+            "system": "local",
+            "params": params,
+        }
+    )
     plan = plan_request(request, PlanningContext())
     job_id = uuid.uuid4()
     paths = JobPaths.for_job(str(tmp_path / "scratch"), job_id, request.dataset_id)
-    return render_job_script(job_id, request, plan, paths, AgentRuntime(python=sys.executable, agent_home=str(AGENTS_DIR))), paths, job_id
+    return (
+        render_job_script(
+            job_id, request, plan, paths, AgentRuntime(python=sys.executable, agent_home=str(AGENTS_DIR))
+        ),
+        paths,
+        job_id,
+    )
 
 
 def test_script_layout(tmp_path: Path) -> None:
@@ -43,15 +58,23 @@ def test_script_layout(tmp_path: Path) -> None:
 
 
 def test_hostile_params_reach_the_agent_as_text(tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
+    marker = Path("/tmp") / f"pwned-{uuid.uuid4().hex[:8]}"  # short: under xdist tmp_path is long, labels max 256
     hostile = HOSTILE.format(marker=marker)
     script, paths, _ = render(tmp_path, {"rfi_strategy": "low", "step_seconds": 0, "label": hostile})
     dataset = Path(paths.dataset_dir)
     dataset.mkdir(parents=True)
     (dataset / "chunk-000.csv").write_text("channel,real,imag\n1,1.0,0.5\n2,0.5,1.0\n")
     cluster = LocalScheduler(tmp_path / "cluster")
-    job_id = cluster.submit(JobSubmission(name=f"t-{uuid.uuid4().hex[:8]}", script=script, work_dir=paths.work_dir, stdout_path=paths.stdout,
-                                          stderr_path=paths.stderr, sbatch_args=["-p", "local-gpu", "-t", "00:01:00"]))
+    job_id = cluster.submit(
+        JobSubmission(
+            name=f"t-{uuid.uuid4().hex[:8]}",
+            script=script,
+            work_dir=paths.work_dir,
+            stdout_path=paths.stdout,
+            stderr_path=paths.stderr,
+            sbatch_args=["-p", "local-gpu", "-t", "00:01:00"],
+        )
+    )
     state = wait_until(lambda: (s := state_of(cluster, job_id)).state in ("COMPLETED", "FAILED") and s)
     assert state.state == "COMPLETED", Path(paths.stderr).read_text()
     assert json.loads(Path(paths.params).read_text())["label"] == hostile
@@ -71,9 +94,20 @@ def test_slurm_job_block_triggers_waits_and_fetches_the_result(tmp_path: Path) -
     (dataset / "chunk-000.csv").write_text("channel,real,imag\n1,1.0,0.5\n2,0.5,1.0\n3,9.0,9.0\n")
 
     def block(body: str) -> BatchJob:
-        return BatchJob(system="local", progress_path=paths.progress, result_path=paths.result, poll_min_seconds=0.2,
-                        submission=JobSubmission(name=f"t-{uuid.uuid4().hex[:8]}", script=body, work_dir=paths.work_dir, stdout_path=paths.stdout,
-                                                 stderr_path=paths.stderr, sbatch_args=["-p", "local-gpu", "-t", "00:01:00"]))
+        return BatchJob(
+            system="local",
+            progress_path=paths.progress,
+            result_path=paths.result,
+            poll_min_seconds=0.2,
+            submission=JobSubmission(
+                name=f"t-{uuid.uuid4().hex[:8]}",
+                script=body,
+                work_dir=paths.work_dir,
+                stdout_path=paths.stdout,
+                stderr_path=paths.stderr,
+                sbatch_args=["-p", "local-gpu", "-t", "00:01:00"],
+            ),
+        )
 
     run = block(script).trigger()
     seen: list[float | None] = []
@@ -94,13 +128,25 @@ def test_slurm_job_run_returns_early_while_the_job_waits_in_the_queue(tmp_path: 
 
     def submission(name: str, nodes: int) -> JobSubmission:
         work = tmp_path / name
-        return JobSubmission(name=name, script="#!/bin/bash\nsleep 30\n", work_dir=str(work), stdout_path=str(work / "out"),
-                             stderr_path=str(work / "err"), sbatch_args=["-p", "local-gpu", "-N", str(nodes), "-t", "00:01:00"])
+        return JobSubmission(
+            name=name,
+            script="#!/bin/bash\nsleep 30\n",
+            work_dir=str(work),
+            stdout_path=str(work / "out"),
+            stderr_path=str(work / "err"),
+            sbatch_args=["-p", "local-gpu", "-N", str(nodes), "-t", "00:01:00"],
+        )
 
     blocker = cluster.submit(submission("blocker", cluster.total_nodes))
     wait_until(lambda: state_of(cluster, blocker).state == "RUNNING")
-    job = BatchJob(system="local", submission=submission("queued", 1), progress_path=str(tmp_path / "p"),
-                   result_path=str(tmp_path / "r"), poll_min_seconds=0.2, poll_max_seconds=0.4)
+    job = BatchJob(
+        system="local",
+        submission=submission("queued", 1),
+        progress_path=str(tmp_path / "p"),
+        result_path=str(tmp_path / "r"),
+        poll_min_seconds=0.2,
+        poll_max_seconds=0.4,
+    )
     run = job.trigger()
     try:
         observation = run.wait_for_completion(pending_timeout=1.0)

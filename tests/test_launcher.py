@@ -48,8 +48,13 @@ def member(root: Path, index: int, body: str, gpus: int = 1) -> ManifestMember:
     work_dir = root / "jobs" / f"m{index}"
     work_dir.mkdir(parents=True)
     (work_dir / "member.sh").write_text(f"#!/bin/bash\n{RECORD_GPUS}{body}\n")
-    return ManifestMember(name=f"tacc-{uuid.uuid4().hex}", gpus=gpus, work_dir=str(work_dir),
-                          script=str(work_dir / "member.sh"), runtime_seconds=60)
+    return ManifestMember(
+        name=f"tacc-{uuid.uuid4().hex}",
+        gpus=gpus,
+        work_dir=str(work_dir),
+        script=str(work_dir / "member.sh"),
+        runtime_seconds=60,
+    )
 
 
 def allocation(root: Path, members: list[ManifestMember], gpus_per_node: int = 4, placement: str = "local") -> Path:
@@ -64,7 +69,9 @@ def allocation(root: Path, members: list[ManifestMember], gpus_per_node: int = 4
 
 def start_launcher(allocation_dir: Path, restart: int = 0) -> subprocess.Popen:
     env = dict(os.environ, SLURM_RESTART_COUNT=str(restart))
-    return subprocess.Popen(["bash", str(allocation_dir / "batch.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        ["bash", str(allocation_dir / "batch.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def run_pile(allocation_dir: Path, restart: int = 0, timeout: float = 60) -> str:
@@ -124,7 +131,11 @@ def test_pile_reuses_gpus_of_members_that_end_early(tmp_path: Path) -> None:
 
 
 def test_a_failing_member_leaves_the_others_completed(tmp_path: Path) -> None:
-    members = [member(tmp_path, 0, "sleep 1"), member(tmp_path, 1, "echo broken >&2; exit 3", gpus=2), member(tmp_path, 2, "echo fine")]
+    members = [
+        member(tmp_path, 0, "sleep 1"),
+        member(tmp_path, 1, "echo broken >&2; exit 3", gpus=2),
+        member(tmp_path, 2, "echo fine"),
+    ]
     run_pile(allocation(tmp_path, members))
     states = [(one.state, one.exit_code) for one in map(status, members)]
     assert states == [("COMPLETED", 0), ("FAILED", 3), ("COMPLETED", 0)]
@@ -155,10 +166,23 @@ def test_cancel_marker_stops_a_member_and_one_cancelled_before_it_starts_never_r
 
 def test_restart_skips_ended_members_and_reruns_one_left_running(tmp_path: Path) -> None:
     ended, left_running, fresh = (member(tmp_path, index, "echo ran >> runs") for index in range(3))
-    completed = {"state": "COMPLETED", "exit_code": 0, "node": "c001", "gpus": [0], "start": "2026-11-28T20:00:00+00:00",
-                 "end": "2026-11-28T20:01:00+00:00", "gpu_seconds": 60.0, "restart": 0}
-    for one, state in ((ended, completed), (left_running, {"state": "RUNNING", "node": "c001", "gpus": [1],
-                                                            "start": "2026-11-28T20:00:00+00:00", "restart": 0})):
+    completed = {
+        "state": "COMPLETED",
+        "exit_code": 0,
+        "node": "c001",
+        "gpus": [0],
+        "start": "2026-11-28T20:00:00+00:00",
+        "end": "2026-11-28T20:01:00+00:00",
+        "gpu_seconds": 60.0,
+        "restart": 0,
+    }
+    for one, state in (
+        (ended, completed),
+        (
+            left_running,
+            {"state": "RUNNING", "node": "c001", "gpus": [1], "start": "2026-11-28T20:00:00+00:00", "restart": 0},
+        ),
+    ):
         (Path(one.work_dir) / "output").mkdir()
         (Path(one.work_dir) / STATUS_FILE).write_text(json.dumps(state))
     run_pile(allocation(tmp_path, [ended, left_running, fresh]), restart=1)
@@ -170,8 +194,10 @@ def test_restart_skips_ended_members_and_reruns_one_left_running(tmp_path: Path)
 
 def test_a_member_s_leftover_processes_are_killed_before_its_gpu_is_given_again(tmp_path: Path) -> None:
     # m0's shell ends on SIGTERM; its child ignores SIGTERM and would hold GPU 0 under m1
-    child = ("python3 -c 'import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-             "open(\"child\", \"w\").write(str(os.getpid())); time.sleep(60)'")
+    child = (
+        "python3 -c 'import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        'open("child", "w").write(str(os.getpid())); time.sleep(60)\''
+    )
     first, second = member(tmp_path, 0, child), member(tmp_path, 1, "touch ran")
     launcher = start_launcher(allocation(tmp_path, [first, second], gpus_per_node=1))
     wait_until(lambda: (Path(first.work_dir) / "child").exists(), timeout=10)
@@ -185,8 +211,10 @@ def test_a_member_s_leftover_processes_are_killed_before_its_gpu_is_given_again(
 def test_sigterm_stops_the_members_and_leaves_them_to_run_again_after_a_requeue(tmp_path: Path) -> None:
     # SIGTERM is a requeue, a cancel of the whole allocation or the wall time: the members are
     # stopped, not ended; the allocation's end decides theirs, and a restart runs them again
-    members = [member(tmp_path, index, "echo ran >> runs; [[ -e second ]] && exit 0; touch second; echo $$ > pid; sleep 30")
-               for index in range(2)]
+    members = [
+        member(tmp_path, index, "echo ran >> runs; [[ -e second ]] && exit 0; touch second; echo $$ > pid; sleep 30")
+        for index in range(2)
+    ]
     allocation_dir = allocation(tmp_path, members, gpus_per_node=2)
     launcher = start_launcher(allocation_dir)
     wait_until(lambda: all((Path(one.work_dir) / "pid").exists() for one in members), timeout=10)
@@ -228,11 +256,34 @@ def test_a_member_that_cannot_start_fails_alone(tmp_path: Path) -> None:
     assert (status(gone).state, status(gone).gpu_seconds, status(fine).state) == ("FAILED", 0, "COMPLETED")
 
 
+@pytest.mark.faults  # mounts a full tmpfs (root)
+def test_a_status_that_cannot_be_written_keeps_the_members_gpus_until_it_ends(tmp_path: Path) -> None:
+    """A full disk when the launcher writes a member's RUNNING status: the member runs on, and its
+    GPU is not given to the next member until it has ended."""
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        ended = tmp_path / "first-ended"
+        first = member(full, 0, f"sleep 2; date +%s.%N > {ended}")
+        subprocess.run(["dd", "if=/dev/zero", f"of={full / 'filler'}", "bs=4k"], capture_output=True)  # until ENOSPC
+        second = member(tmp_path, 1, "true")
+        output = run_pile(allocation(tmp_path, [first, second], gpus_per_node=1))
+        assert f"{first.name} status not written" in output, output
+        assert status(second).state == "COMPLETED"
+        assert status(second).start.timestamp() >= float(ended.read_text()) - 0.05, "one GPU, one member at a time"
+        assert not [path for path in (Path(first.work_dir) / "output").glob("*.tmp")], "no partial file left"
+    finally:
+        subprocess.run(["umount", "--lazy", str(full)], check=True)  # lazy: a member left running keeps it busy
+
+
 def test_the_wall_time_warning_records_timeout_and_stops_every_member(tmp_path: Path) -> None:
     # USR1 (sbatch --signal=B:USR1@N); m1 ignores SIGTERM (killed after the grace); m2 waits for a GPU and never starts
-    members = [member(tmp_path, 0, "echo $$ > pid; sleep 30"),
-               member(tmp_path, 1, "echo $$ > pid; trap '' TERM; while true; do sleep 0.2; done"),
-               member(tmp_path, 2, "touch ran")]
+    members = [
+        member(tmp_path, 0, "echo $$ > pid; sleep 30"),
+        member(tmp_path, 1, "echo $$ > pid; trap '' TERM; while true; do sleep 0.2; done"),
+        member(tmp_path, 2, "touch ran"),
+    ]
     launcher = start_launcher(allocation(tmp_path, members, gpus_per_node=2))
     wait_until(lambda: all((Path(one.work_dir) / "pid").exists() for one in members[:2]), timeout=10)
     time.sleep(1)
@@ -262,14 +313,31 @@ def alphacal_member(root: Path, index: int, gpus: int) -> ManifestMember:
     """An AlphaCal member.sh as the orchestrator renders one: the job's exports, its params, the agent's body."""
     job_id = uuid.uuid4()
     paths = JobPaths.for_work_dir(str(root / "jobs" / job_id.hex), str(REPO / "datasets" / "VLASS2.1.eb123456"))
-    request = parse_request({"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": gpus, "max_runtime": "00:05:00",
-                             "user_id": "jdoe", "params": {"step_seconds": 0.3}})
-    environment = job_environment(job_id, request, paths, AgentRuntime(python=sys.executable, agent_home=str(AGENTS_DIR)))
+    request = parse_request(
+        {
+            "agent": "AlphaCal",
+            "dataset_id": "VLASS2.1.eb123456",
+            "gpu_count": gpus,
+            "max_runtime": "00:05:00",
+            "user_id": "jdoe",
+            "params": {"step_seconds": 0.3},
+        }
+    )
+    environment = job_environment(
+        job_id, request, paths, AgentRuntime(python=sys.executable, agent_home=str(AGENTS_DIR))
+    )
     exports = (f"export {name}={shlex.quote(value)}" for name, value in environment.items())
     Path(paths.work_dir).mkdir(parents=True)
-    Path(paths.work_dir, "member.sh").write_text("\n".join(["#!/bin/bash", *exports, WRITE_PARAMS, agent_template("AlphaCal")]))
-    return ManifestMember(name=f"tacc-{job_id.hex}", gpus=gpus, work_dir=paths.work_dir, script=f"{paths.work_dir}/member.sh",
-                          runtime_seconds=300)
+    Path(paths.work_dir, "member.sh").write_text(
+        "\n".join(["#!/bin/bash", *exports, WRITE_PARAMS, agent_template("AlphaCal")])
+    )
+    return ManifestMember(
+        name=f"tacc-{job_id.hex}",
+        gpus=gpus,
+        work_dir=paths.work_dir,
+        script=f"{paths.work_dir}/member.sh",
+        runtime_seconds=300,
+    )
 
 
 def test_alphacal_members_see_their_own_gpus(tmp_path: Path) -> None:
@@ -277,17 +345,27 @@ def test_alphacal_members_see_their_own_gpus(tmp_path: Path) -> None:
     run_pile(allocation(tmp_path, members))
     results = [json.loads(Path(one.work_dir, "output", "result.json").read_text()) for one in members]
     assert [(result["visible_gpus"], result["node"]) for result in results] == [
-        (["0", "1"], socket.gethostname()), (["2"], socket.gethostname()), (["3"], socket.gethostname())]
+        (["0", "1"], socket.gethostname()),
+        (["2"], socket.gethostname()),
+        (["3"], socket.gethostname()),
+    ]
     assert [status(one).state for one in members] == ["COMPLETED"] * 3
 
 
 def test_alphacal_refuses_gpus_that_do_not_match_its_count(tmp_path: Path) -> None:
     one = alphacal_member(tmp_path, 0, 2)
-    environment = {name: value for name, value in os.environ.items() if name not in ("CUDA_VISIBLE_DEVICES", "TACC_GPU_COUNT")}
+    environment = {
+        name: value for name, value in os.environ.items() if name not in ("CUDA_VISIBLE_DEVICES", "TACC_GPU_COUNT")
+    }
     for devices in ("0", "1,1", None):
         given = {"TACC_GPU_COUNT": "2", **({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {})}
-        refused = subprocess.run(["bash", one.script], cwd=one.work_dir, env={**environment, **given}, capture_output=True, text=True)
-        assert refused.returncode == 3 and "alphacal: wrong GPUs: TACC_GPU_COUNT=2 but CUDA_VISIBLE_DEVICES=" in refused.stderr
+        refused = subprocess.run(
+            ["bash", one.script], cwd=one.work_dir, env={**environment, **given}, capture_output=True, text=True
+        )
+        assert (
+            refused.returncode == 3
+            and "alphacal: wrong GPUs: TACC_GPU_COUNT=2 but CUDA_VISIBLE_DEVICES=" in refused.stderr
+        )
         assert not Path(one.work_dir, "output", "result.json").exists()
     alone = subprocess.run(["bash", one.script], cwd=one.work_dir, env=environment, capture_output=True, text=True)
     assert alone.returncode == 0, alone.stderr
@@ -297,20 +375,40 @@ def test_alphacal_refuses_gpus_that_do_not_match_its_count(tmp_path: Path) -> No
 class SlurmAllocation:
     """A packed allocation submitted to the sandbox as its test user, as the orchestrator submits one."""
 
-    def __init__(self, sandbox: Sandbox, connection: SshConnection, bodies: list[str], cpus_per_task: str = "1") -> None:
+    def __init__(
+        self, sandbox: Sandbox, connection: SshConnection, bodies: list[str], cpus_per_task: str = "1"
+    ) -> None:
         root = Path(f"/home/{sandbox.user}/scratch/launcher-{uuid.uuid4().hex[:8]}")
         self.members = [member(root, index, body) for index, body in enumerate(bodies)]
         self.dir = allocation(root, self.members, placement="srun")
         subprocess.run(["chown", "-R", f"{sandbox.user}:{sandbox.user}", str(root)], check=True)
         self.name = f"tacc-{uuid.uuid4().hex}"
         self.slurm = SlurmScheduler(connection, "stampede3", str(root))
-        self.job_id = self.slurm.submit(JobSubmission(
-            name=self.name, script=(self.dir / "batch.sh").read_text(), work_dir=str(self.dir),
-            stdout_path=str(self.dir / "stdout.log"), stderr_path=str(self.dir / "stderr.log"),
-            sbatch_args=["-p", "h100", "-N", "1", "--ntasks-per-node", "1", "--cpus-per-task", cpus_per_task, "-t", "00:02:00"]))
+        self.job_id = self.slurm.submit(
+            JobSubmission(
+                name=self.name,
+                script=(self.dir / "batch.sh").read_text(),
+                work_dir=str(self.dir),
+                stdout_path=str(self.dir / "stdout.log"),
+                stderr_path=str(self.dir / "stderr.log"),
+                sbatch_args=[
+                    "-p",
+                    "h100",
+                    "-N",
+                    "1",
+                    "--ntasks-per-node",
+                    "1",
+                    "--cpus-per-task",
+                    cpus_per_task,
+                    "-t",
+                    "00:02:00",
+                ],
+            )
+        )
 
     def wait_end(self) -> None:
         """Wait for the allocation's end: COMPLETED, as the launcher exits 0."""
+
         def ended():
             state = self.slurm.states({self.job_id: self.name}).get(self.job_id)
             return state if state and map_slurm_state(state.state, state.exit_code)[0].is_terminal else None
@@ -320,17 +418,28 @@ class SlurmAllocation:
 
     def steps(self, count: int) -> dict[str, str]:
         """Step name -> state, from accounting, once it holds `count` steps."""
+
         def found():
-            rows = subprocess.run(["sacct", "-j", self.job_id, "--noheader", "--parsable2", "--format=JobID,JobName,State"],
-                                  capture_output=True, text=True, check=True).stdout.splitlines()
-            steps = {name: state for job_id, name, state in (row.split("|") for row in rows) if "." in job_id and name != "batch"}
+            rows = subprocess.run(
+                ["sacct", "-j", self.job_id, "--noheader", "--parsable2", "--format=JobID,JobName,State"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()
+            steps = {
+                name: state
+                for job_id, name, state in (row.split("|") for row in rows)
+                if "." in job_id and name != "batch"
+            }
             return steps if len(steps) >= count else None
 
         return wait_until(found, timeout=30, interval=1)
 
 
 @pytest.mark.parametrize("cpus_per_task", ["1", "8"])
-def test_srun_steps_on_the_sandbox_slurm(sandbox: Sandbox, sandbox_connection: SshConnection, cpus_per_task: str) -> None:
+def test_srun_steps_on_the_sandbox_slurm(
+    sandbox: Sandbox, sandbox_connection: SshConnection, cpus_per_task: str
+) -> None:
     """A real packed allocation on the sandbox: one srun step per member, named by the member;
     concurrent members on disjoint GPUs; a cancelled member's step stopped. With one CPU (the
     planner's sbatch options on a node that is not whole) the steps share it (--overlap); with
@@ -357,7 +466,9 @@ def test_srun_steps_on_the_sandbox_slurm(sandbox: Sandbox, sandbox_connection: S
     assert found[doomed.name].startswith("CANCELLED"), found
 
 
-def test_allocation_ending_on_slurm_stops_the_steps_as_timeout(sandbox: Sandbox, sandbox_connection: SshConnection) -> None:
+def test_allocation_ending_on_slurm_stops_the_steps_as_timeout(
+    sandbox: Sandbox, sandbox_connection: SshConnection
+) -> None:
     """`--signal=B:USR1@...` reaches the launcher (the batch shell it replaced): its steps stop, TIMEOUT."""
     packed = SlurmAllocation(sandbox, sandbox_connection, ["sleep 60"] * 5)
     wait_until(lambda: all(status(one) for one in packed.members[:4]), timeout=90)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tacc_jobs.exceptions import PermanentSchedulerError
+from tacc_jobs.processes import process_alive
 from tacc_jobs.schedulers import SACCT_FIELDS, JobSubmission
 from tacc_jobs.schedulers.local import LocalScheduler
 from tests.conftest import state_of, wait_until
@@ -24,12 +27,17 @@ def cluster(tmp_path: Path) -> LocalScheduler:
     return LocalScheduler(tmp_path / "cluster")
 
 
-def submission(cluster: LocalScheduler, body: str, *, time_limit: str = "00:01:00", nodes: int = 1, name: str | None = None) -> JobSubmission:
+def submission(
+    cluster: LocalScheduler, body: str, *, time_limit: str = "00:01:00", nodes: int = 1, name: str | None = None
+) -> JobSubmission:
     name = name or f"t-{uuid.uuid4().hex[:12]}"
     work_dir = Path(cluster.scratch_root) / "jobs" / name
     return JobSubmission(
-        name=name, script=f"#!/bin/bash\n{body}\n", work_dir=str(work_dir),
-        stdout_path=str(work_dir / "stdout.log"), stderr_path=str(work_dir / "stderr.log"),
+        name=name,
+        script=f"#!/bin/bash\n{body}\n",
+        work_dir=str(work_dir),
+        stdout_path=str(work_dir / "stdout.log"),
+        stderr_path=str(work_dir / "stderr.log"),
         sbatch_args=["-p", "local-gpu", "-N", str(nodes), "--ntasks-per-node", "1", "-t", time_limit],
     )
 
@@ -76,6 +84,27 @@ def test_jobs_wait_for_free_nodes_and_cancel_while_pending(cluster: LocalSchedul
     assert not Path(cluster.load_job(waiting).stdout_path).exists()
 
 
+def test_a_pending_job_whose_supervisor_died_still_runs_when_nodes_free(cluster: LocalScheduler) -> None:
+    """The embedded cluster's controller for a pending job is its supervisor: killed (OOM, a
+    reboot's kill of every session), the next look at the job starts another, as slurmctld keeps it."""
+    blocker = cluster.submit(submission(cluster, "sleep 60", nodes=2))
+    wait_until(lambda: state_of(cluster, blocker).state == "RUNNING")
+    waiting = cluster.submit(submission(cluster, "echo ran"))
+    wait_until(lambda: state_of(cluster, waiting).reason == "Resources")
+    dead = cluster.read_state(waiting)["supervisor_pid"]
+    os.kill(dead, signal.SIGKILL)
+    wait_until(lambda: not process_alive(dead))
+    assert state_of(cluster, waiting).state == "PENDING"
+    revived = cluster.read_state(waiting)["supervisor_pid"]
+    assert revived != dead and process_alive(revived)
+    assert state_of(cluster, waiting).state == "PENDING" and cluster.read_state(waiting)["supervisor_pid"] == revived, (
+        "one revival"
+    )
+    cluster.cancel(blocker)
+    state = final_state(cluster, waiting)
+    assert (state.state, Path(cluster.load_job(waiting).stdout_path).read_text()) == ("COMPLETED", "ran\n")
+
+
 def test_cancel_while_running_kills_the_process_group(cluster: LocalScheduler, tmp_path: Path) -> None:
     marker = tmp_path / "survived"
     job_id = cluster.submit(submission(cluster, f"(sleep 3; touch {marker}) & sleep 60"))
@@ -96,7 +125,9 @@ def test_jobs_outlive_the_process_that_submitted_them(cluster: LocalScheduler) -
         "from tests.test_local_scheduler import submission;"
         "c = LocalScheduler(Path(sys.argv[1])); print(c.submit(submission(c, 'sleep 2; echo done')))"
     )
-    job_id = subprocess.run([sys.executable, "-c", script, str(cluster.root)], capture_output=True, text=True, check=True).stdout.strip()
+    job_id = subprocess.run(
+        [sys.executable, "-c", script, str(cluster.root)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     restarted = LocalScheduler(cluster.root)
     assert state_of(restarted, job_id).state in ("PENDING", "RUNNING")
     assert final_state(restarted, job_id).state == "COMPLETED"
@@ -125,7 +156,9 @@ def test_accounting_window(cluster: LocalScheduler) -> None:
     job_id = cluster.submit(submission(cluster, "sleep 1.2", nodes=2))
     final_state(cluster, job_id)
     rows = [dict(zip(SACCT_FIELDS, row)) for row in cluster.accounting(before, datetime.now(timezone.utc))]
-    assert [(r["JobID"], r["State"], r["NNodes"], r["Partition"], r["ExitCode"]) for r in rows] == [(job_id, "COMPLETED", "2", "local-gpu", "0:0")]
+    assert [(r["JobID"], r["State"], r["NNodes"], r["Partition"], r["ExitCode"]) for r in rows] == [
+        (job_id, "COMPLETED", "2", "local-gpu", "0:0")
+    ]
     assert "gres/gpu=8" in rows[0]["AllocTRES"] and rows[0]["Elapsed"] in ("00:00:01", "00:00:02")
     assert rows[0]["Start"] >= before.strftime("%Y-%m-%dT%H:%M:%S")
     assert list(cluster.accounting(before - timedelta(hours=2), before - timedelta(hours=1))) == []
@@ -163,8 +196,14 @@ def test_a_poll_reads_states_files_and_the_results_of_ended_jobs_only(cluster: L
     Path(held.work_dir, "result.json").write_text("{}")  # not read: the job has not ended
     results = {job_id: str(Path(job.work_dir, "result.json")) for job_id, job in ((done_id, done), (held_id, held))}
     snapshot = cluster.poll({done_id: done.name, held_id: held.name}, {done.stdout_path: 0}, results)
-    assert {job_id: state.state for job_id, state in snapshot.states.items()} == {done_id: "COMPLETED", held_id: "PENDING"}
-    assert {path: tail.data for path, tail in snapshot.files.items()} == {done.stdout_path: "", results[done_id]: '{"rms": 1}\n'}
+    assert {job_id: state.state for job_id, state in snapshot.states.items()} == {
+        done_id: "COMPLETED",
+        held_id: "PENDING",
+    }
+    assert {path: tail.data for path, tail in snapshot.files.items()} == {
+        done.stdout_path: "",
+        results[done_id]: '{"rms": 1}\n',
+    }
 
 
 def test_a_cluster_written_before_its_indexes_is_indexed_on_first_use(cluster: LocalScheduler) -> None:

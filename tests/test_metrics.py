@@ -39,7 +39,9 @@ def test_gpu_hours_and_sus_split_across_weeks_and_days(measured: Warehouse) -> N
     assert [weeks[week, "ai-platform"]["gpu_hours"] for week in (date(2026, 11, 2), date(2026, 11, 9))] == [6.0, 6.0]
     assert [weeks[week, "ai-platform"]["su"] for week in (date(2026, 11, 2), date(2026, 11, 9))] == [8.0, 8.0]
     assert weeks[date(2026, 11, 2), "data-science"]["su"] == 2 * 1 * 4 + 1 * 1 * 4 + 1 * 2 * 4, "every attempt charged"
-    days = {(row["day"], row["team"]): row["cost_usd"] for row in analytics.usage_by_period(measured.engine, *WEEKS, "day")}
+    days = {
+        (row["day"], row["team"]): row["cost_usd"] for row in analytics.usage_by_period(measured.engine, *WEEKS, "day")
+    }
     assert days[date(2026, 11, 8), "ai-platform"] == days[date(2026, 11, 9), "ai-platform"] == round(6 * 0.35, 2)
     total = sum(row["cost_usd"] for row in analytics.cost_by_team(measured.engine, *WEEKS))
     assert sum(days.values()) == pytest.approx(total, abs=0.02), "the split loses nothing"
@@ -48,30 +50,57 @@ def test_gpu_hours_and_sus_split_across_weeks_and_days(measured: Warehouse) -> N
 def test_wait_time_by_queue_and_week_from_eligible_time(measured: Warehouse) -> None:
     waits = {(row["queue"], row["week"]): row for row in metrics.wait_by_queue_and_week(measured.engine, *WEEKS)}
     a100 = waits["gpu-a100", date(2026, 11, 2)]
-    assert (a100["jobs"], a100["avg_wait_minutes"], a100["max_wait_minutes"]) == (4, round((120 + 300 + 10 / 60 + 0) / 4, 1), 300.0)
+    assert (a100["jobs"], a100["avg_wait_minutes"], a100["max_wait_minutes"]) == (
+        4,
+        round((120 + 300 + 10 / 60 + 0) / 4, 1),
+        300.0,
+    )
     assert waits["gpu-h100", date(2026, 11, 2)]["max_wait_minutes"] == 0.5
     histogram = [(row["queue"], row["wait"], row["jobs"]) for row in metrics.wait_histogram(measured.engine, *WEEKS)]
-    assert histogram == [("gpu-a100", "< 1 min", 2), ("gpu-a100", "1-4 h", 1), ("gpu-a100", "4-12 h", 1), ("gpu-h100", "< 1 min", 1)]
+    assert histogram == [
+        ("gpu-a100", "< 1 min", 2),
+        ("gpu-a100", "1-4 h", 1),
+        ("gpu-a100", "4-12 h", 1),
+        ("gpu-h100", "< 1 min", 1),
+    ]
 
 
 def test_time_efficiency_per_user_and_agent(measured: Warehouse) -> None:
     rows = {(row["user"], row["agent"]): row for row in metrics.time_efficiency(measured.engine, *WEEKS)}
     assert (rows["jdoe", "AlphaCal"]["jobs"], rows["jdoe", "AlphaCal"]["time_used_pct"]) == (2, 50.0)
     sweep = rows["asmith", "sweep"]
-    assert (sweep["jobs"], sweep["used_hours"], sweep["requested_hours"], sweep["avg_job_time_used_pct"]) == (2, 3.0, 6.0, 62.5)
+    assert (sweep["jobs"], sweep["used_hours"], sweep["requested_hours"], sweep["avg_job_time_used_pct"]) == (
+        2,
+        3.0,
+        6.0,
+        62.5,
+    )
 
 
 def test_job_sizes_and_success_by_agent(measured: Warehouse) -> None:
     sizes = [(row["gpus"], row["jobs"]) for row in metrics.job_sizes(measured.engine, *WEEKS)]
     assert sizes == [("2", 1), ("3-4", 2), ("5-8", 1)], "final attempts only"
     success = {row["agent"]: row for row in metrics.success_by_agent(measured.engine, *WEEKS)}
-    assert (success["AlphaCal"]["jobs"], success["AlphaCal"]["failed"], success["AlphaCal"]["success_rate_pct"]) == (2, 1, 50.0)
-    assert (success["sweep"]["timeout"], success["sweep"]["requeued_attempts"], success["sweep"]["success_rate_pct"]) == (1, 1, 50.0)
+    assert (success["AlphaCal"]["jobs"], success["AlphaCal"]["failed"], success["AlphaCal"]["success_rate_pct"]) == (
+        2,
+        1,
+        50.0,
+    )
+    assert (
+        success["sweep"]["timeout"],
+        success["sweep"]["requeued_attempts"],
+        success["sweep"]["success_rate_pct"],
+    ) == (1, 1, 50.0)
 
 
 def test_cpu_and_memory_efficiency_where_steps_were_measured(measured: Warehouse) -> None:
     (job,) = metrics.job_efficiency(measured.engine, *WEEKS)
-    assert (job["job_id"], job["cpu_efficiency_pct"], job["max_rss_gb"], job["memory_efficiency_pct"]) == ("9102", 25.0, 30.0, 15.0)
+    assert (job["job_id"], job["cpu_efficiency_pct"], job["max_rss_gb"], job["memory_efficiency_pct"]) == (
+        "9102",
+        25.0,
+        30.0,
+        15.0,
+    )
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -79,7 +108,10 @@ def test_the_weekly_report_has_a_table_for_each_metric_and_two_charts(postgres_b
     report = usage_report(*WEEKS)
     keys = [key for _, key, _ in TABLES + CHARTS]
     with get_client(sync_client=True) as client:
-        found = {artifact.key: artifact for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+        found = {
+            artifact.key: artifact
+            for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        }
     assert set(found) == set(keys)
     assert all("data:image/png;base64," in found[key].data for _, key, _ in CHARTS)
     assert open(report.wait_chart_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,7 @@ abc|jdoe|ml-research|gpu-a100|FAILED|3:0|2026-11-01T10:00:00|2026-11-01T10:00:00
 
 @pytest.fixture
 def normalized():
-    (frame, malformed), = sacct_frames(sacct_rows(ROWS.splitlines()), 100)
+    ((frame, malformed),) = sacct_frames(sacct_rows(ROWS.splitlines()), 100)
     assert malformed == []
     return normalize_sacct(frame, "ls6", CostRates(), {"tacc-abc": "AlphaCal"})
 
@@ -55,19 +55,26 @@ def test_costs_follow_tacc_formula_and_rates(normalized) -> None:
     assert usage.loc["124_1", "su_charged"] == 1 * 26 * 6
     assert usage.loc["124_2", "su_charged"] == 0, "a job that never started is not charged"
     assert usage.loc["124_1", "cost_usd"] == pytest.approx(2 * 26 * 0.35)
-    rated = normalize_sacct(next(sacct_frames(sacct_rows(ROWS.splitlines()), 100))[0], "ls6",
-                            CostRates(usd_per_gpu_hour_by_type={"h100": 1.0}))
+    rated = normalize_sacct(
+        next(sacct_frames(sacct_rows(ROWS.splitlines()), 100))[0],
+        "ls6",
+        CostRates(usd_per_gpu_hour_by_type={"h100": 1.0}),
+    )
     assert rated.usage.set_index("job_id").loc["124_1", "cost_usd"] == pytest.approx(52.0)
 
 
 def test_bad_rows_are_kept_with_their_reason(normalized) -> None:
     reasons = dict(zip(normalized.quarantine["raw"].str.split("|").str[0], normalized.quarantine["reason"]))
-    assert reasons == {"125": "End is before Start", "126": "Submit is not a time", "abc": "JobID is not a Slurm job id",
-                       "127": "NNodes is not a number"}
+    assert reasons == {
+        "125": "End is before Start",
+        "126": "Submit is not a time",
+        "abc": "JobID is not a Slurm job id",
+        "127": "NNodes is not a number",
+    }
 
 
 def test_rows_with_the_wrong_field_count_are_set_aside() -> None:
-    (frame, malformed), = sacct_frames([["1", "only", "three"], ROWS.splitlines()[0].split("|")], 10)
+    ((frame, malformed),) = sacct_frames([["1", "only", "three"], ROWS.splitlines()[0].split("|")], 10)
     assert len(frame) == 1 and malformed == ["1|only|three"]
 
 
@@ -78,18 +85,57 @@ def test_chunks_bound_memory_whatever_the_input() -> None:
 
 
 def test_records_are_lower_cased_checked_and_costed() -> None:
-    raw = pd.DataFrame([
-        {"job_id": "a-1", "team_name": "ml-research", "model_name": "llama", "provider": "TACC", "gpu_type": "H100",
-         "start_time": "2026-11-01T10:00:00Z", "end_time": "2026-11-01T12:00:00Z", "status": "COMPLETED", "gpu_count": 4},
-        {"job_id": "a-2", "team_name": "ml-research", "model_name": "llama", "provider": "aws", "gpu_type": "a100",
-         "start_time": "2026-11-01T10:00:00Z", "end_time": "2026-11-01T09:00:00Z", "status": "failed"},
-        {"job_id": "", "team_name": "x", "model_name": "y", "provider": "aws", "gpu_type": "a100",
-         "start_time": "2026-11-01T10:00:00Z", "end_time": "2026-11-01T11:00:00Z", "status": "failed"},
-        {"job_id": "a-4", "team_name": "x", "model_name": "y", "provider": "aws", "gpu_type": "a100",
-         "start_time": "yesterday", "end_time": "2026-11-01T11:00:00Z", "status": "failed"},
-    ])
+    raw = pd.DataFrame(
+        [
+            {
+                "job_id": "a-1",
+                "team_name": "ml-research",
+                "model_name": "llama",
+                "provider": "TACC",
+                "gpu_type": "H100",
+                "start_time": "2026-11-01T10:00:00Z",
+                "end_time": "2026-11-01T12:00:00Z",
+                "status": "COMPLETED",
+                "gpu_count": 4,
+            },
+            {
+                "job_id": "a-2",
+                "team_name": "ml-research",
+                "model_name": "llama",
+                "provider": "aws",
+                "gpu_type": "a100",
+                "start_time": "2026-11-01T10:00:00Z",
+                "end_time": "2026-11-01T09:00:00Z",
+                "status": "failed",
+            },
+            {
+                "job_id": "",
+                "team_name": "x",
+                "model_name": "y",
+                "provider": "aws",
+                "gpu_type": "a100",
+                "start_time": "2026-11-01T10:00:00Z",
+                "end_time": "2026-11-01T11:00:00Z",
+                "status": "failed",
+            },
+            {
+                "job_id": "a-4",
+                "team_name": "x",
+                "model_name": "y",
+                "provider": "aws",
+                "gpu_type": "a100",
+                "start_time": "yesterday",
+                "end_time": "2026-11-01T11:00:00Z",
+                "status": "failed",
+            },
+        ]
+    )
     result = normalize_records(raw, "file", CostRates())
     row = result.usage.iloc[0]
     assert (row["provider"], row["gpu_type"], row["status"], row["system"]) == ("tacc", "h100", "completed", "tacc")
     assert row["gpu_hours"] == 8 and row["cost_usd"] == pytest.approx(2.8)
-    assert list(result.quarantine["reason"]) == ["end_time is before start_time", "job_id is missing", "start_time is not a time"]
+    assert list(result.quarantine["reason"]) == [
+        "end_time is before start_time",
+        "job_id is missing",
+        "start_time is not a time",
+    ]

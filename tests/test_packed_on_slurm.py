@@ -25,12 +25,22 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "ls6_block")
 
 
 def request(user: str, max_runtime: str, **params: Any) -> dict[str, Any]:
-    return {"agent": "AlphaCal", "dataset_id": "VLASS2.1.eb123456", "gpu_count": 1, "max_runtime": max_runtime,
-            "user_id": user, "system": "ls6", "queue": "gpu-a100", "params": {"rfi_strategy": "medium", "step_seconds": 0.5, **params}}
+    return {
+        "agent": "AlphaCal",
+        "dataset_id": "VLASS2.1.eb123456",
+        "gpu_count": 1,
+        "max_runtime": max_runtime,
+        "user_id": user,
+        "system": "ls6",
+        "queue": "gpu-a100",
+        "params": {"rfi_strategy": "medium", "step_seconds": 0.5, **params},
+    }
 
 
 def slurm_jobs(name: str) -> list[str]:
-    output = subprocess.run(["sacct", "-n", "-X", "-P", "--allusers", f"--name={name}", "-o", "JobID"], capture_output=True, text=True)
+    output = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "--allusers", f"--name={name}", "-o", "JobID"], capture_output=True, text=True
+    )
     return output.stdout.split()
 
 
@@ -51,10 +61,14 @@ def test_a_packed_batch_on_slurm_runs_its_members_as_steps_of_one_job() -> None:
     def charged() -> list[JobRecord] | None:
         sweep_system("ls6")
         records = [store.get(record.id) for record in submitted]
-        return records if all(record.status.is_terminal and record.charged_su is not None for record in records) else None
+        return (
+            records if all(record.status.is_terminal and record.charged_su is not None for record in records) else None
+        )
 
     records = wait_until(charged, timeout=300, interval=2)
-    assert [record.status for record in records] == [JobStatus.CANCELLED] + [JobStatus.COMPLETED] * 3 + [JobStatus.FAILED]
+    assert [record.status for record in records] == [JobStatus.CANCELLED] + [JobStatus.COMPLETED] * 3 + [
+        JobStatus.FAILED
+    ]
     assert records[4].reason == "exit code 1"
     assert slurm_jobs(name) == [records[0].scheduler_job_id], "one sbatch for the whole batch"
     slurm = scheduler_for("ls6")
@@ -67,10 +81,19 @@ def test_a_packed_batch_on_slurm_runs_its_members_as_steps_of_one_job() -> None:
             a, b = statuses[first], statuses[second]
             if a.start < b.end and b.start < a.end:
                 assert a.gpus != b.gpus, "members running at once have their own GPUs"
-    assert all(record.result["allocation"]["gpus"] == status.gpus for record, status in zip(records[1:4], statuses[1:4]))
+    assert all(
+        record.result["allocation"]["gpus"] == status.gpus for record, status in zip(records[1:4], statuses[1:4])
+    )
     state = slurm.states({records[0].scheduler_job_id: name})[records[0].scheduler_job_id]
     assert state.state == "COMPLETED"
-    assert round(sum(record.charged_su for record in records), 4) == charge_su(find_queue("ls6", "gpu-a100"), 1, state.end - state.start)
-    steps = subprocess.run(["sacct", "-n", "-P", "--allusers", "-j", records[0].scheduler_job_id, "-o", "JobName"],
-                           capture_output=True, text=True).stdout.split()
-    assert {f"tacc-{record.id.hex}" for record in records[:4]} <= set(steps), "each member ran as an srun step named after it"
+    assert round(sum(record.charged_su for record in records), 4) == charge_su(
+        find_queue("ls6", "gpu-a100"), 1, state.end - state.start
+    )
+    steps = subprocess.run(
+        ["sacct", "-n", "-P", "--allusers", "-j", records[0].scheduler_job_id, "-o", "JobName"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert {f"tacc-{record.id.hex}" for record in records[:4]} <= set(steps), (
+        "each member ran as an srun step named after it"
+    )

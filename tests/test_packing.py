@@ -11,7 +11,14 @@ from tacc_jobs.planning.charges import charge_su
 from tacc_jobs.planning.packing import BatchPlan, Strategy, pack_requests
 from tacc_jobs.planning.planner import PlanningContext
 
-BASE = {"agent": "AlphaCal", "user_id": "jdoe", "system": "stampede3", "queue": "h100", "gpu_count": 1, "max_runtime": "1h"}
+BASE = {
+    "agent": "AlphaCal",
+    "user_id": "jdoe",
+    "system": "stampede3",
+    "queue": "h100",
+    "gpu_count": 1,
+    "max_runtime": "1h",
+}
 
 
 def requests(count: int, **fields: object) -> list[JobRequest]:
@@ -27,7 +34,9 @@ def test_acceptance_24_single_gpu_hours_on_stampede3_h100() -> None:
     assert (spec.gpus_per_node, spec.max_nodes, spec.max_jobs_per_user, spec.su_per_node_hour) == (4, 4, 2, 4.0)
     plan = pack_requests(requests(24))
     assert [(a.strategy, a.nodes, a.wall_time) for a in plan.allocations] == [
-        (Strategy.PACKED, 4, timedelta(hours=1)), (Strategy.PACKED, 2, timedelta(hours=1))]
+        (Strategy.PACKED, 4, timedelta(hours=1)),
+        (Strategy.PACKED, 2, timedelta(hours=1)),
+    ]
     every_request_once(plan, 24)
     assert plan.packed.su == 24.0 == 6 * charge_su(spec, 1, timedelta(hours=1))
     assert plan.one_per_request.su == 96.0 and plan.su_saved == 72.0
@@ -108,7 +117,11 @@ def test_groups_split_by_queue_agent_and_account() -> None:
     batch = requests(2) + requests(2, queue="pvc") + requests(2, system="ls6", queue="gpu-a100")
     plan = pack_requests(batch, accounts={"ls6": "TG-1"})
     groups = {(a.system, a.queue, a.account): a.requests for a in plan.allocations}
-    assert groups == {("stampede3", "h100", None): [0, 1], ("stampede3", "pvc", None): [2, 3], ("ls6", "gpu-a100", "TG-1"): [4, 5]}
+    assert groups == {
+        ("stampede3", "h100", None): [0, 1],
+        ("stampede3", "pvc", None): [2, 3],
+        ("ls6", "gpu-a100", "TG-1"): [4, 5],
+    }
 
 
 def test_unknown_agents_are_refused() -> None:

@@ -16,8 +16,14 @@ from tacc_jobs.exceptions import PlanRefused
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-REQUEST = {"agent": "AlphaCal", "gpu_count": 1, "max_runtime": "1h", "user_id": "batchplanner", "system": "stampede3",
-           "queue": "h100"}
+REQUEST = {
+    "agent": "AlphaCal",
+    "gpu_count": 1,
+    "max_runtime": "1h",
+    "user_id": "batchplanner",
+    "system": "stampede3",
+    "queue": "h100",
+}
 
 
 def test_plan_batch_writes_the_plan_and_its_saving_as_a_table_artifact() -> None:
@@ -26,8 +32,12 @@ def test_plan_batch_writes_the_plan_and_its_saving_as_a_table_artifact() -> None
     assert (plan.packed.su, plan.one_per_request.su, plan.packed.slurm_jobs) == (24.0, 96.0, 2)
     assert open_job_store().history("batchplanner").total == 0
     with get_client(sync_client=True) as client:  # this run's artifact: other tests plan batches on the same server
-        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["batch-plan"]), flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["batch-plan"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
+        )
     assert artifact.type == "table" and "72 saved" in artifact.description
     assert '"saving"' in artifact.data and '"12.0x sooner"' in artifact.data
 

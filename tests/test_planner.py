@@ -57,7 +57,10 @@ def test_allocation_goes_to_sbatch_dash_a() -> None:
 
 
 def test_named_queue_over_its_node_limit_is_refused_with_the_field() -> None:
-    with pytest.raises(PlanRefused, match=r"gpu_count: 27 GPUs need 9 nodes of 3 GPUs in ls6/gpu-a100, which allows at most 8 nodes \(24 GPUs\)"):
+    with pytest.raises(
+        PlanRefused,
+        match=r"gpu_count: 27 GPUs need 9 nodes of 3 GPUs in ls6/gpu-a100, which allows at most 8 nodes \(24 GPUs\)",
+    ):
         plan(system="ls6", queue="gpu-a100", gpu_count=27)
 
 
@@ -74,7 +77,9 @@ def test_no_queue_fits_names_the_largest() -> None:
 
 
 def test_queue_of_another_system_is_refused() -> None:
-    with pytest.raises(PlanRefused, match="queue: 'rtx' is not a GPU queue of ls6; use one of gpu-a100-small, gpu-a100"):
+    with pytest.raises(
+        PlanRefused, match="queue: 'rtx' is not a GPU queue of ls6; use one of gpu-a100-small, gpu-a100"
+    ):
         plan(system="ls6", queue="rtx", gpu_count=1)
 
 
@@ -97,8 +102,13 @@ def test_estimates_in_sus_and_dollars() -> None:
 
 def test_dollar_estimate_uses_the_gpu_types_rate_as_accounting_does() -> None:
     rates = PlanningContext(usd_per_gpu_hour=0.5, usd_per_gpu_hour_by_type={"h100": 0.65})
-    assert plan(rates, system="ls6", queue="gpu-h100", gpu_count=2, max_runtime="02:00:00").estimated_cost_usd == 2 * 2 * 0.65
-    assert plan(rates, system="ls6", gpu_count=3, max_runtime="02:00:00").estimated_cost_usd == 3 * 2 * 0.5  # a100: the default
+    assert (
+        plan(rates, system="ls6", queue="gpu-h100", gpu_count=2, max_runtime="02:00:00").estimated_cost_usd
+        == 2 * 2 * 0.65
+    )
+    assert (
+        plan(rates, system="ls6", gpu_count=3, max_runtime="02:00:00").estimated_cost_usd == 3 * 2 * 0.5
+    )  # a100: the default
 
 
 def test_tip_for_idle_gpus_only_when_nodes_are_partly_used() -> None:
@@ -127,6 +137,12 @@ def test_cost_warning_above_threshold() -> None:
 
 
 def test_budget_refuses_a_job_that_would_exceed_it() -> None:
-    assert plan(PlanningContext(su_budget=100, su_committed=84), system="ls6", gpu_count=6, max_runtime="2h").estimated_su == 16
-    with pytest.raises(PlanRefused, match="may charge 16 SUs; with 85 SUs already used or running, it would exceed jdoe's budget of 100 SUs"):
+    assert (
+        plan(PlanningContext(su_budget=100, su_committed=84), system="ls6", gpu_count=6, max_runtime="2h").estimated_su
+        == 16
+    )
+    with pytest.raises(
+        PlanRefused,
+        match="may charge 16 SUs; with 85 SUs already used or running, it would exceed jdoe's budget of 100 SUs",
+    ):
         plan(PlanningContext(su_budget=100, su_committed=85), system="ls6", gpu_count=6, max_runtime="2h")

@@ -55,7 +55,9 @@ def rsync_pids(marker: str) -> list[int]:
     return [int(pid) for pid in listing.split()]
 
 
-def test_interrupted_transfer_resumes_from_the_partial_file(sandbox_connection: SshConnection, dataset: Path, destination: str) -> None:
+def test_interrupted_transfer_resumes_from_the_partial_file(
+    sandbox_connection: SshConnection, dataset: Path, destination: str
+) -> None:
     big = dataset / "VLASS2.1.eb42" / "cube.bin"
     big.write_bytes(os.urandom(24 << 20))
     inventory = inspect_dataset(dataset, "VLASS2.1.eb42")

@@ -40,9 +40,21 @@ def test_valid_request_round_trips_through_json() -> None:
         ("queue", "GPU A100", "queue: 'GPU A100' is not allowed; use lower-case letters"),
         ("webhook_url", "ftp://example.org/x", "webhook_url: URL scheme should be 'http' or 'https'"),
         ("priority", "urgent", "priority: Input should be 'normal' or 'high' (got 'urgent')"),
-        ("params", {"rfi_strategy": "extreme"}, "params.rfi_strategy: Input should be 'low', 'medium', 'high' or 'high_sensitivity'"),
-        ("params", {"rfi_strategy": "low", "Bad Key": 1}, "params: 'Bad Key' is not allowed; parameter names are snake_case"),
-        ("params", {"rfi_strategy": "low", "nested": {"a": 1}}, "params: nested: values are strings (max 256 characters), numbers or booleans"),
+        (
+            "params",
+            {"rfi_strategy": "extreme"},
+            "params.rfi_strategy: Input should be 'low', 'medium', 'high' or 'high_sensitivity'",
+        ),
+        (
+            "params",
+            {"rfi_strategy": "low", "Bad Key": 1},
+            "params: 'Bad Key' is not allowed; parameter names are snake_case",
+        ),
+        (
+            "params",
+            {"rfi_strategy": "low", "nested": {"a": 1}},
+            "params: nested: values are strings (max 256 characters), numbers or booleans",
+        ),
     ],
 )
 def test_bad_values_name_the_field_and_what_is_allowed(field: str, value: object, expected: str) -> None:

@@ -21,12 +21,18 @@ from tests.conftest import Sandbox, wait_until
 HOSTILE = "$(touch {marker}); `touch {marker}`; touch {marker} #'\""
 
 
-def job(slurm: SlurmScheduler, body: str, *args: str, name: str | None = None, time_limit: str = "00:02:00") -> JobSubmission:
+def job(
+    slurm: SlurmScheduler, body: str, *args: str, name: str | None = None, time_limit: str = "00:02:00"
+) -> JobSubmission:
     name = name or f"tacc-{uuid.uuid4().hex}"
     work_dir = f"{slurm.scratch_root}/{name}"
     return JobSubmission(
-        name=name, script=f"#!/bin/bash\n{body}\n", work_dir=work_dir, stdout_path=f"{work_dir}/stdout.log",
-        stderr_path=f"{work_dir}/stderr.log", sbatch_args=["-p", "gpu-a100", "-N", "1", "--ntasks-per-node", "1", "-t", time_limit, *args],
+        name=name,
+        script=f"#!/bin/bash\n{body}\n",
+        work_dir=work_dir,
+        stdout_path=f"{work_dir}/stdout.log",
+        stderr_path=f"{work_dir}/stderr.log",
+        sbatch_args=["-p", "gpu-a100", "-N", "1", "--ntasks-per-node", "1", "-t", time_limit, *args],
     )
 
 
@@ -54,8 +60,18 @@ def ended(slurm: SlurmScheduler, job_id: str, timeout: float = 60):
 
 
 def names_in_queue(sandbox: Sandbox, name: str) -> list[str]:
-    output = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"], capture_output=True, text=True, check=True)
-    accounted = subprocess.run(["sacct", "--noheader", "-X", "--parsable2", "--allusers", f"--name={name}", "--format=JobID"], capture_output=True, text=True, check=True)
+    output = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    accounted = subprocess.run(
+        ["sacct", "--noheader", "-X", "--parsable2", "--allusers", f"--name={name}", "--format=JobID"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return sorted(set(output.stdout.split()) | set(accounted.stdout.split()))
 
 
@@ -103,7 +119,9 @@ class DropAfterSubmit:
         self.inner, self.dropped = inner, False
         self.commands_run = 0
 
-    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         self.commands_run += 1
         completed = self.inner.run(argv, stdin=stdin, timeout=timeout)
         if "sbatch" in " ".join(argv) and not self.dropped:
@@ -134,7 +152,9 @@ class CutStdin:
     def __init__(self, inner: SshConnection) -> None:
         self.inner = inner
 
-    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         if stdin and END_OF_FILES in stdin:
             stdin = stdin.splitlines(keepends=True)[0]  # the script arrived, the rest never did
         return self.inner.run(argv, stdin=stdin, timeout=timeout)
@@ -143,7 +163,9 @@ class CutStdin:
 def test_files_cut_short_on_stdin_are_never_submitted(sandbox: Sandbox) -> None:
     connection = sandbox.connect()
     slurm = SlurmScheduler(CutStdin(connection), "ls6", f"/home/{sandbox.user}/scratch/cut-{uuid.uuid4().hex[:6]}")
-    submission = job(slurm, "sleep 1").model_copy(update={"files": {f"{slurm.scratch_root}/member.sh": "#!/bin/bash\ntrue\n"}})
+    submission = job(slurm, "sleep 1").model_copy(
+        update={"files": {f"{slurm.scratch_root}/member.sh": "#!/bin/bash\ntrue\n"}}
+    )
     with pytest.raises(TransientSchedulerError, match="cut short"):
         submit(slurm, submission)
     assert names_in_queue(sandbox, submission.name) == []
@@ -165,6 +187,7 @@ def test_one_scheduler_command_per_poll_cycle(slurm: SlurmScheduler, sandbox_con
         for job_id in ids:
             slurm.cancel(job_id)
     assert counts == {1: 1, 20: 1, 200: 1}
+
     # jobs that have left the queue: one squeue, then one sacct for all of them, in the same command
     def accounted() -> bool:
         in_queue = set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
@@ -182,7 +205,9 @@ def test_shell_injection_reaches_slurm_as_inert_text(slurm: SlurmScheduler, tmp_
     hostile = HOSTILE.format(marker=marker)
     submission = job(slurm, f"printf '%s' {subprocess.list2cmdline([hostile])!s} >/dev/null; exit 0")
     work_dir = f"{slurm.scratch_root}/dir with $(touch {marker}) and ;"
-    submission = submission.model_copy(update={"work_dir": work_dir, "stdout_path": f"{work_dir}/out `touch {marker}`.log"})
+    submission = submission.model_copy(
+        update={"work_dir": work_dir, "stdout_path": f"{work_dir}/out `touch {marker}`.log"}
+    )
     state = ended(slurm, submit(slurm, submission))
     assert state.state in ("COMPLETED", "FAILED")
     files = slurm.read_files({submission.stdout_path: 0, f"{marker}; touch {marker}": 0})
@@ -206,11 +231,21 @@ def test_permanent_errors_say_what_to_fix(slurm: SlurmScheduler) -> None:
 
 
 def test_refused_login_is_permanent_and_unreachable_host_transient(sandbox: Sandbox, tmp_path: Path) -> None:
-    wrong_host_key = "[127.0.0.1]:%d ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIx1ZqcIgIqbqh0SWPyEzf2mgUC7cNvjzPBtQ4VKq1E3" % sandbox.port
-    with SshConnection(host=sandbox.host, port=sandbox.port, username=sandbox.user, private_key_path=sandbox.key, known_hosts=wrong_host_key) as bad:
+    wrong_host_key = (
+        f"[127.0.0.1]:{sandbox.port} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIx1ZqcIgIqbqh0SWPyEzf2mgUC7cNvjzPBtQ4VKq1E3"
+    )
+    with SshConnection(
+        host=sandbox.host,
+        port=sandbox.port,
+        username=sandbox.user,
+        private_key_path=sandbox.key,
+        known_hosts=wrong_host_key,
+    ) as bad:
         with pytest.raises(PermanentSchedulerError, match="Host key verification failed"):
             bad.run(["true"])
-    with SshConnection(host="127.0.0.1", port=1, username=sandbox.user, private_key_path=sandbox.key, known_hosts="") as down:
+    with SshConnection(
+        host="127.0.0.1", port=1, username=sandbox.user, private_key_path=sandbox.key, known_hosts=""
+    ) as down:
         with pytest.raises(TransientSchedulerError, match="Connection refused"):
             down.run(["true"])
 
@@ -224,33 +259,90 @@ def test_resources_and_accounting(slurm: SlurmScheduler) -> None:
     submission = job(slurm, "sleep 1")
     job_id = submit(slurm, submission)
     ended(slurm, job_id)
+
     # slurmdbd records a job's eligible time a moment after it ends; windowed sacct catches up
     def accounted() -> list[dict[str, str]]:
-        rows = [dict(zip(SACCT_FIELDS, row)) for row in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1))]
+        rows = [
+            dict(zip(SACCT_FIELDS, row))
+            for row in slurm.accounting(start, datetime.now(timezone.utc) + timedelta(minutes=1))
+        ]
         return [row for row in rows if row["JobID"].split(".")[0] == job_id]
 
     rows = wait_until(accounted, timeout=30, interval=1)
     job_row = next(row for row in rows if row["JobID"] == job_id)
     assert (job_row["JobName"], job_row["Partition"], job_row["State"], job_row["NNodes"], job_row["Account"]) == (
-        submission.name, "gpu-a100", "COMPLETED", "1", "sandbox")
+        submission.name,
+        "gpu-a100",
+        "COMPLETED",
+        "1",
+        "sandbox",
+    )
     assert job_row["Elapsed"] >= "00:00:01" and "node=1" in job_row["AllocTRES"]
     assert {row["JobID"] for row in rows} >= {job_id, f"{job_id}.batch"}, "steps come as rows of their own"
 
 
-def test_a_poll_of_thousands_of_files_with_the_result_of_an_ended_job_is_one_command(slurm: SlurmScheduler,
-                                                                                      sandbox_connection: SshConnection) -> None:
+def test_a_poll_of_thousands_of_files_with_the_result_of_an_ended_job_is_one_command(
+    slurm: SlurmScheduler, sandbox_connection: SshConnection
+) -> None:
     done = job(slurm, """echo '{"rms": 1}' > result.json""")
     done_id = submit(slurm, done)
     ended(slurm, done_id)
     held = job(slurm, "true", "--hold")
     held_id = submit(slurm, held)
-    sandbox_connection.run(["bash", "-c", 'echo "{}" > "$1"', "write", f"{held.work_dir}/result.json"])  # not read: not ended
-    missing = {f"{slurm.scratch_root}/no-such-job-{index:05d}/output/progress": 0 for index in range(3000)}  # 200 KB of paths
+    sandbox_connection.run(
+        ["bash", "-c", 'echo "{}" > "$1"', "write", f"{held.work_dir}/result.json"]
+    )  # not read: not ended
+    missing = {
+        f"{slurm.scratch_root}/no-such-job-{index:05d}/output/progress": 0 for index in range(3000)
+    }  # 200 KB of paths
     results = {done_id: f"{done.work_dir}/result.json", held_id: f"{held.work_dir}/result.json"}
     before = sandbox_connection.commands_run
     snapshot = slurm.poll({done_id: done.name, held_id: held.name}, {**missing, done.stdout_path: 0}, results)
     assert sandbox_connection.commands_run - before == 1
-    assert {job_id: state.state for job_id, state in snapshot.states.items()} == {done_id: "COMPLETED", held_id: "PENDING"}
+    assert {job_id: state.state for job_id, state in snapshot.states.items()} == {
+        done_id: "COMPLETED",
+        held_id: "PENDING",
+    }
     assert snapshot.files[results[done_id]].data == '{"rms": 1}\n' and results[held_id] not in snapshot.files
     assert len(snapshot.files) == len(missing) + 2 and {snapshot.files[path].data for path in missing} == {""}
     slurm.cancel(held_id)
+
+
+def test_a_poll_of_4000_jobs_that_left_the_queue_is_chunked_under_the_argument_limit(
+    slurm: SlurmScheduler, sandbox_connection: SshConnection
+) -> None:
+    """After an outage thousands of jobs may need accounting at once: 4,000 names of 37 characters
+    are 148 KiB, over Linux's 128 KiB for one argument, so a single `sacct --name=` could not run."""
+    done = job(slurm, "true")
+    done_id = submit(slurm, done)
+    ended(slurm, done_id)
+    gone = {str(9_000_000 + index): f"tacc-{uuid.uuid4().hex}" for index in range(3999)}  # never in this cluster
+    before = sandbox_connection.commands_run
+    states = slurm.states({**gone, done_id: done.name})
+    assert sandbox_connection.commands_run - before == 1, "still one remote command"
+    assert {job_id: state.state for job_id, state in states.items()} == {done_id: "COMPLETED"}
+    found = slurm.find([*gone.values(), done.name], datetime.now(timezone.utc) - timedelta(hours=1))
+    assert {name: state.job_id for name, state in found.items()} == {done.name: done_id}
+
+
+def test_find_keeps_the_first_job_of_a_name_not_a_copy_run_by_hand_later(
+    slurm: SlurmScheduler, sandbox_connection: SshConnection
+) -> None:
+    """A user who runs the generated script again by hand makes a second job of the name:
+    reconciliation keeps the orchestrator's (the first since its submission began), whether it
+    still waits or runs, or has ended and the copy is in the queue."""
+    since = datetime.now(timezone.utc) - timedelta(minutes=1)
+    ours = job(slurm, "sleep 4")
+    ours_id = submit(slurm, ours)
+    by_hand = sandbox_connection.run(
+        ["sbatch", "--parsable", f"--job-name={ours.name}", "-p", "gpu-a100", "-t", "00:05:00", "--output=/dev/null"]
+        + ["--begin=now+60", "--wrap", "sleep 30"]
+    )
+    copy_id = by_hand.stdout.strip().split(";")[0]
+    assert by_hand.returncode == 0 and copy_id.isdigit() and copy_id != ours_id, by_hand.stderr
+    try:
+        assert slurm.find([ours.name], since)[ours.name].job_id == ours_id, "both in the queue"
+        ended(slurm, ours_id)
+        assert slurm.find([ours.name], since)[ours.name].job_id == ours_id, "ours in accounting, the copy queued"
+    finally:
+        sandbox_connection.run(["scancel", copy_id])

@@ -69,7 +69,9 @@ def test_corruption_in_transfer_fails_and_is_never_taken_as_staged(source: Path,
     assert stage(inspect_dataset(source, "ds1"), LocalCopy(), str(destination)).repaired == ["chunk-000.csv"]
 
 
-@pytest.mark.parametrize(("dataset_id", "message"), [("../../etc", "outside the dataset root"), ("missing", "not found")])
+@pytest.mark.parametrize(
+    ("dataset_id", "message"), [("../../etc", "outside the dataset root"), ("missing", "not found")]
+)
 def test_refusals(source: Path, dataset_id: str, message: str) -> None:
     with pytest.raises(StagingError, match=message):
         survey_dataset(source, dataset_id)

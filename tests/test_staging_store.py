@@ -78,4 +78,6 @@ def test_first_requests_of_one_dataset_at_once_make_one_record(store: StagingSto
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(first_request, range(8))) == ["fresh"] * 8
     with store.engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT count(*) FROM dataset_stagings WHERE dataset_id = 'fresh'").scalar() == 1
+        assert (
+            connection.exec_driver_sql("SELECT count(*) FROM dataset_stagings WHERE dataset_id = 'fresh'").scalar() == 1
+        )

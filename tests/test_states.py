@@ -37,7 +37,9 @@ Q, R, C, F, X = JobStatus.QUEUING, JobStatus.RUNNING, JobStatus.COMPLETED, JobSt
         ("DEADLINE", None, None, (F, "DEADLINE")),
     ],
 )
-def test_slurm_states(state: str, exit_code: str | None, reason: str | None, expected: tuple[JobStatus, str | None]) -> None:
+def test_slurm_states(
+    state: str, exit_code: str | None, reason: str | None, expected: tuple[JobStatus, str | None]
+) -> None:
     assert map_slurm_state(state, exit_code, reason) == expected
 
 
@@ -47,7 +49,9 @@ def test_an_end_slurm_may_requeue_is_waiting_while_the_controller_holds_the_job(
     assert map_slurm_state(state, in_queue=False)[0] is F
 
 
-@pytest.mark.parametrize("state", ["", "EXPLODED", "LAUNCH_FAILED", "RECONFIG_FAIL", "POWER_UP_NODE", "UPDATE_DB", "EXPEDITING"])
+@pytest.mark.parametrize(
+    "state", ["", "EXPLODED", "LAUNCH_FAILED", "RECONFIG_FAIL", "POWER_UP_NODE", "UPDATE_DB", "EXPEDITING"]
+)
 def test_unknown_states_keep_the_job_as_it_is_and_quote_slurm(state: str) -> None:
     status, reason = map_slurm_state(state)
     assert status is None and (state in (reason or "") or reason == "empty Slurm state")

@@ -24,7 +24,13 @@ CASES = [
     ("PAUSED", None, "paused by the tenant", JobStatus.QUEUING, "PAUSED: paused by the tenant"),
     ("FINISHED", "NORMAL_COMPLETION", None, JobStatus.COMPLETED, "FINISHED"),
     ("CANCELLED", "CANCELLED_BY_USER", None, JobStatus.CANCELLED, "cancelled (CANCELLED_BY_USER)"),
-    ("FAILED", "JOB_UNABLE_TO_STAGE_INPUTS", "input not found", JobStatus.FAILED, "JOB_UNABLE_TO_STAGE_INPUTS: input not found"),
+    (
+        "FAILED",
+        "JOB_UNABLE_TO_STAGE_INPUTS",
+        "input not found",
+        JobStatus.FAILED,
+        "JOB_UNABLE_TO_STAGE_INPUTS: input not found",
+    ),
 ]
 
 
@@ -33,7 +39,9 @@ def test_every_status_of_tapiss_schema_is_mapped() -> None:
 
 
 @pytest.mark.parametrize(("status", "condition", "message", "store_status", "reason"), CASES)
-def test_status_maps_with_a_reason(status: str, condition: str | None, message: str | None, store_status: JobStatus, reason: str) -> None:
+def test_status_maps_with_a_reason(
+    status: str, condition: str | None, message: str | None, store_status: JobStatus, reason: str
+) -> None:
     assert map_tapis_status(status, condition, message) == (store_status, reason)
 
 
@@ -42,9 +50,14 @@ def test_a_hold_keeps_a_started_job_running(status: str) -> None:
     assert map_tapis_status(status, message="held", started=True) == (JobStatus.RUNNING, f"{status}: held")
 
 
-@pytest.mark.parametrize(("condition", "exit_code", "reason"), [
-    ("SCHEDULER_TIMEOUT", None, "TIMEOUT"), ("SCHEDULER_OUT_OF_MEMORY", None, "OUT_OF_MEMORY"),
-    ("JOB_REMOTE_OUTCOME_ERROR", "3:0", "exit code 3"), ("JOB_REMOTE_OUTCOME_ERROR", "0:9", "killed by signal 9"),
-])
+@pytest.mark.parametrize(
+    ("condition", "exit_code", "reason"),
+    [
+        ("SCHEDULER_TIMEOUT", None, "TIMEOUT"),
+        ("SCHEDULER_OUT_OF_MEMORY", None, "OUT_OF_MEMORY"),
+        ("JOB_REMOTE_OUTCOME_ERROR", "3:0", "exit code 3"),
+        ("JOB_REMOTE_OUTCOME_ERROR", "0:9", "killed by signal 9"),
+    ],
+)
 def test_failures_carry_their_cause(condition: str, exit_code: str | None, reason: str) -> None:
     assert map_tapis_status("FAILED", condition, exit_code=exit_code) == (JobStatus.FAILED, reason)

@@ -101,8 +101,12 @@ def cost_by_team(engine: Engine, start: datetime, end: datetime) -> list[dict[st
     """Jobs, GPU-hours, SUs and dollars per team in `[start, end)`, with budget use, costliest first."""
     cost = func.sum(usage.c.cost_usd)
     query = (
-        select(usage.c.team_name.label("team"), *_totals(), TeamRow.budget_usd.label("budget_usd"),
-               rounded(100 * cost / TeamRow.budget_usd, 1).label("budget_used_pct"))
+        select(
+            usage.c.team_name.label("team"),
+            *_totals(),
+            TeamRow.budget_usd.label("budget_usd"),
+            rounded(100 * cost / TeamRow.budget_usd, 1).label("budget_used_pct"),
+        )
         .select_from(usage.outerjoin(TeamRow.__table__, TeamRow.name == usage.c.team_name))
         .where(*within(when, start, end))
         .group_by(usage.c.team_name, TeamRow.budget_usd)
@@ -113,8 +117,12 @@ def cost_by_team(engine: Engine, start: datetime, end: datetime) -> list[dict[st
 
 def cost_by_model(engine: Engine, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """Jobs, GPU-hours, SUs and dollars per model (agent) in `[start, end)`, costliest first."""
-    query = (select(usage.c.model_name.label("model"), *_totals()).where(*within(when, start, end))
-             .group_by(usage.c.model_name).order_by(func.sum(usage.c.cost_usd).desc()))
+    query = (
+        select(usage.c.model_name.label("model"), *_totals())
+        .where(*within(when, start, end))
+        .group_by(usage.c.model_name)
+        .order_by(func.sum(usage.c.cost_usd).desc())
+    )
     return rows(engine, query)
 
 
@@ -123,7 +131,8 @@ def user_metrics(engine: Engine, start: datetime, end: datetime) -> list[dict[st
     completed = func.sum(case((and_(final, usage.c.status == "completed"), 1), else_=0))
     query = (
         select(
-            usage.c.user_name.label("user"), *_totals(),
+            usage.c.user_name.label("user"),
+            *_totals(),
             rounded(100.0 * completed / func.nullif(final_jobs(), 0), 1).label("success_rate_pct"),
             rounded(func.avg(usage.c.elapsed_seconds) / 60.0, 1).label("avg_runtime_minutes"),
         )
@@ -151,7 +160,9 @@ def report_periods(start: datetime, end: datetime, period: Literal["day", "week"
     return periods
 
 
-def usage_by_period(engine: Engine, start: datetime, end: datetime, period: Literal["day", "week"]) -> list[dict[str, Any]]:
+def usage_by_period(
+    engine: Engine, start: datetime, end: datetime, period: Literal["day", "week"]
+) -> list[dict[str, Any]]:
     """GPU-hours, SUs and dollars per team and period (`report_periods`), a job that spans
     periods split between them in proportion to its time in each (as XDMoD does): a job running
     over midnight counts in both days. A running job counts up to its elapsed time.
@@ -161,8 +172,10 @@ def usage_by_period(engine: Engine, start: datetime, end: datetime, period: Lite
         usage_by_period(engine, datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 15, tzinfo=timezone.utc), "week")
         ```
     """
-    spans = [select(literal(a.timestamp()).label("p_start"), literal(b.timestamp()).label("p_end"))
-             for a, b in report_periods(start, end, period)]
+    spans = [
+        select(literal(a.timestamp()).label("p_start"), literal(b.timestamp()).label("p_end"))
+        for a, b in report_periods(start, end, period)
+    ]
     if not spans:
         return []
     periods = union_all(*spans).subquery("periods")
@@ -172,31 +185,54 @@ def usage_by_period(engine: Engine, start: datetime, end: datetime, period: Lite
     instant = and_(job_end == job_start, job_start >= periods.c.p_start)
     share = case((job_end > job_start, overlap / (job_end - job_start)), (instant, 1.0), else_=0.0)
     query = (
-        select(periods.c.p_start, usage.c.team_name.label("team"),
-               rounded(func.sum(usage.c.gpu_hours * share), 3).label("gpu_hours"),
-               rounded(func.sum(func.coalesce(usage.c.su_charged, 0) * share), 3).label("su"),
-               rounded(func.sum(usage.c.cost_usd * share), 2).label("cost_usd"))
+        select(
+            periods.c.p_start,
+            usage.c.team_name.label("team"),
+            rounded(func.sum(usage.c.gpu_hours * share), 3).label("gpu_hours"),
+            rounded(func.sum(func.coalesce(usage.c.su_charged, 0) * share), 3).label("su"),
+            rounded(func.sum(usage.c.cost_usd * share), 2).label("cost_usd"),
+        )
         .select_from(usage.join(periods, and_(job_start < periods.c.p_end, or_(job_end > periods.c.p_start, instant))))
         .where(when < end, when.is_not(None))
         .group_by(periods.c.p_start, usage.c.team_name)
         .order_by(periods.c.p_start, usage.c.team_name)
     )
-    return [{period: datetime.fromtimestamp(row.pop("p_start"), timezone.utc).date(), **row} for row in rows(engine, query)]
+    return [
+        {period: datetime.fromtimestamp(row.pop("p_start"), timezone.utc).date(), **row} for row in rows(engine, query)
+    ]
 
 
 def list_usage(
-    engine: Engine, *, team: str | None = None, status: str | None = None, provider: str | None = None,
-    system: str | None = None, limit: int = 50, offset: int = 0,
+    engine: Engine,
+    *,
+    team: str | None = None,
+    status: str | None = None,
+    provider: str | None = None,
+    system: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
 ) -> UsagePage:
     """Accounted jobs matching every given filter, newest first, one page at a time."""
     if not 1 <= limit <= 1000 or offset < 0:
         raise ValueError("limit must be 1-1000 and offset >= 0")
-    filters = [column == value for column, value in ((usage.c.team_name, team), (usage.c.status, status),
-                                                     (usage.c.provider, provider), (usage.c.system, system)) if value is not None]
+    filters = [
+        column == value
+        for column, value in (
+            (usage.c.team_name, team),
+            (usage.c.status, status),
+            (usage.c.provider, provider),
+            (usage.c.system, system),
+        )
+        if value is not None
+    ]
     with engine.connect() as connection:
         total = connection.scalar(select(func.count()).select_from(usage).where(*filters)) or 0
         page = connection.execute(
-            select(usage).where(*filters).order_by(when.desc(), usage.c.system, usage.c.job_id).offset(offset).limit(limit)
+            select(usage)
+            .where(*filters)
+            .order_by(when.desc(), usage.c.system, usage.c.job_id)
+            .offset(offset)
+            .limit(limit)
         )
         items = [dict(row._mapping) for row in page]
     return UsagePage(items=items, total=total, has_more=offset + len(items) < total)

@@ -14,8 +14,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 
 
-def stacked_bar_chart(rows: list[dict[str, Any]], x: str, stack: str, value: str, destination: Path, title: str, ylabel: str,
-                      categories: Sequence[str] | None = None) -> Path:
+def stacked_bar_chart(
+    rows: list[dict[str, Any]],
+    x: str,
+    stack: str,
+    value: str,
+    destination: Path,
+    title: str,
+    ylabel: str,
+    categories: Sequence[str] | None = None,
+) -> Path:
     """Draw `rows` as one bar per `x` (in `categories` order, else sorted), stacked by `stack`
     (one colour each), `value` high; write a PNG to `destination`.
 

@@ -34,7 +34,9 @@ class IngestSummary(BaseModel):
     seconds: float = 0.0
 
 
-def sacct_chunks(rows: Iterable[list[str]], system: str, rates: CostRates, agents: Mapping[str, str], chunk_size: int) -> Iterator[Normalized]:
+def sacct_chunks(
+    rows: Iterable[list[str]], system: str, rates: CostRates, agents: Mapping[str, str], chunk_size: int
+) -> Iterator[Normalized]:
     """sacct rows, normalized chunk by chunk; rows with the wrong field count go to quarantine.
 
     Example:
@@ -51,7 +53,9 @@ def sacct_chunks(rows: Iterable[list[str]], system: str, rates: CostRates, agent
         yield chunk
 
 
-def ingest_chunks(warehouse: Warehouse, chunks: Iterator[Normalized], summary: IngestSummary, teams: Sequence[Team] = ()) -> IngestSummary:
+def ingest_chunks(
+    warehouse: Warehouse, chunks: Iterator[Normalized], summary: IngestSummary, teams: Sequence[Team] = ()
+) -> IngestSummary:
     """Write `teams` (with their budgets and descriptions), then every chunk (the teams it names,
     its usage, its quarantine), one transaction per chunk; last, unmark the attempts that later
     attempts superseded.

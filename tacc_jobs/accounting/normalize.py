@@ -18,10 +18,36 @@ DEFAULT_SOURCE_ZONE = "America/Chicago"
 """The zone of file and HTTP times written without an offset: TACC's clusters' local time."""
 RECORD_FIELDS = ["job_id", "team_name", "model_name", "provider", "gpu_type", "start_time", "end_time", "status"]
 OPTIONAL_RECORD_FIELDS = ["system", "user_name", "partition", "nodes", "gpu_count", "submit_time"]
-USAGE_COLUMNS = ["system", "job_id", "submit_time", "job_name", "user_name", "account", "team_name", "model_name", "provider",
-                 "gpu_type", "partition", "status", "exit_code", "eligible_time", "start_time", "end_time", "elapsed_seconds",
-                 "time_limit_seconds", "nodes", "gpu_count", "cpus", "mem_bytes", "cpu_seconds", "max_rss_bytes", "gpu_hours",
-                 "su_charged", "cost_usd", "source"]
+USAGE_COLUMNS = [
+    "system",
+    "job_id",
+    "submit_time",
+    "job_name",
+    "user_name",
+    "account",
+    "team_name",
+    "model_name",
+    "provider",
+    "gpu_type",
+    "partition",
+    "status",
+    "exit_code",
+    "eligible_time",
+    "start_time",
+    "end_time",
+    "elapsed_seconds",
+    "time_limit_seconds",
+    "nodes",
+    "gpu_count",
+    "cpus",
+    "mem_bytes",
+    "cpu_seconds",
+    "max_rss_bytes",
+    "gpu_hours",
+    "su_charged",
+    "cost_usd",
+    "source",
+]
 _COUNTS = {"elapsed_seconds": "int64", "nodes": "int64", "gpu_count": "int64"}
 _OPTIONAL_COUNTS = ["time_limit_seconds", "cpus", "mem_bytes", "max_rss_bytes"]
 
@@ -127,7 +153,9 @@ def normalize_records(raw: pd.DataFrame, source: str, rates: CostRates, zone: st
     gpus = pd.to_numeric(raw["gpu_count"], errors="coerce")
     nodes = pd.to_numeric(raw["nodes"], errors="coerce")
     for mask, reason in (
-        (start.bad, "start_time is not a time"), (end.bad, "end_time is not a time"), (submit.bad, "submit_time is not a time"),
+        (start.bad, "start_time is not a time"),
+        (end.bad, "end_time is not a time"),
+        (submit.bad, "submit_time is not a time"),
         (end_time.notna() & start.first.notna() & (end_time < start.first), "end_time is before start_time"),
         (raw["gpu_count"].notna() & (gpus.isna() | (gpus < 0)), "gpu_count is not a count"),
         (raw["nodes"].notna() & (nodes.isna() | (nodes < 0)), "nodes is not a count"),
@@ -135,25 +163,33 @@ def normalize_records(raw: pd.DataFrame, source: str, rates: CostRates, zone: st
         problems[mask & (problems == "")] = reason
     keep = problems == ""
     provider = text["provider"].str.strip().str.lower()
-    usage = pd.DataFrame({
-        "system": text["system"].str.strip().str.lower().fillna(provider),
-        "job_id": text["job_id"].str.strip(),
-        "submit_time": submit.first.where(submit.first.notna(), start.first),
-        "job_name": text["model_name"],
-        "user_name": text["user_name"],
-        "account": text["team_name"],
-        "team_name": text["team_name"].str.strip(),
-        "model_name": text["model_name"].str.strip(),
-        "provider": provider,
-        "gpu_type": text["gpu_type"].str.strip().str.lower(),
-        "partition": text["partition"],
-        "status": text["status"].str.strip().str.lower(),
-        "exit_code": None,
-        "eligible_time": pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]"),
-        "start_time": start.first, "end_time": end_time,
-        "elapsed_seconds": ((end_time - start.first).dt.total_seconds()).fillna(0),
-        "time_limit_seconds": None, "nodes": nodes.fillna(1), "gpu_count": gpus.fillna(1),
-        "cpus": None, "mem_bytes": None, "cpu_seconds": None, "max_rss_bytes": None,
-        "source": source,
-    })[keep]
+    usage = pd.DataFrame(
+        {
+            "system": text["system"].str.strip().str.lower().fillna(provider),
+            "job_id": text["job_id"].str.strip(),
+            "submit_time": submit.first.where(submit.first.notna(), start.first),
+            "job_name": text["model_name"],
+            "user_name": text["user_name"],
+            "account": text["team_name"],
+            "team_name": text["team_name"].str.strip(),
+            "model_name": text["model_name"].str.strip(),
+            "provider": provider,
+            "gpu_type": text["gpu_type"].str.strip().str.lower(),
+            "partition": text["partition"],
+            "status": text["status"].str.strip().str.lower(),
+            "exit_code": None,
+            "eligible_time": pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]"),
+            "start_time": start.first,
+            "end_time": end_time,
+            "elapsed_seconds": ((end_time - start.first).dt.total_seconds()).fillna(0),
+            "time_limit_seconds": None,
+            "nodes": nodes.fillna(1),
+            "gpu_count": gpus.fillna(1),
+            "cpus": None,
+            "mem_bytes": None,
+            "cpu_seconds": None,
+            "max_rss_bytes": None,
+            "source": source,
+        }
+    )[keep]
     return Normalized(usage=usage_frame(add_costs(usage, rates)), quarantine=quarantined(raw, problems != "", problems))

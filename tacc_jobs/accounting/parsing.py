@@ -51,7 +51,9 @@ def parse_job_ids(values: pd.Series) -> pd.DataFrame:
         [['123_4', '-', '-'], ['77', '1', 'batch'], ['-', '-', '-']]
     """
     ids = _groups(values, _JOB_ID)
-    blank_is_null = {name: pc.if_else(pc.equal(group, ""), pa.scalar(None, group.type), group) for name, group in ids.items()}
+    blank_is_null = {
+        name: pc.if_else(pc.equal(group, ""), pa.scalar(None, group.type), group) for name, group in ids.items()
+    }
     return pd.DataFrame({name: _series(blank_is_null[name], values.index) for name in ("job", "het", "step")})
 
 
@@ -163,6 +165,8 @@ def allocated_gpus(alloc_tres: pd.Series) -> pd.DataFrame:
     typed = _groups(alloc_tres, _TYPED_GPUS)
     typed_only = gpus.isna() & _series(typed["count"], alloc_tres.index).notna()
     if typed_only.any():
-        counts = alloc_tres[typed_only].astype(str).str.extractall(_TYPED_GPUS)["count"].astype(int).groupby(level=0).sum()
+        counts = (
+            alloc_tres[typed_only].astype(str).str.extractall(_TYPED_GPUS)["count"].astype(int).groupby(level=0).sum()
+        )
         gpus = gpus.fillna(counts.astype(float))
     return pd.DataFrame({"gpus": gpus, "gpu_type": _series(pc.utf8_lower(typed["type"]), alloc_tres.index)})

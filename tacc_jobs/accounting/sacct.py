@@ -50,9 +50,16 @@ def _step_usage(raw: pd.DataFrame, ids: pd.DataFrame) -> tuple[pd.DataFrame, int
     owner_component = pd.Series(component[~is_step.to_numpy()], index=owner[~is_step].to_numpy())
     belongs = is_step & (component == owner_component.reindex(owner).fillna("").to_numpy(dtype=object))
     steps = raw[belongs]
-    usage = pd.DataFrame({"owner": owner[belongs], "cpu_seconds": parse_durations(tres_value(steps["TRESUsageInTot"], "cpu")),
-                          "max_rss_bytes": parse_sizes(steps["MaxRSS"])}).groupby("owner")
-    per_owner = pd.DataFrame({"cpu_seconds": usage["cpu_seconds"].sum(min_count=1), "max_rss_bytes": usage["max_rss_bytes"].max()})
+    usage = pd.DataFrame(
+        {
+            "owner": owner[belongs],
+            "cpu_seconds": parse_durations(tres_value(steps["TRESUsageInTot"], "cpu")),
+            "max_rss_bytes": parse_sizes(steps["MaxRSS"]),
+        }
+    ).groupby("owner")
+    per_owner = pd.DataFrame(
+        {"cpu_seconds": usage["cpu_seconds"].sum(min_count=1), "max_rss_bytes": usage["max_rss_bytes"].max()}
+    )
     jobs = owner[~is_step]
     return per_owner.reindex(jobs.to_numpy()).set_axis(jobs.index), int(is_step.sum())
 
@@ -75,7 +82,9 @@ def _fold_components(usage: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([usage[~het], folded.reset_index()], ignore_index=True)
 
 
-def normalize_sacct(raw: pd.DataFrame, system: str, rates: CostRates, agents: Mapping[str, str] | None = None) -> Normalized:
+def normalize_sacct(
+    raw: pd.DataFrame, system: str, rates: CostRates, agents: Mapping[str, str] | None = None
+) -> Normalized:
     """Normalize one chunk of sacct rows (columns `SACCT_FIELDS`, all strings, a job's steps and
     components in the same chunk). Array tasks (`123_4`) stay jobs of their own; `agents` maps a
     Slurm job name to the agent (model) that ran.
@@ -101,26 +110,50 @@ def normalize_sacct(raw: pd.DataFrame, system: str, rates: CostRates, agents: Ma
     elapsed = parse_durations(raw["Elapsed"])
     nodes = pd.to_numeric(raw["NNodes"], errors="coerce").astype(float)
     for mask, reason in (
-        (submit.bad, "Submit is not a time"), (submit.first.isna(), "Submit is missing"), (eligible.bad, "Eligible is not a time"),
-        (start.bad, "Start is not a time"), (end.bad, "End is not a time"),
-        (elapsed.isna(), "Elapsed is not [D-]HH:MM:SS"), (nodes.isna(), "NNodes is not a number"),
+        (submit.bad, "Submit is not a time"),
+        (submit.first.isna(), "Submit is missing"),
+        (eligible.bad, "Eligible is not a time"),
+        (start.bad, "Start is not a time"),
+        (end.bad, "End is not a time"),
+        (elapsed.isna(), "Elapsed is not [D-]HH:MM:SS"),
+        (nodes.isna(), "NNodes is not a number"),
         (raw["State"].str.strip() == "", "State is empty"),
         (end.first.notna() & start.first.notna() & (end.first < start.first), "End is before Start"),
     ):
         problems[mask & (problems == "")] = reason
     keep = problems == ""
     gpus = allocated_gpus(raw["AllocTRES"])
-    jobs = pd.DataFrame({
-        "system": system, "job_id": ids["job"], "het": pd.to_numeric(ids["het"]), "job_name": raw["JobName"],
-        "user_name": raw["User"].replace("", None), "account": raw["Account"].replace("", None), "partition": raw["Partition"],
-        "status": raw["State"].str.split().str[0].str.rstrip("+").str.lower(), "exit_code": raw["ExitCode"].replace("", None),
-        "submit_time": submit.first, "eligible_time": eligible.first, "start_time": start.first, "end_time": end.first,
-        "elapsed_seconds": elapsed, "time_limit_seconds": parse_durations(raw["Timelimit"]), "nodes": nodes,
-        "tres_gpus": gpus["gpus"], "tres_gpu_type": gpus["gpu_type"],
-        "cpus": tres_count(raw["AllocTRES"], "cpu"), "mem_bytes": parse_sizes(tres_value(raw["AllocTRES"], "mem")),
-        "cpu_seconds": used["cpu_seconds"], "max_rss_bytes": used["max_rss_bytes"],
-    })[keep]
-    jobs = jobs.merge(queue_table()[["system", "partition", "gpus_per_node", "catalog_gpu_type"]], on=["system", "partition"], how="left")
+    jobs = pd.DataFrame(
+        {
+            "system": system,
+            "job_id": ids["job"],
+            "het": pd.to_numeric(ids["het"]),
+            "job_name": raw["JobName"],
+            "user_name": raw["User"].replace("", None),
+            "account": raw["Account"].replace("", None),
+            "partition": raw["Partition"],
+            "status": raw["State"].str.split().str[0].str.rstrip("+").str.lower(),
+            "exit_code": raw["ExitCode"].replace("", None),
+            "submit_time": submit.first,
+            "eligible_time": eligible.first,
+            "start_time": start.first,
+            "end_time": end.first,
+            "elapsed_seconds": elapsed,
+            "time_limit_seconds": parse_durations(raw["Timelimit"]),
+            "nodes": nodes,
+            "tres_gpus": gpus["gpus"],
+            "tres_gpu_type": gpus["gpu_type"],
+            "cpus": tres_count(raw["AllocTRES"], "cpu"),
+            "mem_bytes": parse_sizes(tres_value(raw["AllocTRES"], "mem")),
+            "cpu_seconds": used["cpu_seconds"],
+            "max_rss_bytes": used["max_rss_bytes"],
+        }
+    )[keep]
+    jobs = jobs.merge(
+        queue_table()[["system", "partition", "gpus_per_node", "catalog_gpu_type"]],
+        on=["system", "partition"],
+        how="left",
+    )
     jobs["gpu_count"] = jobs["tres_gpus"].fillna(jobs["nodes"] * jobs["gpus_per_node"]).fillna(0)
     jobs["gpu_type"] = jobs["tres_gpu_type"].fillna(jobs["catalog_gpu_type"]).fillna("unknown")
     jobs["team_name"] = jobs["account"]
@@ -128,4 +161,6 @@ def normalize_sacct(raw: pd.DataFrame, system: str, rates: CostRates, agents: Ma
     jobs["provider"] = "tacc"
     jobs["source"] = "sacct"
     usage = _fold_components(add_costs(jobs, rates))
-    return Normalized(usage=usage_frame(usage), quarantine=quarantined(raw, problems != "", problems), steps_folded=steps)
+    return Normalized(
+        usage=usage_frame(usage), quarantine=quarantined(raw, problems != "", problems), steps_folded=steps
+    )

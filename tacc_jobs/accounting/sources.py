@@ -62,7 +62,9 @@ class _SacctChunk:
         good = [row for row in rows if len(row) == len(SACCT_FIELDS)]
         self.malformed += ["|".join(row) for row in rows if len(row) != len(SACCT_FIELDS)]
         columns = zip(*good) if good else ([] for _ in SACCT_FIELDS)
-        self.batches.append(pa.record_batch([pa.array(column, type=pa.large_string()) for column in columns], names=list(SACCT_FIELDS)))
+        self.batches.append(
+            pa.record_batch([pa.array(column, type=pa.large_string()) for column in columns], names=list(SACCT_FIELDS))
+        )
         self.size += len(rows)
         self.last = rows[-1] if rows else self.last
 
@@ -80,7 +82,9 @@ class _SacctChunk:
         return None
 
 
-def sacct_frames(rows: Iterable[list[str]], chunk_size: int, batch_size: int = 10_000) -> Iterator[tuple[pd.DataFrame, list[str]]]:
+def sacct_frames(
+    rows: Iterable[list[str]], chunk_size: int, batch_size: int = 10_000
+) -> Iterator[tuple[pd.DataFrame, list[str]]]:
     """Chunks of about `chunk_size` sacct rows as string DataFrames, with the rows that had the
     wrong field count. A chunk ends only where the next job begins, so the steps, components and
     attempts of a job are always in the same chunk as the job. Rows are read `batch_size` at a time.
@@ -119,7 +123,9 @@ def require_columns(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     """
     missing = [column for column in RECORD_FIELDS if column not in frame.columns]
     if missing:
-        raise InvalidAccountingInput(f"{origin}: missing columns {', '.join(missing)} (job records need {', '.join(RECORD_FIELDS)})")
+        raise InvalidAccountingInput(
+            f"{origin}: missing columns {', '.join(missing)} (job records need {', '.join(RECORD_FIELDS)})"
+        )
     return frame
 
 
@@ -180,7 +186,9 @@ class RecordFile:
             for offset in range(0, len(self._records), chunk_size):
                 yield pd.DataFrame.from_records(self._records[offset : offset + chunk_size])
         elif self.path.suffix.lower() == ".csv":
-            yield from pd.read_csv(self.path, chunksize=chunk_size, dtype="string", keep_default_na=False, na_values=[""])
+            yield from pd.read_csv(
+                self.path, chunksize=chunk_size, dtype="string", keep_default_na=False, na_values=[""]
+            )
         else:
             yield from pd.read_json(self.path, lines=True, chunksize=chunk_size, dtype=False)
 
@@ -192,7 +200,9 @@ class RecordFile:
         except InvalidAccountingInput:
             raise
         except (ValueError, UnicodeDecodeError) as error:
-            raise InvalidAccountingInput(f"{self.path}: not readable as {self.path.suffix.lstrip('.').upper()} ({error})") from None
+            raise InvalidAccountingInput(
+                f"{self.path}: not readable as {self.path.suffix.lstrip('.').upper()} ({error})"
+            ) from None
 
 
 def load_teams(path: Path) -> list[Team]:
@@ -211,10 +221,14 @@ def load_teams(path: Path) -> list[Team]:
         return [Team.model_validate(team) for team in _read_json(path)]
     except (TypeError, ValidationError) as error:
         detail = _validation_message(error) if isinstance(error, ValidationError) else str(error)
-        raise InvalidAccountingInput(f"{path}: expected a JSON array of teams (name, description, budget_usd): {detail}") from None
+        raise InvalidAccountingInput(
+            f"{path}: expected a JSON array of teams (name, description, budget_usd): {detail}"
+        ) from None
 
 
-def http_frames(url: str, client: httpx.Client, start: datetime, end: datetime, max_pages: int = 10_000) -> Iterator[pd.DataFrame]:
+def http_frames(
+    url: str, client: httpx.Client, start: datetime, end: datetime, max_pages: int = 10_000
+) -> Iterator[pd.DataFrame]:
     """Job records from a paginated JSON endpoint: each page is `{"items": [...], "next": url|null}`.
 
     The first request asks for the window (`?start=...&end=...`, ISO 8601 UTC); the `next` links
@@ -226,7 +240,10 @@ def http_frames(url: str, client: httpx.Client, start: datetime, end: datetime, 
             column of `RECORD_FIELDS`.
     """
     next_url: str | None = url
-    params: dict[str, str] | None = {"start": start.astimezone(timezone.utc).isoformat(), "end": end.astimezone(timezone.utc).isoformat()}
+    params: dict[str, str] | None = {
+        "start": start.astimezone(timezone.utc).isoformat(),
+        "end": end.astimezone(timezone.utc).isoformat(),
+    }
     for _ in range(max_pages):
         if next_url is None:
             return

@@ -30,11 +30,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from tacc_jobs.accounting.normalize import USAGE_COLUMNS
 from tacc_jobs.accounting.sources import Team
 from tacc_jobs.accounting.sqltime import epoch
+from tacc_jobs.store.engine import upsert_into
 from tacc_jobs.store.tables import (
     IngestRunRow,
     JobUsageRow,
@@ -64,8 +64,11 @@ class UpsertCounts(BaseModel):
     unchanged: int = 0
 
     def __add__(self, other: UpsertCounts) -> UpsertCounts:
-        return UpsertCounts(inserted=self.inserted + other.inserted, updated=self.updated + other.updated,
-                            unchanged=self.unchanged + other.unchanged)
+        return UpsertCounts(
+            inserted=self.inserted + other.inserted,
+            updated=self.updated + other.updated,
+            unchanged=self.unchanged + other.unchanged,
+        )
 
 
 TIMES = ("submit_time", "eligible_time", "start_time", "end_time")
@@ -101,8 +104,11 @@ def copy_into(connection: Connection, table: str, frame: pd.DataFrame) -> None:
     frame = frame.assign(**{name: (frame[name] - EPOCH).dt.total_seconds() for name in TIMES if name in frame})
     buffer = pa.BufferOutputStream()
     # one chunk per column: Arrow's CSV writer emits NUL bytes for an empty chunk (a concat's)
-    pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False).combine_chunks(), buffer,
-                     pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+    pa_csv.write_csv(
+        pa.Table.from_pandas(frame, preserve_index=False).combine_chunks(),
+        buffer,
+        pa_csv.WriteOptions(include_header=False, quoting_style="needed"),
+    )
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     with cursor.copy(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
         copy.write(memoryview(buffer.getvalue()))
@@ -121,7 +127,6 @@ class Warehouse:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
-        self.insert = postgresql.insert if self.postgres else sqlite.insert
 
     def ensure_teams(self, teams: Iterable[Team]) -> None:
         """Create the teams that do not exist yet; set budgets and descriptions where given (of a
@@ -130,9 +135,11 @@ class Warehouse:
         rows = [named[name].model_dump() for name in sorted(named)]
         if not rows:
             return
-        statement = self.insert(TeamRow.__table__).values(rows)
-        given = {"budget_usd": func.coalesce(statement.excluded.budget_usd, TeamRow.__table__.c.budget_usd),
-                 "description": func.coalesce(statement.excluded.description, TeamRow.__table__.c.description)}
+        statement = upsert_into(self.engine, TeamRow.__table__).values(rows)
+        given = {
+            "budget_usd": func.coalesce(statement.excluded.budget_usd, TeamRow.__table__.c.budget_usd),
+            "description": func.coalesce(statement.excluded.description, TeamRow.__table__.c.description),
+        }
         with self.engine.begin() as connection:
             connection.execute(statement.on_conflict_do_update(index_elements=["name"], set_=given))
 
@@ -157,9 +164,12 @@ class Warehouse:
         with self.engine.begin() as connection:
             staging.create(connection)
             self._load_staging(connection, staging, frame[USAGE_COLUMNS])
-            values = [func.to_timestamp(staging.c[name]) if self.postgres and name in TIMES else staging.c[name] for name in USAGE_COLUMNS]
+            values = [
+                func.to_timestamp(staging.c[name]) if self.postgres and name in TIMES else staging.c[name]
+                for name in USAGE_COLUMNS
+            ]
             given = [literal(run_id, Uuid()), literal(datetime.now(timezone.utc), UtcDateTime())]
-            statement = self.insert(target).from_select(WRITTEN, select(*values, *given).where(true()))
+            statement = upsert_into(self.engine, target).from_select(WRITTEN, select(*values, *given).where(true()))
             statement = statement.on_conflict_do_update(
                 index_elements=list(KEYS),
                 set_={name: statement.excluded[name] for name in WRITTEN if name not in KEYS},
@@ -168,8 +178,9 @@ class Warehouse:
             if self.postgres:
                 # one statement: the upsert reports which rows it inserted (xmax = 0) and updated
                 written = statement.returning(literal_column("xmax = 0").label("inserted")).cte("written")
-                inserted, updated = connection.execute(select(
-                    func.count().filter(written.c.inserted), func.count().filter(~written.c.inserted))).one()
+                inserted, updated = connection.execute(
+                    select(func.count().filter(written.c.inserted), func.count().filter(~written.c.inserted))
+                ).one()
             else:
                 existing = connection.scalar(select(func.count()).select_from(joined)) or 0
                 updated = connection.scalar(select(func.count()).select_from(joined).where(differs)) or 0
@@ -193,17 +204,28 @@ class Warehouse:
             return 0
         usage, later = JobUsageRow.__table__, JobUsageRow.__table__.alias("later")
         followed = exists().where(
-            later.c.system == usage.c.system, later.c.job_id == usage.c.job_id,
-            later.c.user_name.is_not_distinct_from(usage.c.user_name), later.c.submit_time >= usage.c.end_time,
+            later.c.system == usage.c.system,
+            later.c.job_id == usage.c.job_id,
+            later.c.user_name.is_not_distinct_from(usage.c.user_name),
+            later.c.submit_time >= usage.c.end_time,
             epoch(later.c.submit_time) - epoch(usage.c.end_time) <= REQUEUE_LINK_SECONDS,
         )
-        candidates = Table("requeue_candidates", MetaData(), Column("system", String(32)), Column("job_id", String(64)),
-                           prefixes=["TEMPORARY"])
+        candidates = Table(
+            "requeue_candidates",
+            MetaData(),
+            Column("system", String(32)),
+            Column("job_id", String(64)),
+            prefixes=["TEMPORARY"],
+        )
         with self.engine.begin() as connection:
             candidates.create(connection)
-            connection.execute(candidates.insert(), [{"system": system, "job_id": job_id} for system, job_id in sorted(jobs)])
+            connection.execute(
+                candidates.insert(), [{"system": system, "job_id": job_id} for system, job_id in sorted(jobs)]
+            )
             named = tuple_(usage.c.system, usage.c.job_id).in_(select(candidates.c.system, candidates.c.job_id))
-            unmarked = connection.execute(update(usage).where(usage.c.final_attempt, named, followed).values(final_attempt=False)).rowcount
+            unmarked = connection.execute(
+                update(usage).where(usage.c.final_attempt, named, followed).values(final_attempt=False)
+            ).rowcount
             candidates.drop(connection)
         return unmarked
 
@@ -212,8 +234,10 @@ class Warehouse:
         if rows.empty:
             return 0
         now = datetime.now(timezone.utc)
-        records = [{"run_id": run_id, "source": source, "raw": raw, "reason": reason, "created_at": now}
-                   for raw, reason in zip(rows["raw"], rows["reason"])]
+        records = [
+            {"run_id": run_id, "source": source, "raw": raw, "reason": reason, "created_at": now}
+            for raw, reason in zip(rows["raw"], rows["reason"])
+        ]
         with self.engine.begin() as connection:
             connection.execute(QuarantineRow.__table__.insert(), records)
         return len(records)
@@ -222,22 +246,39 @@ class Warehouse:
         """Record an ingestion run as RUNNING; returns its id."""
         run_id = uuid.uuid4()
         with self.engine.begin() as connection:
-            connection.execute(IngestRunRow.__table__.insert().values(
-                id=run_id, source=source, system=system, window_start=window_start, window_end=window_end,
-                status="RUNNING", rows_read=0, inserted=0, updated=0, unchanged=0, failed=0, steps_folded=0,
-                started_at=datetime.now(timezone.utc)))
+            connection.execute(
+                IngestRunRow.__table__.insert().values(
+                    id=run_id,
+                    source=source,
+                    system=system,
+                    window_start=window_start,
+                    window_end=window_end,
+                    status="RUNNING",
+                    rows_read=0,
+                    inserted=0,
+                    updated=0,
+                    unchanged=0,
+                    failed=0,
+                    steps_folded=0,
+                    started_at=datetime.now(timezone.utc),
+                )
+            )
         return run_id
 
     def finish_run(self, run_id: uuid.UUID, status: str, error: str | None = None, **counts: int) -> None:
         """Record how a run ended, with its counts."""
         with self.engine.begin() as connection:
-            connection.execute(update(IngestRunRow.__table__).where(IngestRunRow.id == run_id).values(
-                status=status, error=error, finished_at=datetime.now(timezone.utc), **counts))
+            connection.execute(
+                update(IngestRunRow.__table__)
+                .where(IngestRunRow.id == run_id)
+                .values(status=status, error=error, finished_at=datetime.now(timezone.utc), **counts)
+            )
 
     def watermark(self, source: str, system: str) -> datetime | None:
         """The end of the newest successful run's window: where the next nightly run resumes."""
         with self.engine.connect() as connection:
             return connection.scalar(
                 select(func.max(IngestRunRow.window_end)).where(
-                    IngestRunRow.source == source, IngestRunRow.system == system, IngestRunRow.status == "COMPLETED")
+                    IngestRunRow.source == source, IngestRunRow.system == system, IngestRunRow.status == "COMPLETED"
+                )
             )

@@ -52,8 +52,10 @@ def gpu_placement(environ: Mapping[str, str]) -> dict[str, object]:
     ids = None if devices is None else [device.strip() for device in devices.split(",") if device.strip()]
     expected = environ.get("TACC_GPU_COUNT")
     if expected and (ids is None or len(ids) != len(set(ids)) or str(len(ids)) != expected.strip()):
-        raise ValueError(f"TACC_GPU_COUNT={expected} but CUDA_VISIBLE_DEVICES={devices!r} lists "
-                         f"{len(set(ids or []))} distinct GPU id(s)")
+        raise ValueError(
+            f"TACC_GPU_COUNT={expected} but CUDA_VISIBLE_DEVICES={devices!r} lists "
+            f"{len(set(ids or []))} distinct GPU id(s)"
+        )
     return {"visible_gpus": ids, "node": environ.get("TACC_NODE") or socket.gethostname()}
 
 

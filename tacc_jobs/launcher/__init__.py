@@ -16,7 +16,15 @@ from tacc_jobs.launcher.pile import CANCEL_FILE, STATUS_FILE
 LAUNCHER_SOURCE: str = (Path(__file__).resolve().parent / "pile.py").read_text()
 HEREDOC_END = "TACC_LAUNCHER_SOURCE_END"
 
-__all__ = ["CANCEL_FILE", "LAUNCHER_SOURCE", "STATUS_FILE", "Manifest", "ManifestMember", "MemberStatus", "launcher_lines"]
+__all__ = [
+    "CANCEL_FILE",
+    "LAUNCHER_SOURCE",
+    "STATUS_FILE",
+    "Manifest",
+    "ManifestMember",
+    "MemberStatus",
+    "launcher_lines",
+]
 
 
 def launcher_lines(allocation_dir: str) -> list[str]:
@@ -35,5 +43,9 @@ def launcher_lines(allocation_dir: str) -> list[str]:
     assert HEREDOC_END not in source, "the launcher's source would end its own heredoc"
     launcher = shlex.quote(posixpath.join(allocation_dir, "launcher.py"))
     manifest = shlex.quote(posixpath.join(allocation_dir, "manifest.json"))
-    return [f"cat > {launcher} <<'{HEREDOC_END}'", *source, HEREDOC_END,
-            f'exec "${{TACC_PYTHON:-python3}}" {launcher} {manifest}']
+    return [
+        f"cat > {launcher} <<'{HEREDOC_END}'",
+        *source,
+        HEREDOC_END,
+        f'exec "${{TACC_PYTHON:-python3}}" {launcher} {manifest}',
+    ]

@@ -56,7 +56,9 @@ class MemberStatus(BaseModel):
     """
 
     state: Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
-    exit_code: int | None = Field(default=None, description="None while running, and for a member cancelled before it started")
+    exit_code: int | None = Field(
+        default=None, description="None while running, and for a member cancelled before it started"
+    )
     node: str | None = Field(default=None, description="None for a member cancelled before it started")
     gpus: list[int] = Field(default_factory=list)
     start: datetime | None = None

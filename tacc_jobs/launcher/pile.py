@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Dict, List, Optional, Tuple
 
 STATUS_FILE = "output/status.json"
 """The member's status, relative to its work dir."""
@@ -66,15 +65,20 @@ def write_json_atomically(path: str, data: dict) -> None:
         {'state': 'RUNNING'}
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = "{}.{}.tmp".format(path, os.getpid())
-    with open(partial, "w") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())  # the rename never outlives the data (a node crash on Lustre or ext4)
-    os.replace(partial, path)
+    partial = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(partial, "w") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename never outlives the data (a node crash on Lustre or ext4)
+        os.replace(partial, path)
+    except OSError:
+        if os.path.exists(partial):
+            os.remove(partial)  # what a full disk let through, no more
+        raise
 
 
-def read_status(work_dir: str) -> Optional[dict]:
+def read_status(work_dir: str) -> dict | None:
     """A member's status.json, or None when there is none; one that exists but cannot be read
     or is not a JSON object is logged and counts as none (the member runs).
 
@@ -89,10 +93,10 @@ def read_status(work_dir: str) -> Optional[dict]:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        log("{}: unreadable ({}); taken as no status".format(path, error))
+        log(f"{path}: unreadable ({error}); taken as no status")
         return None
     if not isinstance(status, dict):
-        log("{}: not a JSON object; taken as no status".format(path))
+        log(f"{path}: not a JSON object; taken as no status")
         return None
     return status
 
@@ -107,7 +111,7 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def allocation_nodes(placement: str) -> List[str]:
+def allocation_nodes(placement: str) -> list[str]:
     """The nodes members run on: the allocation's (srun), or this host (local).
 
     Example:
@@ -116,12 +120,16 @@ def allocation_nodes(placement: str) -> List[str]:
     """
     if placement == "local":
         return [socket.gethostname()]
-    names = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
-                           stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    names = subprocess.run(
+        ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
     return names.split()
 
 
-def member_argv(placement: str, member: dict, node: str, gpus_per_node: int, cpus_on_node: int) -> List[str]:
+def member_argv(placement: str, member: dict, node: str, gpus_per_node: int, cpus_on_node: int) -> list[str]:
     """The command that runs one member on its node.
 
     An srun step asks for the member's share of the node's CPUs (`SLURM_CPUS_ON_NODE` x its
@@ -141,11 +149,11 @@ def member_argv(placement: str, member: dict, node: str, gpus_per_node: int, cpu
     if placement == "local":
         return command
     cpus = cpus_on_node * member["gpus"] // gpus_per_node
-    sharing = ["--exclusive", "--cpus-per-task={}".format(cpus)] if cpus >= 1 else ["--overlap"]
+    sharing = ["--exclusive", f"--cpus-per-task={cpus}"] if cpus >= 1 else ["--overlap"]
     return ["srun", *sharing, "-N1", "-n1", "-w", node, "--job-name", member["name"], "--export=ALL", *command]
 
 
-def take_gpus(free: Dict[str, List[int]], count: int) -> Optional[Tuple[str, List[int]]]:
+def take_gpus(free: dict[str, list[int]], count: int) -> tuple[str, list[int]] | None:
     """The first node with `count` free GPUs, and the lowest of them, taken from `free`.
 
     Example:
@@ -165,11 +173,11 @@ def take_gpus(free: Dict[str, List[int]], count: int) -> Optional[Tuple[str, Lis
 class Running:
     """One started member: its process, where it runs, and why it is being stopped, if it is."""
 
-    def __init__(self, member: dict, process: subprocess.Popen, node: str, gpus: List[int], start: float) -> None:
+    def __init__(self, member: dict, process: subprocess.Popen, node: str, gpus: list[int], start: float) -> None:
         self.member, self.process, self.node, self.gpus, self.start = member, process, node, gpus, start
-        self.stop_reason: Optional[str] = None
+        self.stop_reason: str | None = None
         self.kill_at = 0.0
-        self.exited_at: Optional[float] = None
+        self.exited_at: float | None = None
 
     def stop(self, reason: str) -> None:
         """SIGTERM to the member's process group (srun, so signalled, ends its step at once); a
@@ -216,13 +224,13 @@ class Running:
 class Pile:
     """The work pile of one allocation attempt."""
 
-    def __init__(self, manifest: dict, nodes: List[str], restart: int) -> None:
+    def __init__(self, manifest: dict, nodes: list[str], restart: int) -> None:
         self.placement, self.gpus_per_node, self.restart = manifest["placement"], manifest["gpus_per_node"], restart
         self.cpus_on_node = int(os.environ.get("SLURM_CPUS_ON_NODE") or 0)
         self.free = {node: list(range(self.gpus_per_node)) for node in nodes}
         self.waiting = [member for member in manifest["members"] if not self.ended_before(member)]
-        self.running: List[Running] = []
-        self.ending: Optional[int] = None
+        self.running: list[Running] = []
+        self.ending: int | None = None
 
     @staticmethod
     def ended_before(member: dict) -> bool:
@@ -231,8 +239,15 @@ class Pile:
         return bool(status and status.get("state") in FINAL_STATES)
 
     def record(self, member: dict, status: dict) -> None:
-        """Write a member's status.json (with this attempt's restart count) and log it."""
-        write_json_atomically(os.path.join(member["work_dir"], STATUS_FILE), dict(status, restart=self.restart))
+        """Write a member's status.json (with this attempt's restart count) and log it. A status
+        that cannot be written (a full disk, a quota) is logged only: what the launcher does
+        with the member's GPUs never depends on the write (it gave them to the next member
+        while the first still ran)."""
+        try:
+            write_json_atomically(os.path.join(member["work_dir"], STATUS_FILE), dict(status, restart=self.restart))
+        except OSError as error:
+            log("{} status not written ({}): {}".format(member["name"], error, json.dumps(status)))
+            return
         log("{} {}".format(member["name"], json.dumps(status)))
 
     def start_what_fits(self) -> None:
@@ -241,8 +256,18 @@ class Pile:
             if os.path.exists(os.path.join(member["work_dir"], CANCEL_FILE)):
                 self.waiting.remove(member)
                 now = utc_iso(time.time())
-                self.record(member, {"state": "CANCELLED", "exit_code": None, "node": None, "gpus": [],
-                                     "start": now, "end": now, "gpu_seconds": 0.0})
+                self.record(
+                    member,
+                    {
+                        "state": "CANCELLED",
+                        "exit_code": None,
+                        "node": None,
+                        "gpus": [],
+                        "start": now,
+                        "end": now,
+                        "gpu_seconds": 0.0,
+                    },
+                )
                 continue
             place = take_gpus(self.free, member["gpus"])
             if place is None:
@@ -254,18 +279,43 @@ class Pile:
                 self.free[place[0]] = sorted(self.free[place[0]] + place[1])
                 now = utc_iso(time.time())
                 log("{} could not start: {}".format(member["name"], error))
-                self.record(member, {"state": "FAILED", "exit_code": None, "node": place[0], "gpus": place[1],
-                                     "start": now, "end": now, "gpu_seconds": 0.0, "error": str(error)})
+                self.record(
+                    member,
+                    {
+                        "state": "FAILED",
+                        "exit_code": None,
+                        "node": place[0],
+                        "gpus": place[1],
+                        "start": now,
+                        "end": now,
+                        "gpu_seconds": 0.0,
+                        "error": str(error),
+                    },
+                )
 
-    def launch(self, member: dict, node: str, gpus: List[int]) -> Running:
+    def launch(self, member: dict, node: str, gpus: list[int]) -> Running:
         """Start a member on its GPUs, its output appended to its stdout.log and stderr.log."""
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), TACC_GPU_COUNT=str(member["gpus"]),
-                   TACC_NODE=node)
+        env = dict(
+            os.environ,
+            CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)),
+            TACC_GPU_COUNT=str(member["gpus"]),
+            TACC_NODE=node,
+        )
         argv = member_argv(self.placement, member, node, self.gpus_per_node, self.cpus_on_node)
         work_dir = member["work_dir"]
-        with open(os.path.join(work_dir, "stdout.log"), "ab") as stdout, open(os.path.join(work_dir, "stderr.log"), "ab") as stderr:
-            process = subprocess.Popen(argv, cwd=work_dir, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                       start_new_session=True)
+        with (
+            open(os.path.join(work_dir, "stdout.log"), "ab") as stdout,
+            open(os.path.join(work_dir, "stderr.log"), "ab") as stderr,
+        ):
+            process = subprocess.Popen(
+                argv,
+                cwd=work_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
         start = time.time()
         self.record(member, {"state": "RUNNING", "node": node, "gpus": gpus, "start": utc_iso(start)})
         return Running(member, process, node, gpus, start)
@@ -273,9 +323,18 @@ class Pile:
     def finish(self, run: Running, state: str) -> None:
         """Record a member's end and free its GPUs."""
         end = run.exited_at or time.time()
-        self.record(run.member, {"state": state, "exit_code": exit_code_of(run.process.returncode), "node": run.node,
-                                 "gpus": run.gpus, "start": utc_iso(run.start), "end": utc_iso(end),
-                                 "gpu_seconds": round(len(run.gpus) * (end - run.start), 3)})
+        self.record(
+            run.member,
+            {
+                "state": state,
+                "exit_code": exit_code_of(run.process.returncode),
+                "node": run.node,
+                "gpus": run.gpus,
+                "start": utc_iso(run.start),
+                "end": utc_iso(end),
+                "gpu_seconds": round(len(run.gpus) * (end - run.start), 3),
+            },
+        )
         self.running.remove(run)
         self.free[run.node] = sorted(self.free[run.node] + run.gpus)
 
@@ -299,7 +358,7 @@ class Pile:
         """Stop every running member for `reason` (TIMEOUT is recorded; INTERRUPTED leaves the
         status RUNNING) and wait until they are gone; start nothing more."""
         self.check_running()
-        log("stopping {} running member(s): {}".format(len(self.running), reason))
+        log(f"stopping {len(self.running)} running member(s): {reason}")
         for run in self.running:
             run.stop(reason)
         while self.running:
@@ -326,10 +385,10 @@ class Pile:
 
 
 def log(message: str) -> None:
-    print("{} launcher: {}".format(utc_iso(time.time()), message), flush=True)
+    print(f"{utc_iso(time.time())} launcher: {message}", flush=True)
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     """Run the pile of the manifest at argv[1]; 0 once done, 2 for a manifest it cannot run."""
     if len(argv) != 2:
         print("usage: launcher.py MANIFEST", file=sys.stderr)
@@ -338,13 +397,19 @@ def main(argv: List[str]) -> int:
         manifest = json.load(handle)
     too_big = [member["name"] for member in manifest["members"] if not 1 <= member["gpus"] <= manifest["gpus_per_node"]]
     if too_big:
-        print("launcher: members {} do not fit on a node of {} GPUs".format(too_big, manifest["gpus_per_node"]), file=sys.stderr)
+        print(
+            "launcher: members {} do not fit on a node of {} GPUs".format(too_big, manifest["gpus_per_node"]),
+            file=sys.stderr,
+        )
         return 2
     pile = Pile(manifest, allocation_nodes(manifest["placement"]), int(os.environ.get("SLURM_RESTART_COUNT") or 0))
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, pile.on_signal)
-    log("{} member(s) to run on {} ({} GPUs each), {} ended before".format(
-        len(pile.waiting), ",".join(pile.free), pile.gpus_per_node, len(manifest["members"]) - len(pile.waiting)))
+    log(
+        "{} member(s) to run on {} ({} GPUs each), {} ended before".format(
+            len(pile.waiting), ",".join(pile.free), pile.gpus_per_node, len(manifest["members"]) - len(pile.waiting)
+        )
+    )
     pile.run()
     log("pile stopped: the allocation is ending" if pile.ending else "pile done")
     return 0

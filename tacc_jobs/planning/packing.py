@@ -66,7 +66,9 @@ class Allocation(BaseModel):
     placements: list[Placement] = Field(default_factory=list, description="GPU assignment (packed and single)")
     sbatch_args: list[str]
     su: float = Field(description="SUs if it runs its full wall time (all array tasks)")
-    request_su: list[float] = Field(description="Each request's share of `su` by the GPU-hours it asks for, in `requests` order")
+    request_su: list[float] = Field(
+        description="Each request's share of `su` by the GPU-hours it asks for, in `requests` order"
+    )
     cost_usd: float
 
     @property
@@ -157,7 +159,11 @@ def _whole_nodes(spec: QueueSpec, gpu_count: int, first: int = 0) -> dict[int, l
 
 
 def _alone(spec: QueueSpec, index: int, request: JobRequest) -> list[Placement]:
-    return [Placement(request=index, gpus=_whole_nodes(spec, request.gpu_count), start=timedelta(0), runtime=request.max_runtime)]
+    return [
+        Placement(
+            request=index, gpus=_whole_nodes(spec, request.gpu_count), start=timedelta(0), runtime=request.max_runtime
+        )
+    ]
 
 
 def _pack(spec: QueueSpec, indexed: list[tuple[int, JobRequest]]) -> list[tuple[list[_Node], list[Placement]]]:
@@ -207,8 +213,9 @@ def _group_allocations(
 ) -> list[Allocation]:
     by_index = dict(indexed)
 
-    def allocation(strategy: Strategy, reason: str, requests: list[int], nodes: int, wall: timedelta,
-                   placements: list[Placement]) -> Allocation:
+    def allocation(
+        strategy: Strategy, reason: str, requests: list[int], nodes: int, wall: timedelta, placements: list[Placement]
+    ) -> Allocation:
         tasks = len(requests) if strategy is Strategy.ARRAY else 1
         su = round(tasks * charge_su(spec, nodes, wall), 4)
         gpu_hours = [by_index[index].gpu_count * by_index[index].max_runtime.total_seconds() for index in requests]
@@ -218,15 +225,31 @@ def _group_allocations(
         if strategy is Strategy.ARRAY:
             arguments += ["--array", f"0-{tasks - 1}%{spec.max_jobs_per_user}"]
         return Allocation(
-            system=spec.system, queue=spec.queue, agent=agent, account=account, strategy=strategy, reason=reason,
-            requests=requests, nodes=nodes, wall_time=wall, placements=placements, sbatch_args=arguments,
-            su=su, request_su=[round(su * share / sum(gpu_hours), 4) for share in gpu_hours],
+            system=spec.system,
+            queue=spec.queue,
+            agent=agent,
+            account=account,
+            strategy=strategy,
+            reason=reason,
+            requests=requests,
+            nodes=nodes,
+            wall_time=wall,
+            placements=placements,
+            sbatch_args=arguments,
+            su=su,
+            request_su=[round(su * share / sum(gpu_hours), 4) for share in gpu_hours],
             cost_usd=round(tasks * cost_usd(spec, nodes * spec.gpus_per_node, wall, context), 2),
         )
 
     result = [
-        allocation(Strategy.SINGLE, "the request asks to run alone (exclusive)", [index],
-                   nodes_needed(spec, request.gpu_count), request.max_runtime, _alone(spec, index, request))
+        allocation(
+            Strategy.SINGLE,
+            "the request asks to run alone (exclusive)",
+            [index],
+            nodes_needed(spec, request.gpu_count),
+            request.max_runtime,
+            _alone(spec, index, request),
+        )
         for index, request in indexed
         if request.exclusive
     ]
@@ -237,23 +260,46 @@ def _group_allocations(
     for (nodes, wall), members in shapes.items():
         if len(members) == 1:
             index, request = members[0]
-            result.append(allocation(Strategy.SINGLE, "it fills whole nodes and no other request has its shape",
-                                     [index], nodes, wall, _alone(spec, index, request)))
+            result.append(
+                allocation(
+                    Strategy.SINGLE,
+                    "it fills whole nodes and no other request has its shape",
+                    [index],
+                    nodes,
+                    wall,
+                    _alone(spec, index, request),
+                )
+            )
         else:
-            result.append(allocation(
-                Strategy.ARRAY,
-                f"each request fills {nodes} whole node(s) of {spec.gpus_per_node} GPUs, so none can share a node: "
-                f"one array replaces {len(members)} submissions, throttled to the {spec.max_jobs_per_user}-job cap",
-                [index for index, _ in members], nodes, wall, []))
-    shareable = [(index, request) for index, request in indexed if not request.exclusive and not _fills_nodes(spec, request)]
+            result.append(
+                allocation(
+                    Strategy.ARRAY,
+                    f"each request fills {nodes} whole node(s) of {spec.gpus_per_node} GPUs, so none can share a node: "
+                    f"one array replaces {len(members)} submissions, throttled to the {spec.max_jobs_per_user}-job cap",
+                    [index for index, _ in members],
+                    nodes,
+                    wall,
+                    [],
+                )
+            )
+    shareable = [
+        (index, request) for index, request in indexed if not request.exclusive and not _fills_nodes(spec, request)
+    ]
     if shareable:
         for nodes, placements in _pack(spec, shareable):
             wall = max(node.end() for node in nodes)
             requests = [placement.request for placement in placements]
-            strategy, reason = (Strategy.PACKED, (
-                f"{len(requests)} requests share {len(nodes)} whole node(s) of {spec.gpus_per_node} GPUs, each on its "
-                f"own GPUs, within {spec.max_nodes} nodes and the longest runtime")) if len(requests) > 1 else (
-                Strategy.SINGLE, "no other request to share its node with")
+            strategy, reason = (
+                (
+                    Strategy.PACKED,
+                    (
+                        f"{len(requests)} requests share {len(nodes)} whole node(s) of {spec.gpus_per_node} GPUs, each on its "
+                        f"own GPUs, within {spec.max_nodes} nodes and the longest runtime"
+                    ),
+                )
+                if len(requests) > 1
+                else (Strategy.SINGLE, "no other request to share its node with")
+            )
             result.append(allocation(strategy, reason, requests, len(nodes), wall, placements))
     return result
 
@@ -304,16 +350,23 @@ def pack_requests(
         for allocation in _group_allocations(specs[(system, queue)], agent, account, indexed, context)
     ]
     singles = [
-        _group_allocations(specs[(system, queue)], agent, account, [(index, request.model_copy(update={"exclusive": True}))], context)[0]
+        _group_allocations(
+            specs[(system, queue)], agent, account, [(index, request.model_copy(update={"exclusive": True}))], context
+        )[0]
         for (system, queue, agent, account), indexed in groups.items()
         for index, request in indexed
     ]
-    plan = BatchPlan(allocations=allocations, packed=_figures(allocations, specs), one_per_request=_figures(singles, specs))
+    plan = BatchPlan(
+        allocations=allocations, packed=_figures(allocations, specs), one_per_request=_figures(singles, specs)
+    )
     for user, su in plan.su_by_user(requests).items():
         left = (su_left or {}).get(user)
         if left is not None and su > left:
-            raise PlanRefused("user_id", f"the batch may charge {user} {su:g} SUs (their share of the packed plan), "
-                                         f"more than the {max(left, 0.0):g} SUs left of their budget")
+            raise PlanRefused(
+                "user_id",
+                f"the batch may charge {user} {su:g} SUs (their share of the packed plan), "
+                f"more than the {max(left, 0.0):g} SUs left of their budget",
+            )
     return plan
 
 

@@ -26,7 +26,8 @@ class PlanningContext(BaseModel):
 
     usd_per_gpu_hour: float = 0.35
     usd_per_gpu_hour_by_type: dict[str, float] = Field(
-        default_factory=dict, description="Dollar rates per GPU type (the catalog's gpu_type), as accounting charges them"
+        default_factory=dict,
+        description="Dollar rates per GPU type (the catalog's gpu_type), as accounting charges them",
     )
     cost_warning_usd: float = 100.0
     su_budget: float | None = Field(default=None, description="The user's SU budget, if any")
@@ -47,9 +48,8 @@ def nodes_needed(spec: QueueSpec, gpu_count: int) -> int:
 
 
 def _fits(spec: QueueSpec, request: JobRequest) -> bool:
-    return (
-        nodes_needed(spec, request.gpu_count) <= spec.max_nodes
-        and request.max_runtime <= timedelta(hours=spec.max_wall_hours)
+    return nodes_needed(spec, request.gpu_count) <= spec.max_nodes and request.max_runtime <= timedelta(
+        hours=spec.max_wall_hours
     )
 
 
@@ -60,7 +60,9 @@ def check_agent(request: JobRequest) -> None:
         PlanRefused: When the agent is unknown.
     """
     if request.agent not in known_agents():
-        raise PlanRefused("agent", f"unknown agent {request.agent!r}; known agents: {', '.join(sorted(known_agents()))}")
+        raise PlanRefused(
+            "agent", f"unknown agent {request.agent!r}; known agents: {', '.join(sorted(known_agents()))}"
+        )
 
 
 def cost_usd(spec: QueueSpec, gpus: int, duration: timedelta, context: PlanningContext) -> float:
@@ -86,7 +88,9 @@ def choose_queue(request: JobRequest) -> QueueSpec:
         spec = find_queue(request.system.value, request.queue)
         if spec is None:
             allowed = ", ".join(q.queue for q in queues)
-            raise PlanRefused("queue", f"{request.queue!r} is not a GPU queue of {request.system.value}; use one of {allowed}")
+            raise PlanRefused(
+                "queue", f"{request.queue!r} is not a GPU queue of {request.system.value}; use one of {allowed}"
+            )
         nodes = nodes_needed(spec, request.gpu_count)
         if nodes > spec.max_nodes:
             raise PlanRefused(

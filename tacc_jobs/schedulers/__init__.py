@@ -11,4 +11,12 @@ from tacc_jobs.schedulers.base import (
     SchedulerJobState,
 )
 
-__all__ = ["FileTail", "JobSubmission", "JobsSnapshot", "SACCT_FIELDS", "QueueResources", "Scheduler", "SchedulerJobState"]
+__all__ = [
+    "FileTail",
+    "JobSubmission",
+    "JobsSnapshot",
+    "SACCT_FIELDS",
+    "QueueResources",
+    "Scheduler",
+    "SchedulerJobState",
+]

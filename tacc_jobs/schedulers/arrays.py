@@ -120,12 +120,18 @@ def reported_task_ids(job_id: str, wanted: Iterable[str]) -> list[str]:
     if match is None:
         return []
     indexes = set(parse_array_spec(match.group(2))[0])
-    return [task for task in wanted if array_job_id(task) == match.group(1) and task.partition("_")[2].isdigit()
-            and int(task.partition("_")[2]) in indexes]
+    return [
+        task
+        for task in wanted
+        if array_job_id(task) == match.group(1)
+        and task.partition("_")[2].isdigit()
+        and int(task.partition("_")[2]) in indexes
+    ]
 
 
-def render_array(name: str, members: Sequence[PackedMember], sbatch_args: list[str], scratch_root: str,
-                 runtime: AgentRuntime) -> JobSubmission:
+def render_array(
+    name: str, members: Sequence[PackedMember], sbatch_args: list[str], scratch_root: str, runtime: AgentRuntime
+) -> JobSubmission:
     """The submission of a job array named `name`: task i (`SLURM_ARRAY_TASK_ID`) runs the
     `member.sh` of the member whose `array_index` is i in that member's own job directory (its
     output appended to the member's `stdout.log`/`stderr.log`); the member scripts are files
@@ -143,20 +149,35 @@ def render_array(name: str, members: Sequence[PackedMember], sbatch_args: list[s
     cases = []
     for member in members:
         paths = JobPaths.for_job(scratch_root, member.record.id, member.record.dataset_id)
-        files[posixpath.join(paths.work_dir, "member.sh")] = render_member_script(member.record.id, member.request, paths, runtime)
+        files[posixpath.join(paths.work_dir, "member.sh")] = render_member_script(
+            member.record.id, member.request, paths, runtime
+        )
         cases.append(f"  {member.record.array_index}) work_dir={shlex.quote(paths.work_dir)} ;;")
     stdout, stderr = posixpath.join(work_dir, "stdout-%a.log"), posixpath.join(work_dir, "stderr-%a.log")
     agents = sorted({member.request.agent for member in members})
-    script = "\n".join([
-        *script_header(name, stdout, stderr, sbatch_directives(arguments)),
-        f"# job array of {len(members)} {'/'.join(agents)} requests, rendered by tacc-orchestrator: task i runs member i",
-        'case "${SLURM_ARRAY_TASK_ID:?not a job array task}" in',
-        *cases,
-        '  *) echo "no member for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
-        "esac",
-        f'if [ -e "$work_dir/{CANCEL_FILE}" ]; then echo "array task $SLURM_ARRAY_TASK_ID was cancelled before it started" >&2; exit 0; fi',
-        'cd "$work_dir" || exit 1',
-        "exec bash member.sh >>stdout.log 2>>stderr.log",
-    ]) + "\n"
-    return JobSubmission(name=name, script=script, work_dir=work_dir, stdout_path=stdout, stderr_path=stderr,
-                         sbatch_args=arguments, agent=agents[0], files=files)
+    script = (
+        "\n".join(
+            [
+                *script_header(name, stdout, stderr, sbatch_directives(arguments)),
+                f"# job array of {len(members)} {'/'.join(agents)} requests, rendered by tacc-orchestrator: task i runs member i",
+                'case "${SLURM_ARRAY_TASK_ID:?not a job array task}" in',
+                *cases,
+                '  *) echo "no member for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
+                "esac",
+                f'if [ -e "$work_dir/{CANCEL_FILE}" ]; then echo "array task $SLURM_ARRAY_TASK_ID was cancelled before it started" >&2; exit 0; fi',
+                'cd "$work_dir" || exit 1',
+                "exec bash member.sh >>stdout.log 2>>stderr.log",
+            ]
+        )
+        + "\n"
+    )
+    return JobSubmission(
+        name=name,
+        script=script,
+        work_dir=work_dir,
+        stdout_path=stdout,
+        stderr_path=stderr,
+        sbatch_args=arguments,
+        agent=agents[0],
+        files=files,
+    )

@@ -10,8 +10,25 @@ from pydantic import BaseModel, Field
 
 from tacc_jobs.models import JobStatus
 
-SACCT_FIELDS = ("JobID", "User", "Account", "Partition", "State", "ExitCode", "Submit", "Eligible", "Start", "End",
-                "Elapsed", "Timelimit", "NNodes", "AllocTRES", "TRESUsageInTot", "MaxRSS", "JobName")
+SACCT_FIELDS = (
+    "JobID",
+    "User",
+    "Account",
+    "Partition",
+    "State",
+    "ExitCode",
+    "Submit",
+    "Eligible",
+    "Start",
+    "End",
+    "Elapsed",
+    "Timelimit",
+    "NNodes",
+    "AllocTRES",
+    "TRESUsageInTot",
+    "MaxRSS",
+    "JobName",
+)
 """The accounting fields every backend reports, in this order (`sacct --format`). JobName, the
 one free-text field, comes last, so a name holding the delimiter cannot shift the others."""
 
@@ -75,7 +92,8 @@ class SchedulerJobState(BaseModel):
     end: datetime | None = None
     submit: datetime | None = Field(default=None, description="When the job (this attempt) was submitted")
     in_queue: bool = Field(
-        default=False, description="Whether the controller still holds the job (squeue lists it): an end it shows may be followed by a requeue"
+        default=False,
+        description="Whether the controller still holds the job (squeue lists it): an end it shows may be followed by a requeue",
     )
     status: JobStatus | None = Field(
         default=None, description="The store's status, when the backend maps its own states (Tapis); else from `state`"
@@ -103,7 +121,9 @@ class JobsSnapshot(BaseModel):
     """What one poll of many jobs saw: their states and their files."""
 
     states: dict[str, SchedulerJobState] = Field(description="As `Scheduler.states` answers")
-    files: dict[str, FileTail] = Field(description="As `Scheduler.read_files` answers, and the result files of ended jobs")
+    files: dict[str, FileTail] = Field(
+        description="As `Scheduler.read_files` answers, and the result files of ended jobs"
+    )
 
 
 class Scheduler(Protocol):
@@ -123,13 +143,15 @@ class Scheduler(Protocol):
         """The state of every job (scheduler job id -> job name), in one call; a job the scheduler
         does not know, or knows only under another name (a reused id), is left out."""
 
-    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
-             limit: int = 65536) -> JobsSnapshot:
+    def poll(
+        self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str], limit: int = 65536
+    ) -> JobsSnapshot:
         """What a tracker asks each time, in one call: `states(jobs)`, `read_files(offsets, limit)`,
         and whole, for each job the answer shows ended, its result file (`results`: job id -> path)."""
 
     def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
-        """The newest job of each name submitted since `since`, in one call; names with none are left out."""
+        """The first job of each name submitted since `since`, in one call; names with none are left
+        out. (The orchestrator submits a name once: a later job of it is a copy run by hand.)"""
 
     def abandon(self, name: str, work_dir: str, since: datetime) -> SchedulerJobState | None:
         """Make sure no job of this name will run untracked: the job when one was submitted,

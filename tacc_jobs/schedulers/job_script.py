@@ -127,7 +127,9 @@ def job_environment(job_id: uuid.UUID, request: JobRequest, paths: JobPaths, run
     }
 
 
-def render_job_script(job_id: uuid.UUID, request: JobRequest, plan: Plan, paths: JobPaths, runtime: AgentRuntime) -> str:
+def render_job_script(
+    job_id: uuid.UUID, request: JobRequest, plan: Plan, paths: JobPaths, runtime: AgentRuntime
+) -> str:
     """Render the batch script: `#!/bin/bash`, every `#SBATCH` line, quoted exports, the agent's body.
 
     Every value that reaches the shell goes through `shlex.quote`; identifiers were validated
@@ -139,7 +141,9 @@ def render_job_script(job_id: uuid.UUID, request: JobRequest, plan: Plan, paths:
         ```
     """
     body = render_member_script(job_id, request, paths, runtime).removeprefix("#!/bin/bash\n")
-    return "\n".join([*script_header(scheduler_job_name(job_id), paths.stdout, paths.stderr, plan.sbatch_directives), body])
+    return "\n".join(
+        [*script_header(scheduler_job_name(job_id), paths.stdout, paths.stderr, plan.sbatch_directives), body]
+    )
 
 
 def script_header(name: str, stdout: str, stderr: str, directives: list[str]) -> list[str]:
@@ -164,7 +168,10 @@ def render_member_script(job_id: uuid.UUID, request: JobRequest, paths: JobPaths
     lines = [
         "#!/bin/bash",
         f"# {request.agent} on {request.dataset_id} for {request.user_id}, rendered by tacc-orchestrator",
-        *(f"export {name}={shlex.quote(value)}" for name, value in job_environment(job_id, request, paths, runtime).items()),
+        *(
+            f"export {name}={shlex.quote(value)}"
+            for name, value in job_environment(job_id, request, paths, runtime).items()
+        ),
         WRITE_PARAMS,
         agent_template(request.agent),
     ]

@@ -110,7 +110,9 @@ def parse_sbatch_args(arguments: Sequence[str]) -> dict[str, str]:
     options = dict(zip(arguments[::2], arguments[1::2]))
     for flag in options:
         if flag.startswith(("--gres", "--gpus", "--mem")):
-            raise PermanentSchedulerError(f"sbatch: error: {flag} is not supported at TACC; request whole nodes with -N")
+            raise PermanentSchedulerError(
+                f"sbatch: error: {flag} is not supported at TACC; request whole nodes with -N"
+            )
         if flag not in _SUPPORTED_OPTIONS:
             raise PermanentSchedulerError(f"sbatch: error: unrecognized option {flag!r}")
     return {**options, "--hold": ""} if held else options
@@ -123,7 +125,7 @@ class LocalScheduler:
         ```python
         cluster = LocalScheduler(Path("~/.tacc-orchestrator/local-cluster").expanduser())
         job_id = cluster.submit(submission)
-        cluster.states([job_id])[job_id].state  # 'PENDING', then 'RUNNING', ...
+        cluster.states({job_id: submission.name})[job_id].state  # 'PENDING', then 'RUNNING', ...
         ```
     """
 
@@ -163,8 +165,10 @@ class LocalScheduler:
         _write_json(self.job_dir(job_id) / "state.json", state)
 
     def _job_ids(self) -> list[str]:
-        return sorted((p.name for p in self.jobs_dir.iterdir() if (p / "state.json").exists()),
-                      key=lambda job_id: [int(part) for part in job_id.split("_")])
+        return sorted(
+            (p.name for p in self.jobs_dir.iterdir() if (p / "state.json").exists()),
+            key=lambda job_id: [int(part) for part in job_id.split("_")],
+        )
 
     def _indexed(self, name: str) -> Path:
         """The index directory `name` (hold `locked()`), built from every job when missing."""
@@ -193,12 +197,16 @@ class LocalScheduler:
         than the throttle of its other tasks run, and no task before it still waits (Slurm
         starts an array's tasks in index order)."""
         running = self._indexed("running")
-        siblings = [array_task_id(job.array_job_id or "", index) for index in job.array_tasks if index != job.array_task_id]
+        siblings = [
+            array_task_id(job.array_job_id or "", index) for index in job.array_tasks if index != job.array_task_id
+        ]
         if job.array_throttle is not None and sum((running / task).exists() for task in siblings) >= job.array_throttle:
             return False
-        earlier = siblings[:job.array_tasks.index(job.array_task_id)] if job.array_task_id in job.array_tasks else []
-        return not any(self.read_state(task)["state"] == "PENDING" and self.read_state(task).get("reason") != HELD_REASON
-                       for task in earlier)
+        earlier = siblings[: job.array_tasks.index(job.array_task_id)] if job.array_task_id in job.array_tasks else []
+        return not any(
+            self.read_state(task)["state"] == "PENDING" and self.read_state(task).get("reason") != HELD_REASON
+            for task in earlier
+        )
 
     def submit(self, job: JobSubmission) -> str:
         """Write the script, record the job PENDING and start its supervisor; with `--array
@@ -226,7 +234,9 @@ class LocalScheduler:
             if (found := self._find_locked([job.name])).get(job.name):
                 return array_job_id(found[job.name].job_id)
             if (work_dir / ABANDONED).exists():
-                raise PermanentSchedulerError(f"sbatch: {job.name} was abandoned by watch-jobs (its record ended before the job was submitted)")
+                raise PermanentSchedulerError(
+                    f"sbatch: {job.name} was abandoned by watch-jobs (its record ended before the job was submitted)"
+                )
             script_path.write_text(job.script)
             for path, text in job.files.items():
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -251,8 +261,16 @@ class LocalScheduler:
                     stdout_path=_array_path(job.stdout_path, job_id, index),
                     stderr_path=_array_path(job.stderr_path, job_id, index),
                     submit=submitted,
-                    **({"array_job_id": job_id, "array_task_id": index, "array_tasks": indexes, "array_throttle": throttle}
-                       if index is not None else {}),
+                    **(
+                        {
+                            "array_job_id": job_id,
+                            "array_task_id": index,
+                            "array_tasks": indexes,
+                            "array_throttle": throttle,
+                        }
+                        if index is not None
+                        else {}
+                    ),
                 )
                 _write_json(self.job_dir(task) / "job.json", record.model_dump(mode="json"))
                 self.write_state(task, {"state": "PENDING", "reason": HELD_REASON if "--hold" in options else "None"})
@@ -273,7 +291,12 @@ class LocalScheduler:
         self._start_supervisor(job_id)
 
     def _start_supervisor(self, job_id: str) -> None:
-        with (self.job_dir(job_id) / "supervisor.log").open("w") as supervisor_log:
+        with self.locked():
+            self._spawn_supervisor(job_id)
+
+    def _spawn_supervisor(self, job_id: str) -> None:
+        """Start the job's supervisor and record its pid; the caller holds the cluster's lock."""
+        with (self.job_dir(job_id) / "supervisor.log").open("a") as supervisor_log:
             supervisor = subprocess.Popen(
                 [sys.executable, "-m", "tacc_jobs.schedulers.local_supervisor", str(self.root), job_id],
                 stdin=subprocess.DEVNULL,
@@ -282,30 +305,49 @@ class LocalScheduler:
                 start_new_session=True,
                 close_fds=True,
             )
-        with self.locked():
-            state = self.read_state(job_id)
-            state["supervisor_pid"] = supervisor.pid
-            self.write_state(job_id, state)
+        state = self.read_state(job_id)
+        state["supervisor_pid"] = supervisor.pid
+        self.write_state(job_id, state)
 
     def _state(self, job_id: str, name: str) -> SchedulerJobState:
         state = self.read_state(job_id)
-        if state["state"] == "RUNNING" and state.get("supervisor_pid") and not process_alive(state["supervisor_pid"]):
-            state = self.read_state(job_id)  # it may have recorded the end just before exiting
-            if state["state"] == "RUNNING":
+        if (
+            state.get("supervisor_pid")
+            and state["state"] in ("PENDING", "RUNNING")
+            and not process_alive(state["supervisor_pid"])
+        ):
+            with self.locked():
+                state = self.read_state(job_id)  # it may have recorded the end, or been revived, meanwhile
+                if state["state"] == "PENDING" and not process_alive(state["supervisor_pid"]):
+                    self._spawn_supervisor(job_id)  # as slurmctld keeps a pending job: it waits for nodes again
+                    state = self.read_state(job_id)
+            if state["state"] == "RUNNING" and not process_alive(state["supervisor_pid"]):
                 state = {**state, "state": "NODE_FAIL", "reason": "supervisor lost"}
-        return SchedulerJobState(job_id=job_id, name=name, state=state["state"], reason=state.get("reason"),
-                                 exit_code=state.get("exit_code"), start=state.get("start"), end=state.get("end"))
+        return SchedulerJobState(
+            job_id=job_id,
+            name=name,
+            state=state["state"],
+            reason=state.get("reason"),
+            exit_code=state.get("exit_code"),
+            start=state.get("start"),
+            end=state.get("end"),
+        )
 
     def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
         """Every listed job's state (id -> name; another name under the id is not that job), read from disk."""
         found = {}
         for job_id, name in jobs.items():
-            if JOB_ID.fullmatch(job_id) and (self.job_dir(job_id) / "state.json").exists() and self.load_job(job_id).name == name:
+            if (
+                JOB_ID.fullmatch(job_id)
+                and (self.job_dir(job_id) / "state.json").exists()
+                and self.load_job(job_id).name == name
+            ):
                 found[job_id] = self._state(job_id, name)
         return found
 
-    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
-             limit: int = 65536) -> JobsSnapshot:
+    def poll(
+        self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str], limit: int = 65536
+    ) -> JobsSnapshot:
         """States, file tails, and the result files of ended jobs, read from disk."""
         return poll_in_parts(self, jobs, offsets, results, limit)
 
@@ -319,7 +361,7 @@ class LocalScheduler:
         return found
 
     def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
-        """The newest job of each name (the embedded cluster keeps every job, so `since` needs no bound)."""
+        """The job of each name (the embedded cluster keeps every job, so `since` needs no bound)."""
         with self.locked():
             return self._find_locked(names)
 
@@ -369,10 +411,23 @@ class LocalScheduler:
             elapsed = int(((ended or utcnow()) - started).total_seconds()) if started else 0
             gpus = job.nodes * self.queues[job.partition].gpus_per_node
             yield [
-                job_id, job.user, job.account or "", job.partition, state["state"], state.get("exit_code") or "0:0",
-                _sacct_time(job.submit), _sacct_time(job.submit), _sacct_time(started), _sacct_time(ended),
-                format_walltime(timedelta(seconds=elapsed)), format_walltime(timedelta(seconds=job.time_limit_seconds)),
-                str(job.nodes), f"billing={job.nodes},node={job.nodes},gres/gpu={gpus}", "", "", job.name,
+                job_id,
+                job.user,
+                job.account or "",
+                job.partition,
+                state["state"],
+                state.get("exit_code") or "0:0",
+                _sacct_time(job.submit),
+                _sacct_time(job.submit),
+                _sacct_time(started),
+                _sacct_time(ended),
+                format_walltime(timedelta(seconds=elapsed)),
+                format_walltime(timedelta(seconds=job.time_limit_seconds)),
+                str(job.nodes),
+                f"billing={job.nodes},node={job.nodes},gres/gpu={gpus}",
+                "",
+                "",
+                job.name,
             ]
 
     def allocated_nodes(self) -> int:
@@ -386,8 +441,11 @@ class LocalScheduler:
         idle = self.total_nodes - allocated
         return [
             QueueResources(
-                queue=spec.queue, nodes_total=self.total_nodes, nodes_allocated=allocated,
-                nodes_idle=idle, gpus_idle=idle * spec.gpus_per_node,
+                queue=spec.queue,
+                nodes_total=self.total_nodes,
+                nodes_allocated=allocated,
+                nodes_idle=idle,
+                gpus_idle=idle * spec.gpus_per_node,
             )
             for spec in self.queues.values()
         ]

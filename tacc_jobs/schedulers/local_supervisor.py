@@ -55,9 +55,17 @@ def _job_environment(cluster: LocalScheduler, job_id: str) -> dict[str, str]:
         "SLURM_JOB_NUM_NODES": str(job.nodes),
         "SLURM_NNODES": str(job.nodes),
         "SLURM_SUBMIT_DIR": job.work_dir,
-        **({"SLURM_ARRAY_JOB_ID": job.array_job_id, "SLURM_ARRAY_TASK_ID": str(job.array_task_id),
-            "SLURM_ARRAY_TASK_COUNT": str(len(job.array_tasks)), "SLURM_ARRAY_TASK_MIN": str(min(job.array_tasks)),
-            "SLURM_ARRAY_TASK_MAX": str(max(job.array_tasks))} if job.array_job_id is not None else {}),
+        **(
+            {
+                "SLURM_ARRAY_JOB_ID": job.array_job_id,
+                "SLURM_ARRAY_TASK_ID": str(job.array_task_id),
+                "SLURM_ARRAY_TASK_COUNT": str(len(job.array_tasks)),
+                "SLURM_ARRAY_TASK_MIN": str(min(job.array_tasks)),
+                "SLURM_ARRAY_TASK_MAX": str(max(job.array_tasks)),
+            }
+            if job.array_job_id is not None
+            else {}
+        ),
     }
 
 

@@ -48,8 +48,15 @@ def slurm_only_directives(sbatch_args: list[str]) -> list[str]:
     return [f"#SBATCH --signal=B:USR1@{warning}", "#SBATCH --open-mode=append"]
 
 
-def render_allocation(name: str, members: list[PackedMember], sbatch_args: list[str], gpus_per_node: int,
-                      scratch_root: str, runtime: AgentRuntime, placement: Literal["srun", "local"]) -> JobSubmission:
+def render_allocation(
+    name: str,
+    members: list[PackedMember],
+    sbatch_args: list[str],
+    gpus_per_node: int,
+    scratch_root: str,
+    runtime: AgentRuntime,
+    placement: Literal["srun", "local"],
+) -> JobSubmission:
     """The submission of a packed allocation named `name`: the batch script (the allocation's
     `#SBATCH` lines, its logs in the allocation's directory, the interpreter and agents' home
     exported, then the launcher), with `manifest.json` and every member's `member.sh` as files
@@ -67,20 +74,43 @@ def render_allocation(name: str, members: list[PackedMember], sbatch_args: list[
         paths = JobPaths.for_job(scratch_root, member.record.id, member.record.dataset_id)
         script = posixpath.join(paths.work_dir, "member.sh")
         files[script] = render_member_script(member.record.id, member.request, paths, runtime)
-        manifest_members.append(ManifestMember(name=scheduler_job_name(member.record.id), gpus=member.request.gpu_count,
-                                               work_dir=paths.work_dir, script=script,
-                                               runtime_seconds=member.request.max_runtime.total_seconds()))
+        manifest_members.append(
+            ManifestMember(
+                name=scheduler_job_name(member.record.id),
+                gpus=member.request.gpu_count,
+                work_dir=paths.work_dir,
+                script=script,
+                runtime_seconds=member.request.max_runtime.total_seconds(),
+            )
+        )
     manifest = Manifest(version=1, placement=placement, gpus_per_node=gpus_per_node, members=manifest_members)
     files[posixpath.join(work_dir, "manifest.json")] = manifest.model_dump_json(indent=2)
     stdout, stderr = posixpath.join(work_dir, "stdout.log"), posixpath.join(work_dir, "stderr.log")
-    environment = {"TACC_PYTHON": runtime.python, "TACC_AGENT_HOME": runtime.agent_home, "TACC_AGENT_IMAGE": runtime.image or ""}
+    environment = {
+        "TACC_PYTHON": runtime.python,
+        "TACC_AGENT_HOME": runtime.agent_home,
+        "TACC_AGENT_IMAGE": runtime.image or "",
+    }
     agents = sorted({member.request.agent for member in members})
-    script = "\n".join([
-        *script_header(name, stdout, stderr, sbatch_directives(sbatch_args)),
-        *(slurm_only_directives(sbatch_args) if placement == "srun" else []),
-        f"# packed allocation of {len(members)} {'/'.join(agents)} requests, rendered by tacc-orchestrator",
-        *(f"export {variable}={shlex.quote(value)}" for variable, value in environment.items()),
-        *launcher_lines(work_dir),
-    ]) + "\n"
-    return JobSubmission(name=name, script=script, work_dir=work_dir, stdout_path=stdout, stderr_path=stderr,
-                         sbatch_args=sbatch_args, agent=agents[0], files=files)
+    script = (
+        "\n".join(
+            [
+                *script_header(name, stdout, stderr, sbatch_directives(sbatch_args)),
+                *(slurm_only_directives(sbatch_args) if placement == "srun" else []),
+                f"# packed allocation of {len(members)} {'/'.join(agents)} requests, rendered by tacc-orchestrator",
+                *(f"export {variable}={shlex.quote(value)}" for variable, value in environment.items()),
+                *launcher_lines(work_dir),
+            ]
+        )
+        + "\n"
+    )
+    return JobSubmission(
+        name=name,
+        script=script,
+        work_dir=work_dir,
+        stdout_path=stdout,
+        stderr_path=stderr,
+        sbatch_args=sbatch_args,
+        agent=agents[0],
+        files=files,
+    )

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from tacc_jobs.exceptions import (
+    JobCapReached,
     PermanentSchedulerError,
     SchedulerError,
     TransientSchedulerError,
@@ -111,9 +112,11 @@ exec scancel "$1"
 # <output, base64>` (an array task asked as its array job, which lists every task and those that
 # never started, `123_[4-9%2]`; a failed sacct does not stop the poll: the caller decides); then
 # `file <size>\t<tail, base64>` per file, in order. A missing file costs no process. A failed
-# squeue stops it with squeue's status.
+# squeue stops it with squeue's status. sacct is asked in chunks of $2 jobs (one `sacct <status>
+# ...` line each): one argument holds at most 128 KiB, so --name= of every job left after an
+# outage (thousands of names) would not run at all.
 POLL_PROGRAM = r"""
-limit=$1
+limit=$1 chunk=$2
 declare -A want
 while IFS=' ' read -r id name && [ "$id" != "--" ]; do want[$id]=$name; done
 if [ ${#want[@]} -gt 0 ]; then
@@ -122,12 +125,14 @@ if [ ${#want[@]} -gt 0 ]; then
   while IFS='|' read -r id state _ _ _ _ name; do
     if [ -n "$id" ] && [ "${want[$id]-}" = "$name" ] && [[ " $SETTLED " == *" $state "* ]]; then unset 'want[$id]'; fi
   done <<< "$queue"
-  if [ ${#want[@]} -gt 0 ]; then
-    ids=$(for id in "${!want[@]}"; do printf '%s\n' "${id%%_*}"; done | sort -u | paste -sd,)
-    names=$(printf '%s\n' "${want[@]}" | sort -u | paste -sd,)
+  left=("${!want[@]}")
+  for ((first = 0; first < ${#left[@]}; first += chunk)); do
+    part=("${left[@]:first:chunk}")
+    ids=$(for id in "${part[@]}"; do printf '%s\n' "${id%%_*}"; done | sort -u | paste -sd,)
+    names=$(for id in "${part[@]}"; do printf '%s\n' "${want[$id]}"; done | sort -u | paste -sd,)
     accounted=$(sacct --noheader -X --parsable2 --jobs="$ids" --name="$names" --format="$ACCOUNTED_FORMAT"); status=$?
     printf 'sacct %s %s\n' "$status" "$(printf '%s' "$accounted" | base64 -w0)"
-  fi
+  done
 fi
 while IFS= read -r -d '' file && IFS= read -r -d '' offset; do
   if [ -f "$file" ]; then
@@ -140,6 +145,9 @@ while IFS= read -r -d '' file && IFS= read -r -d '' offset; do
   fi
 done
 """
+NAMES_PER_COMMAND = 500
+"""Job names in one `--name=` argument: 500 of at most 128 characters stay below Linux's 128 KiB
+for one argument (MAX_ARG_STRLEN), with room to spare."""
 SETTLED_BY_SQUEUE = IN_QUEUE_STATES | MAY_BE_REQUEUED
 """States squeue tells whole: a job in one of them needs no look-up in accounting."""
 ACCOUNTED_FORMAT = "JobID,State,ExitCode,Start,End,Reason,JobName"
@@ -150,12 +158,30 @@ _TRANSIENT = re.compile(
     r"|slurm_persist_conn_open|Broken pipe",
     re.IGNORECASE,
 )
+_JOB_CAP = re.compile(r"(?:QOS|Assoc)(?:Max|Grp)(?:SubmitJobs?|Jobs)\w*Limit")
+"""The names sbatch gives a refusal over a count of queued jobs (QOSMaxSubmitJobPerUserLimit,
+AssocMaxSubmitJobLimit, ...), which waiting fixes, unlike a size or time limit."""
 _ADVICE = (
-    (re.compile(r"Invalid account", re.I), "check the allocation (TaccCredentials.allocation, sbatch -A): it must be one of your active TACC projects"),
-    (re.compile(r"invalid partition", re.I), "the queue does not exist on this system; use one listed in tacc_jobs/planning/tacc_queues.csv"),
-    (re.compile(r"violates accounting/QOS policy|QOSMax|AssocMax", re.I), "the job exceeds a queue limit (nodes, wall time or jobs per user); lower the request or wait for running jobs"),
-    (re.compile(r"time limit", re.I), "the wall time exceeds the queue's limit; lower max_runtime or choose another queue"),
-    (re.compile(r"node configuration is not available", re.I), "no node set in this queue can satisfy the request; lower gpu_count"),
+    (
+        re.compile(r"Invalid account", re.I),
+        "check the allocation (TaccCredentials.allocation, sbatch -A): it must be one of your active TACC projects",
+    ),
+    (
+        re.compile(r"invalid partition", re.I),
+        "the queue does not exist on this system; use one listed in tacc_jobs/planning/tacc_queues.csv",
+    ),
+    (
+        re.compile(r"violates accounting/QOS policy|QOSMax|AssocMax", re.I),
+        "the job exceeds a queue limit (nodes, wall time or jobs per user); lower the request or wait for running jobs",
+    ),
+    (
+        re.compile(r"time limit", re.I),
+        "the wall time exceeds the queue's limit; lower max_runtime or choose another queue",
+    ),
+    (
+        re.compile(r"node configuration is not available", re.I),
+        "no node set in this queue can satisfy the request; lower gpu_count",
+    ),
 )
 
 
@@ -164,7 +190,9 @@ class Transport(Protocol):
 
     commands_run: int
 
-    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run one command on the cluster."""
 
     def stream(self, argv: Sequence[str]) -> Iterator[str]:
@@ -172,12 +200,23 @@ class Transport(Protocol):
 
 
 def scheduler_error(command: str, completed: subprocess.CompletedProcess[str]) -> SchedulerError:
-    """A transient error to retry, or a permanent one that says what to fix."""
+    """A transient error to retry, a cap on queued jobs to wait out, or a permanent refusal that
+    says what to fix."""
     message = (completed.stderr or completed.stdout).strip() or f"exit status {completed.returncode}"
     if completed.returncode == SLURM_UNAVAILABLE or _TRANSIENT.search(message):
         return TransientSchedulerError(f"{command}: {message}")
+    if _JOB_CAP.search(message):
+        return JobCapReached(f"{command}: {message}")
     advice = next((text for pattern, text in _ADVICE if pattern.search(message)), None)
     return PermanentSchedulerError(f"{command}: {message}" + (f" ({advice})" if advice else ""))
+
+
+def _first_submitted(state: SchedulerJobState, kept: SchedulerJobState) -> bool:
+    """Whether `state` replaces `kept` as its name's job: an earlier submission, not the same job
+    told again by accounting (squeue's word on a job in the queue stands)."""
+    if state.job_id == kept.job_id:
+        return False
+    return (state.submit or EPOCH) < (kept.submit or EPOCH)
 
 
 def _slurm_time(text: str) -> datetime | None:
@@ -195,9 +234,16 @@ def _parse_job_line(line: str, in_queue: bool) -> SchedulerJobState:
     """One `SQUEUE_FORMAT`/`SACCT_FORMAT` line: id|state|reason|start|end|submit|name."""
     job_id, state, reason, start, end, submit, name = (line.split("|", 6) + [""] * 6)[:7]
     waiting = state in WAITING_STATES  # %S of a pending job is a forecast, %e of a running one too
-    return SchedulerJobState(job_id=job_id, name=name, state=state, reason=reason, in_queue=in_queue,
-                             start=None if waiting else _slurm_time(start),
-                             end=_slurm_time(end) if state not in IN_QUEUE_STATES else None, submit=_slurm_time(submit))
+    return SchedulerJobState(
+        job_id=job_id,
+        name=name,
+        state=state,
+        reason=reason,
+        in_queue=in_queue,
+        start=None if waiting else _slurm_time(start),
+        end=_slurm_time(end) if state not in IN_QUEUE_STATES else None,
+        submit=_slurm_time(submit),
+    )
 
 
 def _for_wanted(wanted: Mapping[str, str], states: Iterable[SchedulerJobState]) -> Iterator[SchedulerJobState]:
@@ -231,7 +277,7 @@ class SlurmScheduler:
         ```python
         with TaccCredentials.load("ls6").get_client() as connection:
             slurm = SlurmScheduler(connection, system="ls6", scratch_root="/scratch/01234/jdoe/tacc")
-            slurm.states(["123", "124"])
+            slurm.states({"123": "tacc-6f1c...", "124": "tacc-8a0d..."})
         ```
     """
 
@@ -244,14 +290,31 @@ class SlurmScheduler:
             raise scheduler_error(label or argv[0], completed)
         return completed.stdout
 
-    def _submit_program(self, mode: str, name: str, work_dir: str, since: datetime, *options: str,
-                        script: str | None = None) -> SchedulerJobState | str | None:
+    def _submit_program(
+        self, mode: str, name: str, work_dir: str, since: datetime, *options: str, script: str | None = None
+    ) -> SchedulerJobState | str | None:
         """Run `SUBMIT_PROGRAM`: the job found by name, the new job's id, or None once abandoned."""
         if not JOB_NAME.fullmatch(name):
             raise PermanentSchedulerError(f"job name {name!r} is not a safe Slurm job name")
-        output = self._run(["env", f"SQUEUE_FORMAT={SQUEUE_FORMAT}", f"SACCT_FORMAT={SACCT_FORMAT}", f"END_OF_FILES={END_OF_FILES}",
-                            "bash", "-c", SUBMIT_PROGRAM, mode, mode, name, work_dir, _sacct_time_argument(since), *options],
-                           stdin=script, label="sbatch" if mode == "submit" else "abandon")
+        output = self._run(
+            [
+                "env",
+                f"SQUEUE_FORMAT={SQUEUE_FORMAT}",
+                f"SACCT_FORMAT={SACCT_FORMAT}",
+                f"END_OF_FILES={END_OF_FILES}",
+                "bash",
+                "-c",
+                SUBMIT_PROGRAM,
+                mode,
+                mode,
+                name,
+                work_dir,
+                _sacct_time_argument(since),
+                *options,
+            ],
+            stdin=script,
+            label="sbatch" if mode == "submit" else "abandon",
+        )
         last = output.strip().splitlines()[-1] if output.strip() else ""
         if last.startswith("found "):
             source, _, line = last.removeprefix("found ").partition(" ")
@@ -271,7 +334,11 @@ class SlurmScheduler:
         files = {posixpath.join(job.work_dir, "job.sbatch"): job.script, **job.files}
         if any("\t" in path or "\n" in path for path in files):
             raise PermanentSchedulerError(f"{job.name}: a file path holds a tab or a newline")
-        stdin = "".join(f"{path}\t{base64.b64encode(text.encode()).decode()}\n" for path, text in files.items()) + END_OF_FILES + "\n"
+        stdin = (
+            "".join(f"{path}\t{base64.b64encode(text.encode()).decode()}\n" for path, text in files.items())
+            + END_OF_FILES
+            + "\n"
+        )
         result = self._submit_program("submit", job.name, job.work_dir, since, *options, script=stdin)
         assert result is not None
         return array_job_id(result.job_id) if isinstance(result, SchedulerJobState) else result
@@ -283,20 +350,34 @@ class SlurmScheduler:
         return result
 
     def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
-        """One `squeue --name`, then one `sacct --name --starttime` for names squeue does not know."""
+        """The first job of each name submitted since `since`: the orchestrator's, which fences
+        its names, so a later one is a copy someone ran by hand. One `squeue --name`, then one
+        `sacct --name --starttime` (each per `NAMES_PER_COMMAND` names): squeue's answer for a
+        job in the queue, accounting's for one that left it."""
         wanted = [name for name in names if JOB_NAME.fullmatch(name)]
         found: dict[str, SchedulerJobState] = {}
-        for command, in_queue in ((["squeue", "--me", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}"], True),
-                                  (["sacct", "--noheader", "-X", "--parsable2", f"--starttime={_sacct_time_argument(since)}",
-                                    f"--format={SACCT_FORMAT}"], False)):
-            left = [name for name in wanted if name not in found]
-            if not left:
-                break
-            for line in self._run([*command, f"--name={','.join(left)}"]).splitlines():
-                state = _parse_job_line(line, in_queue)
-                newest = found.get(state.name or "")
-                if state.name in left and (newest is None or (state.submit or EPOCH) >= (newest.submit or EPOCH)):
-                    found[state.name] = state
+        for command, in_queue in (
+            (["squeue", "--me", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}"], True),
+            (
+                [
+                    "sacct",
+                    "--noheader",
+                    "-X",
+                    "--parsable2",
+                    f"--starttime={_sacct_time_argument(since)}",
+                    f"--format={SACCT_FORMAT}",
+                ],
+                False,
+            ),
+        ):
+            for first in range(0, len(wanted), NAMES_PER_COMMAND):
+                for line in self._run(
+                    [*command, f"--name={','.join(wanted[first : first + NAMES_PER_COMMAND])}"]
+                ).splitlines():
+                    state = _parse_job_line(line, in_queue)
+                    kept = found.get(state.name or "")
+                    if state.name in wanted and (kept is None or _first_submitted(state, kept)):
+                        found[state.name] = state
         return found
 
     def states(self, jobs: Mapping[str, str]) -> dict[str, SchedulerJobState]:
@@ -307,8 +388,9 @@ class SlurmScheduler:
         """Read every file from its offset in one remote command (see `poll`)."""
         return self.poll({}, offsets, {}, limit).files
 
-    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
-             limit: int = 65536) -> JobsSnapshot:
+    def poll(
+        self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str], limit: int = 65536
+    ) -> JobsSnapshot:
         """States, file tails and the results of ended jobs in one remote command (`POLL_PROGRAM`).
 
         States: one `squeue` for every job; one `sacct` (bounded by the jobs' names) for those
@@ -322,15 +404,29 @@ class SlurmScheduler:
             slurm.poll({"123": "tacc-6f1c..."}, {paths.progress: 0}, {"123": paths.result}).states["123"].state
             ```
         """
-        wanted = {job_id: name for job_id, name in jobs.items() if JOB_ID.fullmatch(job_id) and JOB_NAME.fullmatch(name)}
+        wanted = {
+            job_id: name for job_id, name in jobs.items() if JOB_ID.fullmatch(job_id) and JOB_NAME.fullmatch(name)
+        }
         files = {**offsets, **{path: 0 for job_id, path in results.items() if job_id in wanted}}
         if not wanted and not files:
             return JobsSnapshot(states={}, files={})
         stdin = "".join(f"{job_id} {name}\n" for job_id, name in wanted.items()) + "--\n"
         stdin += "".join(f"{path}\0{offset}\0" for path, offset in files.items())
-        completed = self.transport.run([*SLURM_ENV, f"SQUEUE_FORMAT={SQUEUE_FORMAT}",
-                                        f"SETTLED={' '.join(sorted(SETTLED_BY_SQUEUE))}", f"ACCOUNTED_FORMAT={ACCOUNTED_FORMAT}",
-                                        "bash", "-c", POLL_PROGRAM, "poll", str(limit)], stdin=stdin)
+        completed = self.transport.run(
+            [
+                *SLURM_ENV,
+                f"SQUEUE_FORMAT={SQUEUE_FORMAT}",
+                f"SETTLED={' '.join(sorted(SETTLED_BY_SQUEUE))}",
+                f"ACCOUNTED_FORMAT={ACCOUNTED_FORMAT}",
+                "bash",
+                "-c",
+                POLL_PROGRAM,
+                "poll",
+                str(limit),
+                str(NAMES_PER_COMMAND),
+            ],
+            stdin=stdin,
+        )
         if completed.returncode != 0:
             raise scheduler_error("squeue" if wanted else "read-files", completed)
         sections: dict[str, list[str]] = {"squeue": [], "sacct": [], "file": []}
@@ -341,34 +437,59 @@ class SlurmScheduler:
         for path, line in zip(files, sections["file"]):
             size, _, encoded = line.partition("\t")
             tails[path] = FileTail(data=base64.b64decode(encoded).decode(errors="replace"), next_offset=int(size))
-        states = self._answered(wanted, *sections["squeue"], *sections["sacct"], stderr=completed.stderr) if wanted else {}
+        states = (
+            self._answered(wanted, *sections["squeue"], accounted=sections["sacct"], stderr=completed.stderr)
+            if wanted
+            else {}
+        )
         ended = ended_result_offsets(states, results)
-        return JobsSnapshot(states=states, files={path: tail for path, tail in tails.items() if path in offsets or path in ended})
+        return JobsSnapshot(
+            states=states, files={path: tail for path, tail in tails.items() if path in offsets or path in ended}
+        )
 
     @staticmethod
-    def _answered(wanted: Mapping[str, str], queue: str, accounted: str | None = None, stderr: str = "") -> dict[str, SchedulerJobState]:
+    def _answered(
+        wanted: Mapping[str, str], queue: str, accounted: Sequence[str] = (), stderr: str = ""
+    ) -> dict[str, SchedulerJobState]:
         """The jobs' states from the poll's squeue output and, for those it does not settle, its
-        `sacct` section (`<status> <output, base64>`)."""
+        `sacct` sections (`<status> <output, base64>`, one per chunk of jobs)."""
         found: dict[str, SchedulerJobState] = {}
         ended_in_queue: dict[str, SchedulerJobState] = {}
-        for state in _for_wanted(wanted, (_parse_job_line(line, in_queue=True)
-                                          for line in base64.b64decode(queue).decode(errors="replace").splitlines())):
+        for state in _for_wanted(
+            wanted,
+            (
+                _parse_job_line(line, in_queue=True)
+                for line in base64.b64decode(queue).decode(errors="replace").splitlines()
+            ),
+        ):
             if state.state in SETTLED_BY_SQUEUE:
                 found[state.job_id] = state
             elif state.state in ENDS_SQUEUE_TELLS_WHOLE:
                 ended_in_queue[state.job_id] = state
         left = [job_id for job_id in wanted if job_id not in found]
-        status, _, encoded = (accounted or "0 ").partition(" ")
-        if int(status) != 0:
-            error = scheduler_error("sacct", subprocess.CompletedProcess(["sacct"], int(status), "", stderr))
-            if not isinstance(error, TransientSchedulerError) or any(job_id not in ended_in_queue for job_id in left):
-                raise error
-            encoded = ""
         accounted_states = []
-        for line in base64.b64decode(encoded).decode(errors="replace").splitlines():
-            job_id, state, exit_code, start, end, reason, name = (line.split("|", 6) + [""] * 6)[:7]
-            accounted_states.append(SchedulerJobState(job_id=job_id, name=name, state=state, exit_code=exit_code, reason=reason,
-                                                      start=_slurm_time(start), end=_slurm_time(end)))
+        for section in accounted:
+            status, _, encoded = section.partition(" ")
+            if int(status) != 0:
+                error = scheduler_error("sacct", subprocess.CompletedProcess(["sacct"], int(status), "", stderr))
+                if not isinstance(error, TransientSchedulerError) or any(
+                    job_id not in ended_in_queue for job_id in left
+                ):
+                    raise error
+                continue
+            for line in base64.b64decode(encoded).decode(errors="replace").splitlines():
+                job_id, state, exit_code, start, end, reason, name = (line.split("|", 6) + [""] * 6)[:7]
+                accounted_states.append(
+                    SchedulerJobState(
+                        job_id=job_id,
+                        name=name,
+                        state=state,
+                        exit_code=exit_code,
+                        reason=reason,
+                        start=_slurm_time(start),
+                        end=_slurm_time(end),
+                    )
+                )
         for state in _for_wanted({job_id: wanted[job_id] for job_id in left}, accounted_states):
             found[state.job_id] = state
         for job_id, state in ended_in_queue.items():
@@ -404,14 +525,25 @@ class SlurmScheduler:
         """
         from tacc_jobs.schedulers.base import sacct_rows
 
-        window = [f"--starttime={start.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}",
-                  f"--endtime={end.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}"]
-        argv = [*SLURM_ENV, "sacct", "--noheader", "--parsable2", "--duplicates", *window,
-                f"--format={','.join(SACCT_FIELDS)}"]
+        window = [
+            f"--starttime={start.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}",
+            f"--endtime={end.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S}",
+        ]
+        argv = [
+            *SLURM_ENV,
+            "sacct",
+            "--noheader",
+            "--parsable2",
+            "--duplicates",
+            *window,
+            f"--format={','.join(SACCT_FIELDS)}",
+        ]
         try:
             yield from sacct_rows(self.transport.stream(argv))
         except subprocess.CalledProcessError as error:
-            raise scheduler_error("sacct", subprocess.CompletedProcess(argv, error.returncode, "", error.stderr)) from None
+            raise scheduler_error(
+                "sacct", subprocess.CompletedProcess(argv, error.returncode, "", error.stderr)
+            ) from None
 
     def resources(self) -> list[QueueResources]:
         """Per GPU queue of this system: nodes allocated/idle/total and idle GPUs (one `sinfo`)."""
@@ -423,6 +555,13 @@ class SlurmScheduler:
             if queue not in specs:
                 continue
             allocated, idle, _other, total = (int(value) for value in counts.split("/"))
-            resources.append(QueueResources(queue=queue, nodes_total=total, nodes_allocated=allocated,
-                                            nodes_idle=idle, gpus_idle=idle * specs[queue].gpus_per_node))
+            resources.append(
+                QueueResources(
+                    queue=queue,
+                    nodes_total=total,
+                    nodes_allocated=allocated,
+                    nodes_idle=idle,
+                    gpus_idle=idle * specs[queue].gpus_per_node,
+                )
+            )
         return resources

@@ -8,13 +8,34 @@ from tacc_jobs.models import JobStatus
 from tacc_jobs.schedulers.base import JobsSnapshot, Scheduler, SchedulerJobState
 
 SHORT_CODES = {
-    "PD": "PENDING", "CF": "CONFIGURING", "R": "RUNNING", "CG": "COMPLETING", "CD": "COMPLETED",
-    "F": "FAILED", "CA": "CANCELLED", "TO": "TIMEOUT", "NF": "NODE_FAIL", "PR": "PREEMPTED",
-    "OOM": "OUT_OF_MEMORY", "BF": "BOOT_FAIL", "DL": "DEADLINE", "RQ": "REQUEUED",
-    "RH": "REQUEUE_HOLD", "RF": "REQUEUE_FED", "S": "SUSPENDED", "SO": "STAGE_OUT", "SI": "SIGNALING",
-    "RS": "RESIZING", "RV": "REVOKED", "SE": "SPECIAL_EXIT", "ST": "STOPPED", "RD": "RESV_DEL_HOLD",
+    "PD": "PENDING",
+    "CF": "CONFIGURING",
+    "R": "RUNNING",
+    "CG": "COMPLETING",
+    "CD": "COMPLETED",
+    "F": "FAILED",
+    "CA": "CANCELLED",
+    "TO": "TIMEOUT",
+    "NF": "NODE_FAIL",
+    "PR": "PREEMPTED",
+    "OOM": "OUT_OF_MEMORY",
+    "BF": "BOOT_FAIL",
+    "DL": "DEADLINE",
+    "RQ": "REQUEUED",
+    "RH": "REQUEUE_HOLD",
+    "RF": "REQUEUE_FED",
+    "S": "SUSPENDED",
+    "SO": "STAGE_OUT",
+    "SI": "SIGNALING",
+    "RS": "RESIZING",
+    "RV": "REVOKED",
+    "SE": "SPECIAL_EXIT",
+    "ST": "STOPPED",
+    "RD": "RESV_DEL_HOLD",
 }
-WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"})
+WAITING_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+)
 """States of a job that waits, requeued ones included: SPECIAL_EXIT is a job held for requeue."""
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "SUSPENDED", "STOPPED"})
 MAY_BE_REQUEUED = frozenset({"NODE_FAIL", "PREEMPTED"})
@@ -22,8 +43,9 @@ MAY_BE_REQUEUED = frozenset({"NODE_FAIL", "PREEMPTED"})
 _FAILED_WITH_OWN_REASON = {"TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED"}
 
 
-def map_slurm_state(state: str, exit_code: str | None = None, reason: str | None = None,
-                    in_queue: bool = False) -> tuple[JobStatus | None, str | None]:
+def map_slurm_state(
+    state: str, exit_code: str | None = None, reason: str | None = None, in_queue: bool = False
+) -> tuple[JobStatus | None, str | None]:
     """Map a Slurm state (long form, short code, or `CANCELLED by <uid>`) to status and reason.
 
     A state this mapping does not know gives no status (the job keeps the one it has: it is
@@ -80,17 +102,26 @@ def _exit_reason(exit_code: str | None) -> str:
     return f"exit code {code}"
 
 
-TAPIS_WAITING_STATUSES = frozenset({"PENDING", "PROCESSING_INPUTS", "STAGING_INPUTS", "STAGING_JOB", "SUBMITTING_JOB", "QUEUED"})
+TAPIS_WAITING_STATUSES = frozenset(
+    {"PENDING", "PROCESSING_INPUTS", "STAGING_INPUTS", "STAGING_JOB", "SUBMITTING_JOB", "QUEUED"}
+)
 TAPIS_HELD_STATUSES = frozenset({"BLOCKED", "PAUSED"})
 _TAPIS_FAILED_CONDITIONS = {
-    "SCHEDULER_TIMEOUT": "TIMEOUT", "SCHEDULER_OUT_OF_MEMORY": "OUT_OF_MEMORY", "SCHEDULER_DEADLINE": "DEADLINE",
-    "SCHEDULER_CANCELLED": "cancelled by the scheduler", "SCHEDULER_STOPPED": "stopped by the scheduler",
+    "SCHEDULER_TIMEOUT": "TIMEOUT",
+    "SCHEDULER_OUT_OF_MEMORY": "OUT_OF_MEMORY",
+    "SCHEDULER_DEADLINE": "DEADLINE",
+    "SCHEDULER_CANCELLED": "cancelled by the scheduler",
+    "SCHEDULER_STOPPED": "stopped by the scheduler",
     "SCHEDULER_TERMINATED": "terminated by the scheduler",
 }
 
 
 def map_tapis_status(
-    status: str, condition: str | None = None, message: str | None = None, started: bool = False, exit_code: str | None = None
+    status: str,
+    condition: str | None = None,
+    message: str | None = None,
+    started: bool = False,
+    exit_code: str | None = None,
 ) -> tuple[JobStatus | None, str | None]:
     """Map a Tapis job status (and its condition, last message, exit code) to status and reason.
 
@@ -151,12 +182,19 @@ def ended_result_offsets(states: dict[str, SchedulerJobState], results: Mapping[
         >>> ended_result_offsets(states, {"7": "/s/7/result.json", "8": "/s/8/result.json", "9": "/s/9/result.json"})
         {'/s/7/result.json': 0}
     """
-    ended = {job_id for job_id, state in states.items() if (map_scheduler_state(state)[0] or JobStatus.QUEUING).is_terminal}
+    ended = {
+        job_id for job_id, state in states.items() if (map_scheduler_state(state)[0] or JobStatus.QUEUING).is_terminal
+    }
     return {path: 0 for job_id, path in results.items() if job_id in ended}
 
 
-def poll_in_parts(scheduler: Scheduler, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
-                  limit: int = 65536) -> JobsSnapshot:
+def poll_in_parts(
+    scheduler: Scheduler,
+    jobs: Mapping[str, str],
+    offsets: Mapping[str, int],
+    results: Mapping[str, str],
+    limit: int = 65536,
+) -> JobsSnapshot:
     """`Scheduler.poll` of a backend that answers states and files apart anyway (on local disk;
     through the Tapis APIs): `states`, then `read_files` with the result files of ended jobs.
 
@@ -166,4 +204,6 @@ def poll_in_parts(scheduler: Scheduler, jobs: Mapping[str, str], offsets: Mappin
         ```
     """
     states = scheduler.states(jobs)
-    return JobsSnapshot(states=states, files=scheduler.read_files({**offsets, **ended_result_offsets(states, results)}, limit))
+    return JobsSnapshot(
+        states=states, files=scheduler.read_files({**offsets, **ended_result_offsets(states, results)}, limit)
+    )

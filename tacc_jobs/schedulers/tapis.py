@@ -103,13 +103,24 @@ def submit_request(job: JobSubmission, exec_system_id: str, allocation: str | No
     if job.agent is None:
         raise PermanentSchedulerError(f"job {job.name}: Tapis runs an agent's app; the submission names no agent")
     if {posixpath.dirname(job.stdout_path), posixpath.dirname(job.stderr_path)} != {job.work_dir}:
-        raise PermanentSchedulerError(f"job {job.name}: its stdout and stderr must be files of its directory {job.work_dir}")
+        raise PermanentSchedulerError(
+            f"job {job.name}: its stdout and stderr must be files of its directory {job.work_dir}"
+        )
     planned = dict(zip(job.sbatch_args[::2], job.sbatch_args[1::2]))
     options = [JobArgSpec(arg=f"{flag} {value}") for flag, value in planned.items() if flag not in _TAPIS_OWNED_OPTIONS]
     if allocation and "-A" not in planned:
         options.append(JobArgSpec(arg=f"-A {allocation}"))
-    subscriptions = [JobSubscription(description=f"status of {job.name}", ttlminutes=SUBSCRIPTION_TTL_MINUTES,
-                                     delivery_targets=[DeliveryTarget(delivery_address=job.webhook_url)])] if job.webhook_url else []
+    subscriptions = (
+        [
+            JobSubscription(
+                description=f"status of {job.name}",
+                ttlminutes=SUBSCRIPTION_TTL_MINUTES,
+                delivery_targets=[DeliveryTarget(delivery_address=job.webhook_url)],
+            )
+        ]
+        if job.webhook_url
+        else []
+    )
     return JobSubmitRequest(
         name=job.name,
         app_id=app_id(job.agent),
@@ -128,8 +139,9 @@ def submit_request(job: JobSubmission, exec_system_id: str, allocation: str | No
         parameter_set=JobParameterSet(
             scheduler_options=options,
             env_variables=[KeyValuePair(key=key, value=value) for key, value in job.env.items()],
-            log_config=LogConfig(stdout_filename=posixpath.basename(job.stdout_path),
-                                 stderr_filename=posixpath.basename(job.stderr_path)),
+            log_config=LogConfig(
+                stdout_filename=posixpath.basename(job.stdout_path), stderr_filename=posixpath.basename(job.stderr_path)
+            ),
         ),
         tags=[job.name, ORCHESTRATOR_TAG],
         subscriptions=subscriptions,
@@ -145,10 +157,20 @@ def job_state(job: TapisJob) -> SchedulerJobState:
         (<JobStatus.QUEUING: 'QUEUING'>, 'QUEUED')
     """
     exit_code = _exit_code(job)
-    status, reason = map_tapis_status(job.status, job.condition, job.last_message, job.remote_started is not None, exit_code)
-    return SchedulerJobState(job_id=job.uuid, name=job.name, state=job.status, status=status, reason=reason, exit_code=exit_code,
-                             start=job.remote_started, submit=job.created,
-                             end=(job.remote_ended or job.ended) if status is not None and status.is_terminal else None)
+    status, reason = map_tapis_status(
+        job.status, job.condition, job.last_message, job.remote_started is not None, exit_code
+    )
+    return SchedulerJobState(
+        job_id=job.uuid,
+        name=job.name,
+        state=job.status,
+        status=status,
+        reason=reason,
+        exit_code=exit_code,
+        start=job.remote_started,
+        submit=job.created,
+        end=(job.remote_ended or job.ended) if status is not None and status.is_terminal else None,
+    )
 
 
 class TapisScheduler:
@@ -158,12 +180,13 @@ class TapisScheduler:
         ```python
         with TapisCredentials.load("ls6").get_client() as tapis:
             scheduler = TapisScheduler(tapis, system="ls6", exec_system_id="ls6", scratch_root="/scratch/01234/jdoe/tacc")
-            scheduler.states(["8a1c...-007"])
+            scheduler.states({"8a1c...-007": "tacc-6f1c..."})
         ```
     """
 
-    def __init__(self, client: TapisClient, system: str, exec_system_id: str, scratch_root: str,
-                 allocation: str | None = None) -> None:
+    def __init__(
+        self, client: TapisClient, system: str, exec_system_id: str, scratch_root: str, allocation: str | None = None
+    ) -> None:
         self.client, self.system, self.exec_system_id = client, system, exec_system_id
         self.scratch_root, self.allocation = scratch_root, allocation
         self._not_started: set[str] = set()  # directories of jobs the last states() saw waiting
@@ -181,7 +204,7 @@ class TapisScheduler:
         return newest
 
     def find(self, names: Sequence[str], since: datetime) -> dict[str, SchedulerJobState]:
-        """The newest job of each name, from one search call (Tapis names are not reused by other jobs).
+        """The job of each name, from one search call (Tapis names are not reused by other jobs).
 
         Example:
             ```python
@@ -216,7 +239,9 @@ class TapisScheduler:
             ```
         """
         if job.files:
-            raise PermanentSchedulerError(f"{job.name}: packed allocations do not run through Tapis; submit one job per request")
+            raise PermanentSchedulerError(
+                f"{job.name}: packed allocations do not run through Tapis; submit one job per request"
+            )
         request = submit_request(job, self.exec_system_id, self.allocation)
         attempt = -1
         while True:
@@ -242,14 +267,21 @@ class TapisScheduler:
         wanted = [job_id for job_id in jobs if TAPIS_UUID.fullmatch(job_id)]
         if not wanted:
             return {}
-        found = [job for job in self.client.search_jobs([f"(uuid IN ({', '.join(repr(job_id) for job_id in wanted)}))"])
-                 if jobs[job.uuid] == job.name]
-        self._not_started = {job.exec_system_exec_dir for job in found
-                             if job.exec_system_exec_dir and job.status in TAPIS_WAITING_STATUSES}
+        found = [
+            job
+            for job in self.client.search_jobs([f"(uuid IN ({', '.join(repr(job_id) for job_id in wanted)}))"])
+            if jobs[job.uuid] == job.name
+        ]
+        self._not_started = {
+            job.exec_system_exec_dir
+            for job in found
+            if job.exec_system_exec_dir and job.status in TAPIS_WAITING_STATUSES
+        }
         return {job.uuid: job_state(job) for job in found}
 
-    def poll(self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str],
-             limit: int = 65536) -> JobsSnapshot:
+    def poll(
+        self, jobs: Mapping[str, str], offsets: Mapping[str, int], results: Mapping[str, str], limit: int = 65536
+    ) -> JobsSnapshot:
         """One search call for the states, then the files of started jobs, one Files API call per
         file (the API reads one file at a time): a sweep of waiting jobs costs the search alone.
 
@@ -291,19 +323,44 @@ class TapisScheduler:
             rows = list(scheduler.accounting(datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 2, tzinfo=timezone.utc)))
             ```
         """
-        conditions = [f"(execSystemId = '{self.exec_system_id}')", "AND", f"(created < '{_search_time(end)}')",
-                      "AND", f"(lastUpdated >= '{_search_time(start)}')"]
+        conditions = [
+            f"(execSystemId = '{self.exec_system_id}')",
+            "AND",
+            f"(created < '{_search_time(end)}')",
+            "AND",
+            f"(lastUpdated >= '{_search_time(start)}')",
+        ]
         for job in self.client.search_jobs(conditions):
             if not job.remote_job_id:
                 continue
             state = job_state(job)
             elapsed = (state.end or datetime.now(timezone.utc)) - job.remote_started if job.remote_started else None
             options = json.loads(job.parameter_set or "{}").get("schedulerOptions") or []
-            account = next((option["arg"].split()[1] for option in options if option.get("arg", "").startswith("-A ")), "")
-            submitted = _sacct_time(job.remote_submitted or job.created)  # Tapis reports no eligible time: the submission's
-            yield [job.remote_job_id, job.owner or "", account, job.exec_system_logical_queue or "", _sacct_state(job, state),
-                   state.exit_code or "0:0", submitted, submitted, _sacct_time(job.remote_started), _sacct_time(state.end),
-                   format_walltime(elapsed) if elapsed else "00:00:00", "", str(job.node_count or 1), "", "", "", job.name]
+            account = next(
+                (option["arg"].split()[1] for option in options if option.get("arg", "").startswith("-A ")), ""
+            )
+            submitted = _sacct_time(
+                job.remote_submitted or job.created
+            )  # Tapis reports no eligible time: the submission's
+            yield [
+                job.remote_job_id,
+                job.owner or "",
+                account,
+                job.exec_system_logical_queue or "",
+                _sacct_state(job, state),
+                state.exit_code or "0:0",
+                submitted,
+                submitted,
+                _sacct_time(job.remote_started),
+                _sacct_time(state.end),
+                format_walltime(elapsed) if elapsed else "00:00:00",
+                "",
+                str(job.node_count or 1),
+                "",
+                "",
+                "",
+                job.name,
+            ]
 
     def resources(self) -> list[QueueResources]:
         """Not available: Tapis reports a system's queues and their limits, not how busy they are.
@@ -313,8 +370,10 @@ class TapisScheduler:
             scheduler.resources()  # raises PermanentSchedulerError
             ```
         """
-        raise PermanentSchedulerError(f"{self.system} is reached through Tapis, which does not report queue load; "
-                                      "save a TaccCredentials block to query it over SSH")
+        raise PermanentSchedulerError(
+            f"{self.system} is reached through Tapis, which does not report queue load; "
+            "save a TaccCredentials block to query it over SSH"
+        )
 
     def read_files(self, offsets: Mapping[str, int], limit: int = 65536) -> dict[str, FileTail]:
         """Each file from its offset (at most `limit` bytes, the newest kept), one Files API call

@@ -118,7 +118,10 @@ def transfer_seconds(size: int, bandwidth: float) -> float:
 
 
 def stage(
-    inventory: DatasetInventory, transfer: Transfer, destination: str, on_progress: Callable[[float], None] | None = None
+    inventory: DatasetInventory,
+    transfer: Transfer,
+    destination: str,
+    on_progress: Callable[[float], None] | None = None,
 ) -> StagedDataset:
     """Make `destination` hold the dataset, verified file by file against the source's checksums.
 
@@ -129,8 +132,14 @@ def stage(
     Raises:
         StagingError: When the files in scratch still differ from the source after the transfer.
     """
-    staged = StagedDataset(dataset_id=inventory.dataset_id, path=destination, files=len(inventory.manifest),
-                           bytes=inventory.bytes, digest=inventory.digest, copied=False)
+    staged = StagedDataset(
+        dataset_id=inventory.dataset_id,
+        path=destination,
+        files=len(inventory.manifest),
+        bytes=inventory.bytes,
+        digest=inventory.digest,
+        copied=False,
+    )
     present = transfer.checksums(destination)
     differing = sorted(name for name, checksum in inventory.manifest.items() if present.get(name) != checksum)
     if not differing and transfer.read_manifest(destination) == inventory.manifest:

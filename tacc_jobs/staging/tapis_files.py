@@ -47,10 +47,20 @@ class TapisFiles:
         ```
     """
 
-    def __init__(self, client: TapisClient, system_id: str, source_url: str | None = None,
-                 transfer_threshold_bytes: int = 1 << 30, poll_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        client: TapisClient,
+        system_id: str,
+        source_url: str | None = None,
+        transfer_threshold_bytes: int = 1 << 30,
+        poll_seconds: float = 2.0,
+    ) -> None:
         self.client, self.system_id = client, system_id
-        self.source_url, self.transfer_threshold_bytes, self.poll_seconds = source_url, transfer_threshold_bytes, poll_seconds
+        self.source_url, self.transfer_threshold_bytes, self.poll_seconds = (
+            source_url,
+            transfer_threshold_bytes,
+            poll_seconds,
+        )
         self.host = files_host(client.base_url, system_id)
         self._seen: dict[str, dict[str, str]] = {}  # destination -> checksums last read back
 
@@ -70,7 +80,9 @@ class TapisFiles:
         self.client.mkdir(self.system_id, destination)
         if self.source_url and changed and total >= self.transfer_threshold_bytes:
             sent = self._transfer(source.name, changed, destination, total, on_progress)
-            return TransferStats(files_transferred=len(changed), bytes_transferred=sent, seconds=time.monotonic() - started)
+            return TransferStats(
+                files_transferred=len(changed), bytes_transferred=sent, seconds=time.monotonic() - started
+            )
         sent = 0
         for name in changed:
             content = (source / name).read_bytes()
@@ -82,11 +94,17 @@ class TapisFiles:
             on_progress(1.0)
         return TransferStats(files_transferred=len(changed), bytes_transferred=sent, seconds=time.monotonic() - started)
 
-    def _transfer(self, dataset: str, names: list[str], destination: str, total: int, on_progress: ProgressCallback | None) -> int:
+    def _transfer(
+        self, dataset: str, names: list[str], destination: str, total: int, on_progress: ProgressCallback | None
+    ) -> int:
         """One transfer request for the changed files, from `source_url`, followed to its end."""
-        elements = [TransferElement(source_uri=f"{self.source_url}/{dataset}/{name}",
-                                    destination_uri=f"tapis://{self.system_id}/{relative_path(posixpath.join(destination, name))}")
-                    for name in names]
+        elements = [
+            TransferElement(
+                source_uri=f"{self.source_url}/{dataset}/{name}",
+                destination_uri=f"tapis://{self.system_id}/{relative_path(posixpath.join(destination, name))}",
+            )
+            for name in names
+        ]
         task = self.client.create_transfer(elements, tag=f"tacc-orchestrator {dataset}")
         while not task.ended:
             time.sleep(self.poll_seconds)
@@ -94,7 +112,9 @@ class TapisFiles:
             if on_progress and task.total_bytes_transferred is not None:
                 on_progress(min(task.total_bytes_transferred / (task.estimated_total_bytes or total), 1.0))
         if task.status != "COMPLETED":
-            raise StagingError(f"Tapis transfer {task.uuid} of {dataset} ended {task.status}: {task.error_message or 'no message'}")
+            raise StagingError(
+                f"Tapis transfer {task.uuid} of {dataset} ended {task.status}: {task.error_message or 'no message'}"
+            )
         return task.total_bytes_transferred or total
 
     def checksums(self, destination: str) -> dict[str, str]:
@@ -136,7 +156,9 @@ class TapisFiles:
             files.write_manifest(destination, inventory.manifest)
             ```
         """
-        self.client.upload(self.system_id, posixpath.join(destination, MANIFEST_NAME), json.dumps(manifest, sort_keys=True).encode())
+        self.client.upload(
+            self.system_id, posixpath.join(destination, MANIFEST_NAME), json.dumps(manifest, sort_keys=True).encode()
+        )
 
     def remove(self, destination: str) -> None:
         """Delete `destination` and everything under it.

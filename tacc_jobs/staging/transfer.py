@@ -134,8 +134,17 @@ class RsyncOverSsh:
     def push(self, source: Path, destination: str, on_progress: ProgressCallback | None = None) -> TransferStats:
         self.connection.run(["mkdir", "-p", "--", destination])
         argv = [
-            "rsync", "--archive", "--partial", "--checksum", "--protect-args", "--no-inc-recursive",
-            "--info=progress2", "--stats", f"--exclude=/{MANIFEST_NAME}", "-e", shlex.join(self.connection.ssh_argv),
+            "rsync",
+            "--archive",
+            "--partial",
+            "--checksum",
+            "--protect-args",
+            "--no-inc-recursive",
+            "--info=progress2",
+            "--stats",
+            f"--exclude=/{MANIFEST_NAME}",
+            "-e",
+            shlex.join(self.connection.ssh_argv),
         ]
         if self.bandwidth_limit_kbps:
             argv.append(f"--bwlimit={self.bandwidth_limit_kbps}")
@@ -156,7 +165,9 @@ class RsyncOverSsh:
             finally:
                 process.wait()
         if process.returncode != 0:
-            error = TransientSchedulerError if process.returncode in RSYNC_TRANSIENT_EXIT_CODES else PermanentSchedulerError
+            error = (
+                TransientSchedulerError if process.returncode in RSYNC_TRANSIENT_EXIT_CODES else PermanentSchedulerError
+            )
             tail = output.decode(errors="replace").strip().splitlines()[-3:]
             raise error(f"rsync to {self.host} exited {process.returncode}: {' / '.join(tail)}")
         stats = {name: int(value.replace(",", "")) for name, value in _STAT.findall(output.decode(errors="replace"))}
@@ -188,6 +199,8 @@ class RsyncOverSsh:
     def write_manifest(self, destination: str, manifest: dict[str, str]) -> None:
         path = posixpath.join(destination, MANIFEST_NAME)
         program = 'cat > "$1.partial" && mv -f -- "$1.partial" "$1"'
-        completed = self.connection.run(["bash", "-c", program, "write-manifest", path], stdin=json.dumps(manifest, sort_keys=True))
+        completed = self.connection.run(
+            ["bash", "-c", program, "write-manifest", path], stdin=json.dumps(manifest, sort_keys=True)
+        )
         if completed.returncode != 0:
             raise PermanentSchedulerError(f"writing {path} on {self.host}: {completed.stderr.strip()}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tacc_jobs.store.schema import migrate
 
@@ -35,3 +36,9 @@ def migrated(engine: Engine) -> Engine:
 def migrated_sqlite(url: str) -> Engine:
     """The process's one migrated SQLite engine for `url`."""
     return _engines.get(url) or migrated(sqlite_engine(url))
+
+
+def upsert_into(engine: Engine, table: Table) -> Insert:
+    """An INSERT into `table` in the engine's dialect, which offers `on_conflict_do_update`
+    (PostgreSQL and SQLite spell it alike; core SQLAlchemy has none)."""
+    return (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import delete as sa_delete
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from tacc_jobs.exceptions import IllegalTransition, JobNotFound
@@ -33,7 +35,9 @@ from tacc_jobs.models import (
 )
 from tacc_jobs.schedulers.arrays import array_task_id
 from tacc_jobs.schedulers.job_script import scheduler_job_name
-from tacc_jobs.store.tables import JobRow
+from tacc_jobs.store.engine import upsert_into
+from tacc_jobs.store.locks import database_lock
+from tacc_jobs.store.tables import JobRow, SuChargeRow
 from tacc_jobs.walltime import utcnow
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
@@ -91,6 +95,22 @@ class JobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        """Hold the lock `name` while the block runs, if no other process holds it: yields
+        whether this one got it (it never waits).
+
+        The lock dies with its holder, however it dies (`database_lock`). Unlike a Prefect
+        deployment concurrency slot, whose lease a killed run or a restarted server can hold for
+        minutes or for ever, nothing is left behind to time out.
+
+        Example:
+            ```python
+            with store.exclusive("watch-jobs") as mine:
+                if mine: ...  # the only sweep now
+            ```
+        """
+        return database_lock(self.engine, name)
+
     def create(self, request: JobRequest, plan: Plan, flow_run_id: uuid.UUID | None = None) -> JobRecord:
         """Record a new job, QUEUED, from its request and plan."""
         now = utcnow()
@@ -140,7 +160,9 @@ class JobStore:
         """Every job each of these flow runs recorded (a `submit-batch` run records many)."""
         jobs: dict[uuid.UUID, set[uuid.UUID]] = {flow_run_id: set() for flow_run_id in flow_run_ids}
         with Session(self.engine) as session:
-            for job_id, flow_run_id in session.execute(select(JobRow.id, JobRow.flow_run_id).where(JobRow.flow_run_id.in_(flow_run_ids))):
+            for job_id, flow_run_id in session.execute(
+                select(JobRow.id, JobRow.flow_run_id).where(JobRow.flow_run_id.in_(flow_run_ids))
+            ):
                 jobs[flow_run_id].add(job_id)
         return jobs
 
@@ -188,7 +210,11 @@ class JobStore:
         with Session(self.engine) as session:
             total = session.scalar(select(func.count()).select_from(JobRow).where(*conditions)) or 0
             rows = session.scalars(
-                select(JobRow).where(*conditions).order_by(JobRow.created_at.desc(), JobRow.id).offset(offset).limit(limit)
+                select(JobRow)
+                .where(*conditions)
+                .order_by(JobRow.created_at.desc(), JobRow.id)
+                .offset(offset)
+                .limit(limit)
             ).all()
             items = [JobRecord.model_validate(row) for row in rows]
         return Page(items=items, total=total, has_more=offset + len(items) < total)
@@ -210,8 +236,11 @@ class JobStore:
 
     def active(self, system: str | None = None) -> list[JobRecord]:
         """Submitted jobs that have not ended (QUEUING or RUNNING), oldest first."""
-        return self._oldest_first(JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
-                                  JobRow.scheduler_job_id.is_not(None), *([JobRow.system == system] if system is not None else []))
+        return self._oldest_first(
+            JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
+            JobRow.scheduler_job_id.is_not(None),
+            *([JobRow.system == system] if system is not None else []),
+        )
 
     def unfinished(self) -> list[JobRecord]:
         """Every job that has not ended, submitted or not (QUEUED, QUEUING, RUNNING), oldest first."""
@@ -220,26 +249,27 @@ class JobStore:
     def unsubmitted(self, system: str, created_before: datetime) -> list[JobRecord]:
         """QUEUED jobs with no scheduler id, recorded before `created_before`, oldest first: jobs
         whose submitter may have died between `sbatch` and recording its answer."""
-        return self._oldest_first(JobRow.system == system, JobRow.status == JobStatus.QUEUED.value,
-                                  JobRow.scheduler_job_id.is_(None), JobRow.created_at < created_before)
+        return self._oldest_first(
+            JobRow.system == system,
+            JobRow.status == JobStatus.QUEUED.value,
+            JobRow.scheduler_job_id.is_(None),
+            JobRow.created_at < created_before,
+        )
 
     def mark_submit_started(self, job_id: uuid.UUID, at: datetime) -> None:
         """Record that the job's submission begins: from now on a job of its name may exist."""
         with self.engine.begin() as connection:
-            connection.execute(update(JobRow).where(JobRow.id == job_id, JobRow.submit_started_at.is_(None)).values(submit_started_at=at))
+            connection.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.submit_started_at.is_(None))
+                .values(submit_started_at=at)
+            )
 
     def mark_unseen(self, job_id: uuid.UUID, since: datetime | None) -> None:
         """Record since when the scheduler has not reported an active job (None: it is seen again)."""
         noted = JobRow.unseen_since.is_(None) if since is not None else JobRow.unseen_since.is_not(None)
         with self.engine.begin() as connection:  # a no-op when already so: the first unseen poll counts
             connection.execute(update(JobRow).where(JobRow.id == job_id, noted).values(unseen_since=since))
-
-    def active_count(self, user_id: str, system: str, queue: str) -> int:
-        """How many of the user's jobs are in a queue now (submitted, not ended)."""
-        with Session(self.engine) as session:
-            return session.scalar(select(func.count()).select_from(JobRow).where(
-                JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
-                JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))) or 0
 
     def past_runtimes_minutes(self, user_id: str, agent: str, limit: int = 20) -> list[float]:
         """Runtimes of the user's most recent completed runs of `agent`."""
@@ -258,21 +288,51 @@ class JobStore:
         with Session(self.engine) as session:
             return [(end - start).total_seconds() / 60 for start, end in session.execute(query)]
 
-    def su_committed(self, user_id: str) -> float:
-        """SUs the user has been charged plus the estimates of the user's active jobs, and of
-        packed members that ended in an allocation not charged yet (it bills the whole node
-        until it ends: the split comes then)."""
+    def su_committed(self, user_id: str, since: datetime | None = None) -> float:
+        """SUs the user has been charged (since `since`, the start of their budget period), from
+        the ledger, which keeps charges after cleanup deletes their jobs; plus the estimates of
+        the user's active jobs, and of packed members that ended in an allocation not charged
+        yet (it bills the whole node until it ends: the split comes then)."""
         active = [status.value for status in ACTIVE_STATUSES]
-        awaiting_split = and_(JobRow.allocation_name.is_not(None), JobRow.array_index.is_(None),
-                              JobRow.scheduler_job_id.is_not(None), JobRow.charged_su.is_(None))
-        charged = func.coalesce(func.sum(JobRow.charged_su), 0.0)
+        awaiting_split = and_(
+            JobRow.allocation_name.is_not(None),
+            JobRow.array_index.is_(None),
+            JobRow.scheduler_job_id.is_not(None),
+            JobRow.charged_su.is_(None),
+        )
+        charged = select(func.coalesce(func.sum(SuChargeRow.su), 0.0)).where(SuChargeRow.user_id == user_id)
+        if since is not None:
+            charged = charged.where(SuChargeRow.charged_at >= since)
         estimated = func.coalesce(func.sum(JobRow.estimated_su), 0.0)
         with Session(self.engine) as session:
-            used = session.scalar(select(charged).where(JobRow.user_id == user_id)) or 0.0
-            running = session.scalar(
-                select(estimated).where(JobRow.user_id == user_id, or_(JobRow.status.in_(active), awaiting_split))
-            ) or 0.0
+            used = session.scalar(charged) or 0.0
+            running = (
+                session.scalar(
+                    select(estimated).where(JobRow.user_id == user_id, or_(JobRow.status.in_(active), awaiting_split))
+                )
+                or 0.0
+            )
         return float(used) + float(running)
+
+    def _ledger(self, connection: Connection, job_ids: list[uuid.UUID]) -> None:
+        """Write these jobs' charges to the SU ledger (again, when a charge changed), dated by each
+        job's end, in the caller's transaction."""
+        charges = select(
+            JobRow.id,
+            JobRow.user_id,
+            JobRow.system,
+            JobRow.charged_su,
+            func.coalesce(JobRow.completed_at, JobRow.updated_at),
+        ).where(JobRow.id.in_(job_ids), JobRow.charged_su.is_not(None))
+        statement = upsert_into(self.engine, SuChargeRow.__table__).from_select(
+            ["job_id", "user_id", "system", "su", "charged_at"], charges
+        )
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["job_id"],
+                set_={"su": statement.excluded.su, "charged_at": statement.excluded.charged_at},
+            )
+        )
 
     def expired(self, default_days: int, now: datetime | None = None) -> list[JobRecord]:
         """Ended jobs whose retention (their own, else `default_days`; at least a day) has run out."""
@@ -283,7 +343,8 @@ class JobStore:
             rows = session.scalars(select(JobRow).where(JobRow.status.in_(ended), ended_at <= now - timedelta(days=1)))
             records = [JobRecord.model_validate(row) for row in rows]
         return [
-            record for record in records
+            record
+            for record in records
             if (record.completed_at or record.updated_at) + timedelta(days=record.retention_days or default_days) <= now
         ]
 
@@ -292,9 +353,15 @@ class JobStore:
         with self.engine.begin() as connection:
             return connection.execute(sa_delete(JobRow).where(JobRow.id.in_(job_ids))).rowcount
 
-    def transition(self, job_id: uuid.UUID, status: JobStatus, update_fields: JobUpdate | None = None,
-                   current: JobRecord | None = None) -> Transition:
-        """Move a job to `status` (or update it in place when it is already there).
+    def transition(
+        self,
+        job_id: uuid.UUID,
+        status: JobStatus,
+        update_fields: JobUpdate | None = None,
+        current: JobRecord | None = None,
+    ) -> Transition:
+        """Move a job to `status` (or update it in place when it is already there). A move to
+        another status clears the reason, unless `update_fields` gives the new one.
 
         The change is a conditional UPDATE on the status read, so two trackers racing on the
         same job cannot both apply a move. A terminal job accepts no move, only added fields
@@ -307,19 +374,27 @@ class JobStore:
             current: The job as the caller last read it (a sweep's records): compared with
                 instead of reading the job first, so an unchanged job costs no statement at
                 all. The UPDATE is still conditional on its status; if another writer moved
-                it meanwhile, the job is read again and the call decides on what it finds.
+                it meanwhile, nothing is written (the caller decided on a stale row: a
+                RUNNING read before a requeue would go over the QUEUING the requeue wrote)
+                and the job as it is now comes back, not moved. Without it, the job is read
+                (again, after a concurrent move) and the call decides on what it finds.
 
         Raises:
             IllegalTransition: For a move the lifecycle forbids, e.g. COMPLETED -> RUNNING.
             JobNotFound: When no job has that id.
         """
         requested = (update_fields or JobUpdate()).model_dump(exclude_none=True)
+        read_by_caller = current is not None and current.id == job_id
         for _ in range(3):
             current = current if current is not None and current.id == job_id else self.get(job_id)
             fields = requested
             if current.status == status and status.is_terminal:
                 fields = {name: value for name, value in fields.items() if getattr(current, name) is None}
-            fields = {name: value for name, value in fields.items() if getattr(current, name) != value}  # write what changed
+            if current.status != status and "reason" not in fields and current.reason is not None:
+                fields = {**fields, "reason": None}  # a reason is its status's ("Priority", "waiting for a slot")
+            fields = {
+                name: value for name, value in fields.items() if getattr(current, name) != value
+            }  # write what changed
             if current.status == status and not fields:
                 return Transition(record=current, previous=current.status)
             if current.status != status and status not in ALLOWED_TRANSITIONS[current.status]:
@@ -332,20 +407,35 @@ class JobStore:
                     .values(**values)
                     .returning(*JobRow.__table__.columns)
                 ).first()
+                if row is not None and "charged_su" in fields:
+                    self._ledger(connection, [current.id])
             if row is not None:
                 return Transition(record=JobRecord.model_validate(row), previous=current.status)
+            if read_by_caller:
+                now_stored = self.get(job_id)
+                return Transition(record=now_stored, previous=now_stored.status)
             current = None
         raise IllegalTransition(f"job {job_id}: status kept changing under a concurrent update")
 
-    def assign_allocation(self, estimated_su: Mapping[uuid.UUID, float], name: str, nodes: int, array: bool = False) -> None:
+    def assign_allocation(
+        self, estimated_su: Mapping[uuid.UUID, float], name: str, nodes: int, array: bool = False
+    ) -> None:
         """Make unsubmitted jobs the members of one packed allocation (its Slurm job name and whole
         nodes), each estimated at its share of the allocation's SUs, in one transaction; with
         `array`, the tasks of one job array instead, task i the i-th job given (its nodes each)."""
         with self.engine.begin() as connection:
             for index, (job_id, share) in enumerate(estimated_su.items()):
-                connection.execute(update(JobRow).where(JobRow.id == job_id, JobRow.scheduler_job_id.is_(None))
-                                   .values(allocation_name=name, allocation_nodes=nodes, estimated_su=share,
-                                           array_index=index if array else None, updated_at=utcnow()))
+                connection.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.scheduler_job_id.is_(None))
+                    .values(
+                        allocation_name=name,
+                        allocation_nodes=nodes,
+                        estimated_su=share,
+                        array_index=index if array else None,
+                        updated_at=utcnow(),
+                    )
+                )
 
     def allocation_members(self, name: str) -> list[JobRecord]:
         """Every member of a packed allocation, oldest first."""
@@ -356,10 +446,15 @@ class JobStore:
     def mark_allocation_submit_started(self, name: str, at: datetime) -> None:
         """Record, for every member at once, that the allocation's submission begins."""
         with self.engine.begin() as connection:
-            connection.execute(update(JobRow).where(JobRow.allocation_name == name, JobRow.submit_started_at.is_(None))
-                               .values(submit_started_at=at))
+            connection.execute(
+                update(JobRow)
+                .where(JobRow.allocation_name == name, JobRow.submit_started_at.is_(None))
+                .values(submit_started_at=at)
+            )
 
-    def record_allocation_submitted(self, name: str, scheduler_job_id: str, work_dirs: Mapping[uuid.UUID, str]) -> list[Transition]:
+    def record_allocation_submitted(
+        self, name: str, scheduler_job_id: str, work_dirs: Mapping[uuid.UUID, str]
+    ) -> list[Transition]:
         """In one transaction, every member still QUEUED gets the allocation's scheduler id (an array
         member its task's, `<id>_<index>`) and its own work directory and moves to QUEUING; members
         that ended meanwhile (a cancel) are left.
@@ -369,24 +464,40 @@ class JobStore:
         """
         members = self.allocation_members(name)
         before = {record.id: record.status for record in members}
-        task_ids = {record.id: scheduler_job_id if record.array_index is None else array_task_id(scheduler_job_id, record.array_index)
-                    for record in members}
+        task_ids = {
+            record.id: scheduler_job_id
+            if record.array_index is None
+            else array_task_id(scheduler_job_id, record.array_index)
+            for record in members
+        }
         now = utcnow()
         with self.engine.begin() as connection:
             for job_id, work_dir in work_dirs.items():
                 connection.execute(
                     update(JobRow)
                     .where(JobRow.id == job_id, JobRow.allocation_name == name, JobRow.status == JobStatus.QUEUED.value)
-                    .values(status=JobStatus.QUEUING.value, scheduler_job_id=task_ids[job_id], work_dir=work_dir, updated_at=now)
+                    .values(
+                        status=JobStatus.QUEUING.value,
+                        scheduler_job_id=task_ids[job_id],
+                        work_dir=work_dir,
+                        updated_at=now,
+                    )
                 )
-        return [Transition(record=record, previous=before.get(record.id, record.status)) for record in self.allocation_members(name)]
+        return [
+            Transition(record=record, previous=before.get(record.id, record.status))
+            for record in self.allocation_members(name)
+        ]
 
     def set_member_charges(self, charges: Mapping[uuid.UUID, tuple[float, float]]) -> None:
         """Store each ended member's GPU-seconds and its share of the allocation's SUs, in one transaction."""
         with self.engine.begin() as connection:
             for job_id, (gpu_seconds, charged) in charges.items():
-                connection.execute(update(JobRow).where(JobRow.id == job_id)
-                                   .values(gpu_seconds=gpu_seconds, charged_su=charged, updated_at=utcnow()))
+                connection.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id)
+                    .values(gpu_seconds=gpu_seconds, charged_su=charged, updated_at=utcnow())
+                )
+            self._ledger(connection, list(charges))
 
     def uncharged_allocations(self, system: str, ended_after: datetime) -> dict[str, str]:
         """Allocation name -> scheduler id of the submitted packed allocations whose members have
@@ -395,13 +506,19 @@ class JobStore:
         active = [status.value for status in ACTIVE_STATUSES]
         query = (
             select(JobRow.allocation_name, func.max(JobRow.scheduler_job_id))
-            .where(JobRow.system == system, JobRow.allocation_name.is_not(None), JobRow.array_index.is_(None),
-                   or_(JobRow.completed_at >= ended_after, JobRow.status.in_(active)))  # recent allocations only
+            .where(
+                JobRow.system == system,
+                JobRow.allocation_name.is_not(None),
+                JobRow.array_index.is_(None),
+                or_(JobRow.completed_at >= ended_after, JobRow.status.in_(active)),
+            )  # recent allocations only
             .group_by(JobRow.allocation_name)
-            .having(func.sum(case((JobRow.status.in_(active), 1), else_=0)) == 0,
-                    func.sum(case((JobRow.charged_su.is_(None), 1), else_=0)) > 0,
-                    func.count(JobRow.scheduler_job_id) > 0,
-                    func.max(JobRow.completed_at) >= ended_after)
+            .having(
+                func.sum(case((JobRow.status.in_(active), 1), else_=0)) == 0,
+                func.sum(case((JobRow.charged_su.is_(None), 1), else_=0)) > 0,
+                func.count(JobRow.scheduler_job_id) > 0,
+                func.max(JobRow.completed_at) >= ended_after,
+            )
         )
         with Session(self.engine) as session:
             return {name: job_id for name, job_id in session.execute(query)}
@@ -411,10 +528,15 @@ class JobStore:
         however many members it runs; each live task of a job array counts, as Slurm counts it
         (TACC's per-user cap counts jobs)."""
         query = select(JobRow.id, JobRow.allocation_name, JobRow.array_index).where(
-            JobRow.user_id == user_id, JobRow.system == system, JobRow.queue == queue,
-            JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]))
+            JobRow.user_id == user_id,
+            JobRow.system == system,
+            JobRow.queue == queue,
+            JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
+        )
         with Session(self.engine) as session:
-            return len({job_id if index is not None else name or job_id for job_id, name, index in session.execute(query)})
+            return len(
+                {job_id if index is not None else name or job_id for job_id, name, index in session.execute(query)}
+            )
 
     def agents_by_job_name(self, system: str) -> dict[str, str]:
         """Slurm job name -> agent of every job on a system, a packed allocation under its own

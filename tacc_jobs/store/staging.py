@@ -66,7 +66,9 @@ class StagingStore:
         """The dataset's record on `system`, if it was ever requested."""
         with Session(self.engine) as session:
             row = session.scalars(
-                select(DatasetStagingRow).where(DatasetStagingRow.system == system, DatasetStagingRow.dataset_id == dataset_id)
+                select(DatasetStagingRow).where(
+                    DatasetStagingRow.system == system, DatasetStagingRow.dataset_id == dataset_id
+                )
             ).first()
             return DatasetStaging.model_validate(row) if row else None
 
@@ -84,7 +86,9 @@ class StagingStore:
         now = utcnow()
         with Session(self.engine) as session, session.begin():
             row = session.scalars(
-                select(DatasetStagingRow).where(DatasetStagingRow.system == system, DatasetStagingRow.dataset_id == dataset_id)
+                select(DatasetStagingRow).where(
+                    DatasetStagingRow.system == system, DatasetStagingRow.dataset_id == dataset_id
+                )
             ).first()
             if row is None:
                 row = DatasetStagingRow(id=uuid.uuid4(), system=system, dataset_id=dataset_id, progress=0.0)
@@ -108,7 +112,11 @@ class StagingStore:
                 )
             ).all()
         key = (PRIORITY_RANK[mine.priority], mine.requested_at)
-        return sum(1 for other, priority, requested in queued if other != dataset_id and (PRIORITY_RANK[priority], requested) < key)
+        return sum(
+            1
+            for other, priority, requested in queued
+            if other != dataset_id and (PRIORITY_RANK[priority], requested) < key
+        )
 
     def try_start(self, system: str, dataset_id: str, max_parallel: int) -> bool:
         """Move QUEUED -> STAGING when no request is ahead and a slot is free on the system."""

@@ -96,6 +96,20 @@ class JobRow(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class SuChargeRow(Base):
+    """One job's charge in SUs, dated by the job's end: the budget ledger, which outlives the job's
+    record (cleanup deletes records, never charges)."""
+
+    __tablename__ = "su_charges"
+    __table_args__ = (Index("ix_su_charges_user_id_charged_at", "user_id", "charged_at"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    system: Mapped[str] = mapped_column(String(16))
+    su: Mapped[float] = mapped_column(Float)
+    charged_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class DatasetStagingRow(Base):
     """Where one dataset stands on one system: QUEUED, STAGING, STAGED or FAILED."""
 
@@ -154,9 +168,7 @@ class JobUsageRow(Base):
     """
 
     __tablename__ = "job_usage"
-    __table_args__ = (
-        Index("ix_job_usage_start_time", "start_time"),
-    )
+    __table_args__ = (Index("ix_job_usage_start_time", "start_time"),)
 
     system: Mapped[str] = mapped_column(String(32), primary_key=True)
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -66,8 +66,9 @@ def app_definition(agent: str, exec_system_id: str, scratch_root: str) -> AppDef
     )
 
 
-def register_apps(client: TapisClient, exec_system_id: str, scratch_root: str,
-                  agents: list[str] | None = None) -> dict[str, Literal["registered", "updated"]]:
+def register_apps(
+    client: TapisClient, exec_system_id: str, scratch_root: str, agents: list[str] | None = None
+) -> dict[str, Literal["registered", "updated"]]:
     """Upload each agent's archive and register its app version, or update the one that exists.
 
     Example:

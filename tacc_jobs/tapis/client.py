@@ -95,7 +95,12 @@ class TapisClient:
         if refresh_token is not None and password is None and not (client_id and client_key):
             raise ValueError("a refresh token is exchanged with the client's id and key: set client_id and client_key")
         self.base_url, self.username = base_url.rstrip("/"), username
-        self._password, self._refresh_token, self._client_id, self._client_key = password, refresh_token, client_id, client_key
+        self._password, self._refresh_token, self._client_id, self._client_key = (
+            password,
+            refresh_token,
+            client_id,
+            client_key,
+        )
         self.retries, self.backoff_seconds, self.max_backoff_seconds = retries, backoff_seconds, max_backoff_seconds
         self.refresh_margin = timedelta(seconds=refresh_margin_seconds)
         self._token: AccessToken | None = None
@@ -168,8 +173,9 @@ class TapisClient:
             message = response.text.strip()[:500]
         return self._redact(f"Tapis could not {what}: HTTP {response.status_code}: {message or response.reason_phrase}")
 
-    def _send(self, method: str, path: str, what: str, token: SecretStr | None = None, idempotent: bool = True,
-              **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, what: str, token: SecretStr | None = None, idempotent: bool = True, **kwargs: Any
+    ) -> httpx.Response:
         """One call, retried on 429, 5xx and dropped connections; a 4xx raises at once. A call
         that is not idempotent is retried only on 429 (refused before it was served): after a
         5xx or a dropped connection it may have been served, and the caller must look first."""
@@ -181,7 +187,9 @@ class TapisClient:
                 response = self._http.request(method, path, headers=headers, **kwargs)
             except httpx.TransportError as error:
                 if attempt == self.retries or not idempotent:
-                    raise TapisUnavailableError(self._redact(f"Tapis could not {what}: {type(error).__name__}: {error}")) from None
+                    raise TapisUnavailableError(
+                        self._redact(f"Tapis could not {what}: {type(error).__name__}: {error}")
+                    ) from None
                 delay = self.backoff(attempt)
                 logger.warning("Tapis %s: %s; retrying in %.1f s", what, type(error).__name__, delay)
                 time.sleep(delay)
@@ -219,7 +227,9 @@ class TapisClient:
             self._forget_token(token)
             return self._send(method, path, what, token=self.access_token(), **kwargs)
 
-    def request_unless(self, status_code: int, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response | None:
+    def request_unless(
+        self, status_code: int, method: str, path: str, what: str, **kwargs: Any
+    ) -> httpx.Response | None:
         """`request`, or None when Tapis answers `status_code` (404: not there; 409: done already).
 
         Example:
@@ -261,7 +271,9 @@ class TapisClient:
             tapis.submit_job(JobSubmitRequest(name="tacc-0f...", app_id="tacc-orch-alphacal", ...)).uuid
             ```
         """
-        response = self.request("POST", "/v3/jobs/submit", f"submit job {request.name}", idempotent=False, json=request.wire())
+        response = self.request(
+            "POST", "/v3/jobs/submit", f"submit job {request.name}", idempotent=False, json=request.wire()
+        )
         return TapisJob.model_validate(response.json()["result"])
 
     def search_jobs(self, conditions: list[str], limit: int = SEARCH_PAGE) -> Iterator[TapisJob]:
@@ -275,7 +287,9 @@ class TapisClient:
         skip = 0
         while True:
             params = {"select": "allAttributes", "limit": limit, "skip": skip, "orderBy": "created(asc)"}
-            response = self.request("POST", "/v3/jobs/search", "search jobs", params=params, json={"search": conditions})
+            response = self.request(
+                "POST", "/v3/jobs/search", "search jobs", params=params, json={"search": conditions}
+            )
             page = [TapisJob.model_validate(item) for item in response.json()["result"] or []]
             yield from page
             if len(page) < limit:
@@ -300,8 +314,12 @@ class TapisClient:
             [event.event_detail for event in tapis.job_history("8a1c...-007")]  # ["PENDING", ..., "FINISHED"]
             ```
         """
-        response = self.request("GET", f"/v3/jobs/{quote(job_uuid, safe='')}/history", f"read the history of job {job_uuid}",
-                                params={"limit": 1000})
+        response = self.request(
+            "GET",
+            f"/v3/jobs/{quote(job_uuid, safe='')}/history",
+            f"read the history of job {job_uuid}",
+            params={"limit": 1000},
+        )
         return [JobHistoryEvent.model_validate(item) for item in response.json()["result"] or []]
 
     def job_outputs(self, job_uuid: str, path: str) -> list[FileInfo]:
@@ -313,8 +331,12 @@ class TapisClient:
             [file.name for file in tapis.job_outputs("8a1c...-007", "output/")]  # ["progress", "result.json"]
             ```
         """
-        response = self.request("GET", f"/v3/jobs/{quote(job_uuid, safe='')}/output/list/{quote(path.lstrip('/'), safe='/')}",
-                                f"list the outputs of job {job_uuid}", params={"allowIfRunning": "true", "limit": 1000})
+        response = self.request(
+            "GET",
+            f"/v3/jobs/{quote(job_uuid, safe='')}/output/list/{quote(path.lstrip('/'), safe='/')}",
+            f"list the outputs of job {job_uuid}",
+            params={"allowIfRunning": "true", "limit": 1000},
+        )
         return [FileInfo.model_validate(item) for item in response.json()["result"] or []]
 
     def job_output(self, job_uuid: str, path: str) -> bytes:
@@ -325,8 +347,12 @@ class TapisClient:
             json.loads(tapis.job_output("8a1c...-007", "output/result.json"))
             ```
         """
-        response = self.request("GET", f"/v3/jobs/{quote(job_uuid, safe='')}/output/download/{quoted_path(path)}",
-                                f"download {path} of job {job_uuid}", params={"allowIfRunning": "true"})
+        response = self.request(
+            "GET",
+            f"/v3/jobs/{quote(job_uuid, safe='')}/output/download/{quoted_path(path)}",
+            f"download {path} of job {job_uuid}",
+            params={"allowIfRunning": "true"},
+        )
         return response.content
 
     # --- Files ----------------------------------------------------------------------------
@@ -339,8 +365,13 @@ class TapisClient:
             tapis.list_files("ls6", "/scratch/01234/jdoe/tacc/datasets", recurse=True)
             ```
         """
-        response = self.request_unless(404, "GET", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"list {system_id}:{path}",
-                                       params={"recurse": str(recurse).lower(), "limit": 10000})
+        response = self.request_unless(
+            404,
+            "GET",
+            f"/v3/files/ops/{system_id}/{quoted_path(path)}",
+            f"list {system_id}:{path}",
+            params={"recurse": str(recurse).lower(), "limit": 10000},
+        )
         return [FileInfo.model_validate(item) for item in response.json()["result"] or []] if response else []
 
     def get_contents(self, system_id: str, path: str) -> bytes | None:
@@ -351,7 +382,9 @@ class TapisClient:
             tapis.get_contents("ls6", "/scratch/01234/jdoe/tacc/jobs/6f1c.../output/progress")  # b"0.5000\\n"
             ```
         """
-        response = self.request_unless(404, "GET", f"/v3/files/content/{system_id}/{quoted_path(path)}", f"read {system_id}:{path}")
+        response = self.request_unless(
+            404, "GET", f"/v3/files/content/{system_id}/{quoted_path(path)}", f"read {system_id}:{path}"
+        )
         return response.content if response is not None else None
 
     def upload(self, system_id: str, path: str, content: bytes) -> None:
@@ -362,8 +395,12 @@ class TapisClient:
             tapis.upload("ls6", "/scratch/01234/jdoe/tacc/apps/a.zip", archive_bytes)
             ```
         """
-        self.request("POST", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"upload {system_id}:{path}",
-                     files={"file": (posixpath.basename(path), content, "application/octet-stream")})
+        self.request(
+            "POST",
+            f"/v3/files/ops/{system_id}/{quoted_path(path)}",
+            f"upload {system_id}:{path}",
+            files={"file": (posixpath.basename(path), content, "application/octet-stream")},
+        )
 
     def mkdir(self, system_id: str, path: str) -> None:
         """`POST /v3/files/ops/{systemId}`: create a directory and its parents (no error if it exists).
@@ -373,7 +410,9 @@ class TapisClient:
             tapis.mkdir("ls6", "/scratch/01234/jdoe/tacc/datasets/VLASS2.1.eb123456")
             ```
         """
-        self.request("POST", f"/v3/files/ops/{system_id}", f"create {system_id}:{path}", json={"path": relative_path(path)})
+        self.request(
+            "POST", f"/v3/files/ops/{system_id}", f"create {system_id}:{path}", json={"path": relative_path(path)}
+        )
 
     def delete(self, system_id: str, path: str) -> None:
         """`DELETE /v3/files/ops/{systemId}/{path}` (recursive); a missing path is no error.
@@ -383,7 +422,9 @@ class TapisClient:
             tapis.delete("ls6", "/scratch/01234/jdoe/tacc/jobs/6f1c...")
             ```
         """
-        self.request_unless(404, "DELETE", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"delete {system_id}:{path}")
+        self.request_unless(
+            404, "DELETE", f"/v3/files/ops/{system_id}/{quoted_path(path)}", f"delete {system_id}:{path}"
+        )
 
     def create_transfer(self, elements: list[TransferElement], tag: str) -> TransferTask:
         """`POST /v3/files/transfers`: Tapis moves the files itself, system to system (retried
@@ -406,8 +447,12 @@ class TapisClient:
             tapis.get_transfer(task.uuid).status  # "COMPLETED"
             ```
         """
-        response = self.request("GET", f"/v3/files/transfers/{quote(task_uuid, safe='')}", f"read transfer {task_uuid}",
-                                params={"includeSummary": "true"})
+        response = self.request(
+            "GET",
+            f"/v3/files/transfers/{quote(task_uuid, safe='')}",
+            f"read transfer {task_uuid}",
+            params={"includeSummary": "true"},
+        )
         return TransferTask.model_validate(response.json()["result"])
 
     # --- Apps -----------------------------------------------------------------------------
@@ -420,8 +465,9 @@ class TapisClient:
             tapis.get_app("tacc-orch-alphacal", "1.0") is not None
             ```
         """
-        response = self.request_unless(404, "GET", f"/v3/apps/{quote(app_id, safe='')}/{quote(version, safe='')}",
-                                       f"read app {app_id} {version}")
+        response = self.request_unless(
+            404, "GET", f"/v3/apps/{quote(app_id, safe='')}/{quote(version, safe='')}", f"read app {app_id} {version}"
+        )
         return response.json()["result"] if response is not None else None
 
     def create_app(self, app: AppDefinition) -> None:
@@ -443,4 +489,9 @@ class TapisClient:
             ```
         """
         body = {key: value for key, value in app.wire().items() if key not in {"id", "version"}}
-        self.request("PUT", f"/v3/apps/{quote(app.id, safe='')}/{quote(app.version, safe='')}", f"update app {app.id} {app.version}", json=body)
+        self.request(
+            "PUT",
+            f"/v3/apps/{quote(app.id, safe='')}/{quote(app.version, safe='')}",
+            f"update app {app.id} {app.version}",
+            json=body,
+        )

@@ -13,8 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.alias_generators import to_camel
 
 TapisStatus = Literal[
-    "PENDING", "PROCESSING_INPUTS", "STAGING_INPUTS", "STAGING_JOB", "SUBMITTING_JOB", "QUEUED", "RUNNING",
-    "ARCHIVING", "BLOCKED", "PAUSED", "FINISHED", "CANCELLED", "FAILED",
+    "PENDING",
+    "PROCESSING_INPUTS",
+    "STAGING_INPUTS",
+    "STAGING_JOB",
+    "SUBMITTING_JOB",
+    "QUEUED",
+    "RUNNING",
+    "ARCHIVING",
+    "BLOCKED",
+    "PAUSED",
+    "FINISHED",
+    "CANCELLED",
+    "FAILED",
 ]
 
 
@@ -165,7 +176,9 @@ class TransferElement(TapisModel):
 
     source_uri: str = Field(alias="sourceURI")
     destination_uri: str = Field(alias="destinationURI")
-    transfer_type: Literal["TRANSFER"] = Field(default="TRANSFER", description="Sent: the spec's default for it is null")
+    transfer_type: Literal["TRANSFER"] = Field(
+        default="TRANSFER", description="Sent: the spec's default for it is null"
+    )
 
 
 class TransferTask(TapisModel):
