@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,24 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, interval:
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def start_now(job_id: str) -> None:
+    """A requeued job waits for its begin time (a minute or two); let it start now if it still waits.
+
+    Not within the second its previous attempt ended: slurmd still holds that attempt's revoked
+    credential and kills the restart ("Job credential revoked"), a real FAILED that Slurm's own
+    begin-time delay exists to avoid.
+    """
+    ends = subprocess.run(
+        ["sacct", "-D", "-X", "--noheader", "--parsable2", f"--jobs={job_id}", "--format=End"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    last_end = max((datetime.fromisoformat(end) for end in ends if end[:1].isdigit()), default=datetime.now())
+    time.sleep(max(0.0, (last_end + timedelta(seconds=2) - datetime.now()).total_seconds()))
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
 
 
 def accounted(job_id: str, name: str, fields: str = "State") -> str:

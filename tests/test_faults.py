@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.store import JobStore
 from tasks.flow_run_sync import cancel_jobs_of_cancelled_runs
 from tasks.tracking import SystemSweep, sweep_system
-from tests.conftest import REPO, Sandbox, accounted, wait_until
+from tests.conftest import REPO, Sandbox, accounted, start_now, wait_until
 
 pytestmark = [pytest.mark.usefixtures("prefect_server", "ls6_block"), pytest.mark.faults]
 
@@ -185,24 +184,6 @@ def daemon(name: str, action: str, signal_name: str = "TERM") -> None:
 def scontrol(*args: str) -> None:
     done = subprocess.run(["scontrol", *args], capture_output=True, text=True)
     assert done.returncode == 0, f"scontrol {' '.join(args)}: {done.stderr}"
-
-
-def start_now(job_id: str) -> None:
-    """A requeued job waits for its begin time (a minute or two); let it start now if it still waits.
-
-    Not within the second its previous attempt ended: slurmd still holds that attempt's revoked
-    credential and kills the restart ("Job credential revoked"), a real FAILED that Slurm's own
-    begin-time delay exists to avoid.
-    """
-    ends = subprocess.run(
-        ["sacct", "-D", "-X", "--noheader", "--parsable2", f"--jobs={job_id}", "--format=End"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    last_end = max((datetime.fromisoformat(end) for end in ends if end[:1].isdigit()), default=datetime.now())
-    time.sleep(max(0.0, (last_end + timedelta(seconds=2) - datetime.now()).total_seconds()))
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
 
 
 def sandbox_node() -> str:

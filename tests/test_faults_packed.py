@@ -42,14 +42,13 @@ from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.store import JobStore, JobUpdate
 from tacc_jobs.tracking import PILE_REASON
 from tasks.planning import plan_job_request, plan_request_batch
-from tests.conftest import REPO, Sandbox, wait_until
+from tests.conftest import REPO, Sandbox, start_now, wait_until
 from tests.test_faults import (
     FAULTS,
     record_figures,
     scontrol,
     slow_sbatch,  # noqa: F401 (the single-job suite's fixture, used here by name)
     slurm_jobs,
-    start_now,
     sweep,
 )
 
