@@ -57,6 +57,16 @@ class TransientSchedulerError(SchedulerError, TransientError):
     """A scheduler failure worth retrying: a timeout, a dropped connection, an unreachable controller."""
 
 
+class LoginNodeUnreachable(TransientSchedulerError):
+    """SSH could not reach the login node (refused, reset, timed out): no command ran there."""
+
+
+class LoginRequired(LoginNodeUnreachable):
+    """The login node wants a person: it asks for an interactive login (TACC's MFA) because the
+    master connection that commands ride is gone. Waited out, as an unreachable host is, until
+    someone logs in again (`python -m deployments.login <system>`)."""
+
+
 class PermanentSchedulerError(SchedulerError):
     """A refusal that retrying cannot fix: a bad account, partition or option."""
 

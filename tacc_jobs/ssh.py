@@ -28,7 +28,13 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from tacc_jobs.exceptions import PermanentSchedulerError, TransientSchedulerError
+from tacc_jobs.exceptions import (
+    LoginNodeUnreachable,
+    LoginRequired,
+    PermanentSchedulerError,
+    SchedulerError,
+    TransientSchedulerError,
+)
 from tacc_jobs.processes import process_alive
 
 SSH_CONNECTION_FAILED = 255
@@ -36,6 +42,25 @@ DIR_PREFIX, OWNER, AGENT_PID, AGENT_SOCKET = "tacc-ssh-", "owner.pid", "agent.pi
 _REFUSED_LOGIN = re.compile(
     r"Host key verification failed|Permission denied|REMOTE HOST IDENTIFICATION HAS CHANGED|No such file or directory"
 )
+_INTERACTIVE_LOGIN = re.compile(r"Permission denied \([^)]*keyboard-interactive")  # the server asks a person (MFA)
+
+
+def ssh_failure(target: str, stderr: str) -> SchedulerError:
+    """What an `ssh` that exited 255 means: a login only a person can make (MFA) and an
+    unreachable host are waited out; a refused key, host key or user name is permanent.
+
+    Example:
+        >>> type(ssh_failure("jdoe@ls6", "jdoe@ls6: Permission denied (keyboard-interactive).")).__name__
+        'LoginRequired'
+        >>> type(ssh_failure("jdoe@ls6", "jdoe@ls6: Permission denied (publickey).")).__name__
+        'PermanentSchedulerError'
+    """
+    message = f"ssh {target}: {stderr.strip() or 'connection failed'}"
+    if _INTERACTIVE_LOGIN.search(stderr):
+        return LoginRequired(f"{message} (the login node asks for an interactive login: log in once again)")
+    if _REFUSED_LOGIN.search(stderr):
+        return PermanentSchedulerError(f"{message} (check the block's key, known_hosts and user name)")
+    return LoginNodeUnreachable(message)
 
 
 def stop_orphaned_agents() -> None:
@@ -111,13 +136,11 @@ class SshConnection:
             options["IdentityAgent"] = str(self._dir / AGENT_SOCKET)
         if identity:
             options.update(IdentityFile=str(identity), IdentitiesOnly="yes")
-        self._base = [
-            "ssh",
-            "-p",
-            str(port),
-            *(f"-o{key}={value}" for key, value in options.items()),
-            f"{username}@{host}",
-        ]
+        self._options = options
+        self._base = self._argv(options)
+
+    def _argv(self, options: dict[str, str]) -> list[str]:
+        return ["ssh", "-p", str(self.port), *(f"-o{key}={value}" for key, value in options.items()), self.target]
 
     @property
     def ssh_argv(self) -> list[str]:
@@ -127,7 +150,25 @@ class SshConnection:
     @property
     def target(self) -> str:
         """`user@host` of the login node."""
-        return self._base[-1]
+        return f"{self.username}@{self.host}"
+
+    def open_master(self, persist: str = "12h") -> int:
+        """Log in once, as a person (answering the MFA prompt on this terminal), and leave the
+        master connection running in the background for `persist`: every later command of
+        every process whose block names the same `control_path` rides it.
+
+        Returns:
+            ssh's exit status (0 when the master is up).
+
+        Example:
+            ```python
+            with TaccCredentials.load("ls6").get_client() as connection:
+                connection.open_master()  # asks for the TACC token code
+            ```
+        """
+        options = {**self._options, "BatchMode": "no", "ControlMaster": "yes", "ControlPersist": persist}
+        argv = self._argv(options)
+        return subprocess.run([*argv[:-1], "-fN", argv[-1]], timeout=300).returncode
 
     def _start_agent(self, private_key: SecretStr) -> Path:
         """An ssh-agent holding the key (given on its standard input); the public half's path."""
@@ -175,7 +216,9 @@ class SshConnection:
         """Run one remote command; every argument is quoted for the remote shell.
 
         Raises:
-            TransientSchedulerError: When SSH itself fails (connection refused, reset, timed out).
+            LoginNodeUnreachable: When SSH itself fails (connection refused, reset, timed out),
+                or the login node asks for an interactive login (`LoginRequired`).
+            TransientSchedulerError: When the command outlives its timeout.
             PermanentSchedulerError: When the login is refused (key, host key, user name).
         """
         command = [*self._base, "--", shlex.join(argv)]
@@ -188,17 +231,14 @@ class SshConnection:
         except subprocess.TimeoutExpired:
             raise TransientSchedulerError(f"ssh {self.host}: {argv[0]} timed out") from None
         if completed.returncode == SSH_CONNECTION_FAILED:
-            message = f"ssh {self.username}@{self.host}:{self.port}: {completed.stderr.strip() or 'connection failed'}"
-            if _REFUSED_LOGIN.search(completed.stderr):
-                raise PermanentSchedulerError(f"{message} (check the block's key, known_hosts and user name)")
-            raise TransientSchedulerError(message)
+            raise ssh_failure(f"{self.username}@{self.host}:{self.port}", completed.stderr)
         return completed
 
     def stream(self, argv: Sequence[str]) -> Iterator[str]:
         """Run one remote command and yield its output lines as they arrive (memory stays flat).
 
         Raises:
-            TransientSchedulerError: When SSH itself fails.
+            SchedulerError: When SSH itself fails, as `run` says.
             subprocess.CalledProcessError: When the command exits non-zero (with its stderr).
         """
         self.commands_run += 1
@@ -215,9 +255,7 @@ class SshConnection:
                 stderr = process.stderr.read()
                 returncode = process.wait(timeout=self.command_timeout)
         if returncode == SSH_CONNECTION_FAILED:
-            raise TransientSchedulerError(
-                f"ssh {self.username}@{self.host}:{self.port}: {stderr.strip() or 'connection failed'}"
-            )
+            raise ssh_failure(f"{self.username}@{self.host}:{self.port}", stderr)
         if returncode != 0:
             raise subprocess.CalledProcessError(returncode, list(argv), stderr=stderr)
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from tacc_jobs.exceptions import IllegalTransition, SchedulerError
+from tacc_jobs.exceptions import IllegalTransition, LoginRequired, SchedulerError
 from tacc_jobs.launcher import STATUS_FILE, MemberStatus
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.planning.catalog import find_queue
@@ -203,6 +203,22 @@ def _parse_member_status(text: str) -> MemberStatus | None:
 
 
 PILE_REASON = "waiting in its allocation for free GPUs"
+LOGIN_NODE_REASON = "waiting for the login node"
+
+
+def login_node_reason(system: str, error: Exception) -> str:
+    """Why a system's jobs are not observed, and what brings them back.
+
+    Example:
+        >>> login_node_reason("ls6", LoginRequired("ssh jdoe@ls6: Permission denied (keyboard-interactive)."))
+        'waiting for the login node: it asks for an interactive login (MFA); run `python -m deployments.login ls6` on the worker host'
+    """
+    if isinstance(error, LoginRequired):
+        return (
+            f"{LOGIN_NODE_REASON}: it asks for an interactive login (MFA); "
+            f"run `python -m deployments.login {system}` on the worker host"
+        )
+    return f"{LOGIN_NODE_REASON}: {error}"
 
 
 def member_observation(allocation: JobObservation, member: MemberStatus | None) -> JobObservation:

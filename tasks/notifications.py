@@ -15,6 +15,17 @@ from tasks.policies import cluster_task
 from tasks.run_context import run_logger
 
 
+def announce_login_node(system: str, reason: str | None) -> None:
+    """Tell operators that a system's login node cannot be reached (`reason` says why and what
+    to do), or, with None, that it can again: `tacc.login-node.unavailable`/`.available`, for an
+    automation to notify someone who can log in."""
+    emit_event(
+        event=f"tacc.login-node.{'unavailable' if reason else 'available'}",
+        resource={"prefect.resource.id": f"tacc.system.{system}", "prefect.resource.name": system},
+        payload={"system": system, "reason": reason},
+    )
+
+
 def announce(store: JobStore, scheduler: Scheduler, transition: Transition) -> JobRecord:
     """After a status change: emit a Prefect event; when it ended the job, keep its result (read
     now, unless the poll that saw the end brought it) and call its webhook. Only the caller whose

@@ -11,22 +11,24 @@ from pydantic import BaseModel
 
 from blocks.clusters import scheduler_for
 from blocks.database import open_job_store
-from tacc_jobs.exceptions import SchedulerError
+from tacc_jobs.exceptions import LoginNodeUnreachable, SchedulerError
 from tacc_jobs.models import JobRecord, JobStatus
 from tacc_jobs.settings import get_settings
 from tacc_jobs.tracking import (
+    LOGIN_NODE_REASON,
     NEVER_SUBMITTED_REASON,
     JobObservation,
     TrackedJob,
     TrackingPolicy,
     charge_ended_allocations,
+    login_node_reason,
     observe,
     reconcile_unsubmitted,
     record_observation,
 )
 from tacc_jobs.walltime import utcnow
 from tasks.flow_run_sync import ended_flow_runs
-from tasks.notifications import announce
+from tasks.notifications import announce, announce_login_node
 from tasks.policies import cluster_task
 from tasks.submission import batch_job_for
 
@@ -93,12 +95,18 @@ class SystemSweep(BaseModel):
     statuses: dict[str, int]
     adopted: int = 0
     abandoned: int = 0
+    unobserved: str | None = None
 
 
 @cluster_task
 def sweep_system(system: str) -> SystemSweep:
     """Observe all active jobs of `system` in one scheduler call and record what changed, as the
     tracking policy reads it (requeues, unseen jobs, states not understood).
+
+    When the scheduler cannot be reached (the login node down, or asking for an interactive
+    login), nothing fails: its active jobs get the reason "waiting for the login node: ..." and
+    one `tacc.login-node.unavailable` event says what to do; the first sweep that reaches it
+    again clears the reason and emits `tacc.login-node.available`.
 
     Before that, jobs recorded QUEUED with no scheduler id past a grace period (their submitter
     may have died between `sbatch` and recording its answer) are looked up by name: adopted
@@ -145,7 +153,23 @@ def sweep_system(system: str) -> SystemSweep:
         )
         announce(store, scheduler, transition)
     records = store.active(system)
-    observations = observe(scheduler, [TrackedJob.from_record(record) for record in records])
+    try:
+        observations = observe(scheduler, [TrackedJob.from_record(record) for record in records])
+    except LoginNodeUnreachable as error:  # down, or asking for a person: wait, fail nothing (a controller down fails)
+        reason = login_node_reason(system, error)
+        logger.warning("%s: %d active job(s) not observed this sweep: %s", system, len(records), reason)
+        if store.note_unobserved(system, LOGIN_NODE_REASON, reason):
+            announce_login_node(system, reason)
+        return SystemSweep(
+            system=system,
+            active=len(records),
+            changed=0,
+            statuses=dict(Counter(record.status.value for record in records)),
+            unobserved=reason,
+        )
+    if any((record.reason or "").startswith(LOGIN_NODE_REASON) for record in records):
+        store.note_unobserved(system, LOGIN_NODE_REASON, None)
+        announce_login_node(system, None)
     changed, statuses = 0, Counter[str]()
     for record, observation in zip(records, observations):
         if observation.not_understood:

@@ -9,15 +9,21 @@ Each must be zero. The figures are also appended to tests/artifacts/faults.txt.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,11 @@ from prefect import get_client
 from prefect.logging import disable_run_logger
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
+from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 
+from blocks.clusters import close_connections
+from blocks.credentials import TaccCredentials
 from blocks.database import open_job_store
 from flows.submit import submit_job
 from tacc_jobs.exceptions import TransientError
@@ -36,6 +45,7 @@ from tacc_jobs.schedulers import JobSubmission
 from tacc_jobs.schedulers.job_script import scheduler_job_name
 from tacc_jobs.schedulers.slurm import SlurmScheduler
 from tacc_jobs.store import JobStore
+from tacc_jobs.tracking import LOGIN_NODE_REASON
 from tasks.flow_run_sync import cancel_jobs_of_cancelled_runs
 from tasks.tracking import SystemSweep, sweep_system
 from tests.conftest import REPO, Sandbox, accounted, start_now, wait_until
@@ -510,3 +520,147 @@ def test_cancelling_a_run_before_its_job_id_is_recorded_leaves_no_job(
         [record],
         left_in_squeue=len(in_queue().splitlines()),
     )
+
+
+class MfaLoginNode(BaseModel):
+    """A second sshd for the sandbox's user that, after the key, asks for a one-time code, as
+    TACC's login nodes ask for the MFA token (PAM's password prompt stands in for it): ssh in
+    batch mode is refused "Permission denied (keyboard-interactive)". Down until `start()`."""
+
+    port: int
+    code: str
+    config: Path
+
+    def start(self) -> None:
+        log = self.config.with_name("sshd.log")
+        subprocess.run(["/usr/sbin/sshd", "-f", str(self.config), "-E", str(log)], check=True)
+
+
+@pytest.fixture
+def mfa_login_node(sandbox: Sandbox, tmp_path: Path) -> Iterator[MfaLoginNode]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, pid_file = secrets.token_hex(8), tmp_path / "sshd.pid"
+    shadow = subprocess.run(
+        ["getent", "shadow", sandbox.user], capture_output=True, text=True, check=True
+    ).stdout.split(":")[1]
+    config = tmp_path / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {sandbox.key.parent / 'host_ed25519'}\n"
+        f"PidFile {pid_file}\nUsePAM yes\nPasswordAuthentication no\nKbdInteractiveAuthentication yes\n"
+        "AuthenticationMethods publickey,keyboard-interactive\nAuthorizedKeysFile .ssh/authorized_keys\n"
+        f"PermitRootLogin no\nAllowUsers {sandbox.user}\nMaxSessions 64\n"
+    )
+    subprocess.run(["chpasswd"], input=f"{sandbox.user}:{code}", text=True, check=True)
+    try:
+        yield MfaLoginNode(port=port, code=code, config=config)
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        subprocess.run(["usermod", "-p", shadow, sandbox.user], check=True)  # the sandbox user as it was
+
+
+def login_node_events(since: datetime) -> list[dict[str, Any]]:
+    """The `tacc.login-node.*` events the Prefect server received since `since`."""
+
+    async def read() -> list[dict[str, Any]]:
+        async with get_client() as client:
+            response = await client._client.post(
+                "/events/filter",
+                json={"filter": {"event": {"prefix": ["tacc.login-node."]}, "occurred": {"since": since.isoformat()}}},
+            )
+            response.raise_for_status()
+            return response.json()["events"]
+
+    return asyncio.run(read())
+
+
+def test_a_login_node_down_then_asking_for_mfa_fails_nothing_and_one_login_resumes_every_job(
+    ls6_block: TaccCredentials, mfa_login_node: MfaLoginNode, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    store, user = open_job_store(), f"mfa{uuid.uuid4().hex[:6]}"
+    since = datetime.now().astimezone()
+    records = [running(store, submitted(user, seconds_per_chunk=1.5)) for _ in range(2)]  # 12 s each
+    sockets = Path(tempfile.mkdtemp(prefix="cm-", dir="/tmp"))  # a socket's path must fit in 108 bytes
+    login_node, control_path = mfa_login_node, str(sockets / "%C")
+    # the master connection is gone and the login node is down (a reboot at TACC), then back asking for MFA
+    close_connections()
+    ls6_block.model_copy(
+        update={
+            "port": login_node.port,
+            "known_hosts": ls6_block.known_hosts.replace(f":{sandbox.port} ", f":{login_node.port} "),
+            "control_path": control_path,
+        }
+    ).save("ls6", overwrite=True)
+
+    def waited_out(cause: str) -> list[SystemSweep | None]:
+        waited = [sweep() for _ in range(2)]
+        assert all(w is not None and w.unobserved and cause in w.unobserved for w in waited), (
+            f"a login node that is away ({cause}) fails no sweep: it is waited out ({waited})"
+        )
+        for record in records:
+            now = store.get(record.id)
+            assert not now.status.is_terminal and (now.reason or "").startswith(LOGIN_NODE_REASON), now
+        return waited
+
+    try:
+        waited = waited_out("Connection refused")
+        login_node.start()
+        waited += waited_out("deployments.login ls6")
+        time.sleep(15)  # the jobs end meanwhile, unobserved
+        # the operator logs in once, answering the prompt (SSH_ASKPASS types the code)
+        askpass = tmp_path / "askpass"
+        askpass.write_text(f"#!/bin/sh\necho {login_node.code}\n")
+        askpass.chmod(0o700)
+        login = subprocess.run(
+            [sys.executable, "-m", "deployments.login", "ls6", "--persist", "10m"],
+            cwd=REPO,
+            env={
+                **os.environ,
+                "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+                "SSH_ASKPASS": str(askpass),
+                "SSH_ASKPASS_REQUIRE": "force",
+            },
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert login.returncode == 0, login.stdout + login.stderr
+        ended = sweep_until_ended(store, records)
+        assert all(r.status is JobStatus.COMPLETED and r.charged_su and r.reason is None for r in ended), ended
+        events = wait_until(
+            lambda: (
+                (found := login_node_events(since))
+                and sum(e["event"] == "tacc.login-node.available" for e in found) == 1
+                and found
+            ),
+            30,
+            1,
+        )
+        unavailable = [
+            e["payload"]["reason"]
+            for e in sorted(events, key=lambda e: e["occurred"])
+            if e["event"] == "tacc.login-node.unavailable"
+        ]
+        assert len(unavailable) == 2 and "Connection refused" in unavailable[0] and "MFA" in unavailable[1], (
+            "one event per cause, not per sweep"
+        )
+        audit("login node down, then asking for MFA, one login later", store, records, sweeps_waited=len(waited))
+    finally:
+        close_connections()
+        subprocess.run(
+            [
+                "ssh",
+                "-p",
+                str(login_node.port),
+                "-o",
+                f"ControlPath={control_path}",
+                "-O",
+                "exit",
+                f"{sandbox.user}@127.0.0.1",
+            ],
+            capture_output=True,
+        )
+        shutil.rmtree(sockets, ignore_errors=True)

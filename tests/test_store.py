@@ -135,6 +135,34 @@ def test_lifecycle_and_illegal_moves(store: JobStore) -> None:
     assert not kept.moved and kept.record.result == {"flagged_fraction": 0.02}
 
 
+def test_an_unreachable_login_node_is_noted_once_per_cause_on_active_jobs_and_cleared_after(store: JobStore) -> None:
+    running, queuing, ended, unsubmitted = (create(store) for _ in range(4))
+    elsewhere = create(store, system="frontera")
+    store.transition(running.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="1"))
+    store.transition(running.id, JobStatus.RUNNING)
+    store.transition(queuing.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="2", reason="Priority"))
+    store.transition(ended.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="3"))
+    store.transition(ended.id, JobStatus.COMPLETED)
+    store.transition(elsewhere.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="4"))
+    prefix = "waiting for the login node"
+    assert store.note_unobserved("ls6", prefix, f"{prefix}: Connection refused") == 2
+    assert store.note_unobserved("ls6", prefix, f"{prefix}: Connection refused") == 0, "noted once per outage"
+    reasons = {record.id: store.get(record.id).reason for record in (running, queuing, ended, unsubmitted, elsewhere)}
+    assert reasons == {
+        running.id: f"{prefix}: Connection refused",
+        queuing.id: f"{prefix}: Connection refused",
+        ended.id: None,
+        unsubmitted.id: None,
+        elsewhere.id: None,
+    }
+    assert (store.get(running.id).status, store.get(queuing.id).status) == (JobStatus.RUNNING, JobStatus.QUEUING)
+    assert store.note_unobserved("ls6", prefix, f"{prefix}: asks for MFA") == 2, "another cause is news"
+    assert store.note_unobserved("ls6", prefix, None) == 2
+    assert [store.get(record.id).reason for record in (running, queuing)] == [None, None]
+    store.note_unobserved("ls6", "100%_", "100xy")
+    assert store.note_unobserved("ls6", "100%_", None) == 0, "the prefix is a prefix, not a LIKE pattern"
+
+
 def test_racing_transitions_move_once(store: JobStore) -> None:
     record = create(store)
     store.transition(record.id, JobStatus.QUEUING, JobUpdate(scheduler_job_id="7"))

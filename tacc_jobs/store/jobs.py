@@ -271,6 +271,34 @@ class JobStore:
         with self.engine.begin() as connection:  # a no-op when already so: the first unseen poll counts
             connection.execute(update(JobRow).where(JobRow.id == job_id, noted).values(unseen_since=since))
 
+    def note_unobserved(self, system: str, reason_prefix: str, reason: str | None) -> int:
+        """Say why the active jobs of `system` cannot be observed (the login node is unreachable),
+        in one statement; with `reason` None, clear what was said once they can be again.
+
+        Args:
+            system: The system whose active jobs to note.
+            reason_prefix: What every such reason starts with (what `None` clears).
+            reason: The reason to note, or None to clear the reasons that start with the prefix.
+
+        Returns:
+            How many jobs' reasons changed: 0 when they say so already (the same outage).
+        """
+        if reason is None:
+            condition = and_(JobRow.reason.is_not(None), JobRow.reason.startswith(reason_prefix, autoescape=True))
+        else:
+            condition = or_(JobRow.reason.is_(None), JobRow.reason != reason)
+        with self.engine.begin() as connection:
+            return connection.execute(
+                update(JobRow)
+                .where(
+                    JobRow.system == system,
+                    JobRow.status.in_([JobStatus.QUEUING.value, JobStatus.RUNNING.value]),
+                    JobRow.scheduler_job_id.is_not(None),
+                    condition,
+                )
+                .values(reason=reason, updated_at=utcnow())
+            ).rowcount
+
     def past_runtimes_minutes(self, user_id: str, agent: str, limit: int = 20) -> list[float]:
         """Runtimes of the user's most recent completed runs of `agent`."""
         query = (
