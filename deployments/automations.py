@@ -1,4 +1,13 @@
-"""The example automation: notify when a TACC job fails.
+"""The stack's automations: crash the flow runs whose process died, and (the example) notify
+when a TACC job fails.
+
+A flow run whose process is killed with its host (SIGKILL, a power cut, an OOM kill) cannot say
+so: it stays Running in the UI for ever, and what keeps runs in step with their jobs only looks
+at runs that ended. Prefect's answer is heartbeats: each run emits `prefect.flow-run.heartbeat`
+every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds (`scripts/stack.sh` sets 30), and
+`crash-zombie-flow-runs` marks Crashed a run that misses three (a suspended run is not missed:
+its Suspended event answers). Its job runs on; `watch-jobs` follows it, and the crashed run then
+takes its job's end, as after a SIGTERM.
 
 Every job state change is a Prefect event (`tacc.job.<status>`, resource `tacc.job.<id>`). This
 creates the automation `notify-on-failed-tacc-job`: on each `tacc.job.failed` event it sends a
@@ -9,6 +18,7 @@ stay), unless `--replace`.
 
 Example:
     ```bash
+    python -m deployments.automations --crash-zombie-runs 30
     python -m deployments.automations --webhook-url https://hooks.example.org/tacc
     python -m deployments.automations --block slack-webhook/ops-channel --replace
     ```
@@ -18,17 +28,22 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from datetime import timedelta
 
 from prefect.automations import Automation
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
-from prefect.events.actions import SendNotification
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 
 from tacc_jobs.settings import get_settings
 
 AUTOMATION_NAME = "notify-on-failed-tacc-job"
+ZOMBIE_AUTOMATION_NAME = "crash-zombie-flow-runs"
+HEARTBEATS_MISSED = 3
+RUN_ANSWERS = ("Completed", "Failed", "Cancelled", "Crashed", "Suspended", "Paused")
 WEBHOOK_BLOCK_NAME = "tacc-job-failures"
 SUBJECT = "TACC job {{ event.resource['prefect.resource.name'] }} FAILED"
 BODY = (
@@ -77,13 +92,68 @@ def notify_on_failed_jobs(block_document_id: uuid.UUID, replace: bool = False) -
     return automation
 
 
+def crash_zombie_flow_runs(heartbeat_seconds: int) -> Automation:
+    """Create the automation that marks Crashed a flow run that stopped emitting heartbeats: its
+    process died without a word. One that exists is kept as it is (updated in place only when
+    the heartbeat frequency changed): an update resets what it watches.
+
+    Args:
+        heartbeat_seconds: The flow runs' `PREFECT_FLOWS_HEARTBEAT_FREQUENCY`.
+    """
+    automation = Automation(
+        name=ZOMBIE_AUTOMATION_NAME,
+        description=f"Crash a flow run that missed {HEARTBEATS_MISSED} heartbeats: its process died (its job runs on)",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{state}" for state in RUN_ANSWERS)},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=HEARTBEATS_MISSED * heartbeat_seconds),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {HEARTBEATS_MISSED * heartbeat_seconds} s: the run's process died",
+            )
+        ],
+    )
+    try:
+        existing = Automation.read(name=ZOMBIE_AUTOMATION_NAME)
+    except ValueError:  # none of that name yet
+        return automation.create()
+    trigger = existing.trigger
+    if isinstance(trigger, EventTrigger) and (trigger.within, trigger.expect) == (
+        automation.trigger.within,
+        automation.trigger.expect,
+    ):
+        return existing  # an update would forget the runs it watches: a run killed before it would never crash
+    automation.id = existing.id
+    automation.update()
+    return automation
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    target = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument(
+        "--crash-zombie-runs",
+        type=int,
+        metavar="HEARTBEAT_SECONDS",
+        help=f"create {ZOMBIE_AUTOMATION_NAME!r} for flow runs that emit a heartbeat this often",
+    )
+    target = parser.add_mutually_exclusive_group()
     target.add_argument("--webhook-url", help=f"post notifications here (saved as the block {WEBHOOK_BLOCK_NAME!r})")
     target.add_argument("--block", help="an existing notification block, as TYPE-SLUG/NAME, e.g. slack-webhook/ops")
     parser.add_argument("--replace", action="store_true", help="update an existing automation of the same name")
     args = parser.parse_args()
+    if args.crash_zombie_runs is None and not (args.webhook_url or args.block):
+        parser.error("give --crash-zombie-runs, --webhook-url or --block")
+    if args.crash_zombie_runs is not None:
+        zombies = crash_zombie_flow_runs(args.crash_zombie_runs)
+        print(f"automation {zombies.name} ({zombies.id}): crash runs silent for {zombies.trigger.within}")
+        if not (args.webhook_url or args.block):
+            return
     if args.webhook_url:
         block_id = save_webhook_block(args.webhook_url)
     else:

@@ -25,6 +25,7 @@ POOL=tacc-local
 export PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$PORT
 export PREFECT_API_URL=http://127.0.0.1:$PORT/api PREFECT_UI_URL=http://127.0.0.1:$PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY=${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}  # the worker's runs: zombies seen in 90 s
 PREFECT=.venv/bin/prefect
 AUTH_FILE=$STATE/api-auth
 
@@ -70,6 +71,8 @@ up() {
   "$PREFECT" block register -m prefect_sqlalchemy >/dev/null
   log "deploying every flow of prefect.yaml"
   "$PREFECT" --no-prompt deploy --all >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log" >&2; exit 1; }
+  # flow runs whose process died (killed with the host) stop their heartbeats: crash them (deployments/automations.py)
+  .venv/bin/python -m deployments.automations --crash-zombie-runs "$PREFECT_FLOWS_HEARTBEAT_FREQUENCY" >/dev/null
   if [[ -n ${TACC_ORCH_FAILURE_WEBHOOK_URL:-} ]]; then  # the example automation: notify on FAILED jobs
     .venv/bin/python -m deployments.automations --webhook-url "$TACC_ORCH_FAILURE_WEBHOOK_URL" >&2
   fi

@@ -1,7 +1,9 @@
 """A crash is not a cancel: restarts of the orchestrator never cost a job its run.
 
 Faults injected for real on the local stack (Prefect server, process worker, embedded cluster):
-SIGTERM to a waiting flow run's process (a host shutdown, a container stop), and
+SIGTERM to a waiting flow run's process (a host shutdown, a container stop), SIGKILL to
+another with its worker (killed with its host: the zombie automation crashes it once its
+heartbeats stop), and
 `scripts/stack.sh down` then `up` while one job runs and one waits (an upgrade), the Prefect
 server stopped for two minutes under a waiting run. Nothing here
 starts a sweep: the every-minute watch-jobs schedule follows the jobs to their ends.
@@ -91,6 +93,34 @@ def flow_run_processes(env: dict[str, str], flow_run_id: uuid.UUID) -> list[int]
     return pids
 
 
+def killed_with_its_host(env: dict[str, str], record: JobRecord) -> None:
+    """SIGKILL the worker and the run's processes (its supervisor, then the engine under it) at
+    once, as a host that dies takes them: nothing is left to report the run's end. The embedded
+    cluster's job supervisors are not among them (they stand for TACC's nodes)."""
+    worker = int((Path(env["TACC_ORCH_HOME"]) / "stack" / "worker.pid").read_text())
+    supervisors = flow_run_processes(env, record.flow_run_id)
+    parents, engines = {}, []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if b"prefect.engine" in (proc / "cmdline").read_bytes():
+                    engines.append(int(proc.name))
+        except OSError:
+            continue
+
+    def under(pid: int, ancestors: list[int]) -> bool:
+        while pid in parents and pid not in ancestors:
+            pid = parents[pid]
+        return pid in ancestors
+
+    engines = [pid for pid in engines if under(pid, supervisors)]
+    assert supervisors and engines, f"the run's processes were found: {supervisors}, {engines}"
+    os.killpg(worker, signal.SIGKILL)  # the worker leads its process group (stack.sh starts it with setsid)
+    for pid in [*supervisors, *engines]:
+        os.kill(pid, signal.SIGKILL)
+
+
 def ends_tracked_by_watch_jobs(env: dict[str, str], record: JobRecord) -> dict[str, object]:
     """Wait for the job to end COMPLETED (scheduled sweeps only) and its crashed run to end with it."""
     store = stack_store(env)
@@ -111,27 +141,45 @@ def jobs_of(cluster: LocalScheduler, record: JobRecord) -> list[str]:
     return [job.name for job in cluster.jobs_dir.iterdir() if cluster.load_job(job.name).name == name]
 
 
-def test_sigterm_to_a_waiting_run_leaves_its_job_running_to_its_end(stack: dict[str, str]) -> None:
-    user, _ = start_job(stack, gpu_count=4, step_seconds=4)
-    record = job_in(stack, user, JobStatus.RUNNING)
-    processes = flow_run_processes(stack, record.flow_run_id)
+def crashed_run(env: dict[str, str], record: JobRecord, timeout: float) -> dict[str, object]:
+    """The job's flow run once it has ended, which must be Crashed (a crash is not a cancel)."""
+    ended = wait_until(
+        lambda: (
+            (run := read_flow_run(env, record.flow_run_id))["state_type"] in ("CRASHED", "CANCELLED", "FAILED") and run
+        ),
+        timeout=timeout,
+        interval=0.5,
+    )
+    assert ended["state_type"] == "CRASHED", ended["state"]
+    return ended
+
+
+def test_sigterm_or_sigkill_to_a_waiting_run_leaves_its_job_running_to_its_end(stack: dict[str, str]) -> None:
+    """SIGTERM: the run says it crashed. Killed with its host (SIGKILL to the worker and the
+    run's processes): it cannot, and its heartbeats stop; the stack's zombie automation marks it
+    Crashed after three missed ones, under the new worker."""
+    (term_user, _), (kill_user, _) = (start_job(stack, gpu_count=4, step_seconds=4) for _ in range(2))
+    terminated, killed = job_in(stack, term_user, JobStatus.RUNNING), job_in(stack, kill_user, JobStatus.RUNNING)
+    processes = flow_run_processes(stack, terminated.flow_run_id)
     assert processes, "the run's process was found"
     for pid in processes:
         os.kill(pid, signal.SIGTERM)
-    crashed = wait_until(
-        lambda: (
-            (run := read_flow_run(stack, record.flow_run_id))["state_type"] in ("CRASHED", "CANCELLED", "FAILED")
-            and run
-        ),
-        timeout=60,
-        interval=0.5,
-    )
+    crashed_run(stack, terminated, timeout=60)
+    killed_with_its_host(stack, killed)
     cluster = LocalScheduler(Path(stack["TACC_ORCH_HOME"]) / "local-cluster")
-    assert crashed["state_type"] == "CRASHED", crashed["state"]
-    assert state_of(cluster, record.scheduler_job_id).state == "RUNNING", "a crash is not a cancel"
-    assert stack_store(stack).get(record.id).status is JobStatus.RUNNING
-    ends_tracked_by_watch_jobs(stack, record)
-    assert jobs_of(cluster, record) == [record.scheduler_job_id]
+    assert read_flow_run(stack, killed.flow_run_id)["state_type"] == "RUNNING", "a killed run cannot say so"
+    for record in (terminated, killed):
+        assert state_of(cluster, record.scheduler_job_id).state == "RUNNING", "a crash is not a cancel"
+        assert stack_store(stack).get(record.id).status is JobStatus.RUNNING
+    up = subprocess.run(  # the host back: a new worker
+        [str(REPO / "scripts" / "stack.sh"), "up"], env=stack, capture_output=True, text=True, timeout=600
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    zombie = crashed_run(stack, killed, timeout=180)  # 3 heartbeats of 30 s, and the trigger's evaluation
+    assert "No heartbeat" in (zombie["state"]["message"] or ""), zombie["state"]
+    for record in (terminated, killed):
+        ends_tracked_by_watch_jobs(stack, record)
+        assert jobs_of(cluster, record) == [record.scheduler_job_id]
 
 
 def test_stack_down_and_up_while_jobs_run_and_queue_cancels_nothing(stack: dict[str, str]) -> None:
