@@ -5,9 +5,12 @@ A flow run whose process is killed with its host (SIGKILL, a power cut, an OOM k
 so: it stays Running in the UI for ever, and what keeps runs in step with their jobs only looks
 at runs that ended. Prefect's answer is heartbeats: each run emits `prefect.flow-run.heartbeat`
 every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds (`scripts/stack.sh` sets 30), and
-`crash-zombie-flow-runs` marks Crashed a run that misses three (a suspended run is not missed:
-its Suspended event answers). Its job runs on; `watch-jobs` follows it, and the crashed run then
-takes its job's end, as after a SIGTERM.
+`crash-zombie-flow-runs` marks Crashed a run silent for 10 minutes (a suspended run is not: its
+Suspended event answers). Its job runs on; `watch-jobs` follows it, and the crashed run then
+takes its job's end, as after a SIGTERM. The window is much longer than the heartbeat because
+the server also sees silence while it is itself down: after a restart it evaluates the windows
+that ran out meanwhile before live runs can beat again, so a window shorter than an outage
+would crash live runs.
 
 Every job state change is a Prefect event (`tacc.job.<status>`, resource `tacc.job.<id>`). This
 creates the automation `notify-on-failed-tacc-job`: on each `tacc.job.failed` event it sends a
@@ -18,7 +21,7 @@ stay), unless `--replace`.
 
 Example:
     ```bash
-    python -m deployments.automations --crash-zombie-runs 30
+    python -m deployments.automations --crash-zombie-runs 600
     python -m deployments.automations --webhook-url https://hooks.example.org/tacc
     python -m deployments.automations --block slack-webhook/ops-channel --replace
     ```
@@ -42,7 +45,6 @@ from tacc_jobs.settings import get_settings
 
 AUTOMATION_NAME = "notify-on-failed-tacc-job"
 ZOMBIE_AUTOMATION_NAME = "crash-zombie-flow-runs"
-HEARTBEATS_MISSED = 3
 RUN_ANSWERS = ("Completed", "Failed", "Cancelled", "Crashed", "Suspended", "Paused")
 WEBHOOK_BLOCK_NAME = "tacc-job-failures"
 SUBJECT = "TACC job {{ event.resource['prefect.resource.name'] }} FAILED"
@@ -92,17 +94,18 @@ def notify_on_failed_jobs(block_document_id: uuid.UUID, replace: bool = False) -
     return automation
 
 
-def crash_zombie_flow_runs(heartbeat_seconds: int) -> Automation:
+def crash_zombie_flow_runs(silent_seconds: int) -> Automation:
     """Create the automation that marks Crashed a flow run that stopped emitting heartbeats: its
     process died without a word. One that exists is kept as it is (updated in place only when
-    the heartbeat frequency changed): an update resets what it watches.
+    the window changed): an update resets what it watches.
 
     Args:
-        heartbeat_seconds: The flow runs' `PREFECT_FLOWS_HEARTBEAT_FREQUENCY`.
+        silent_seconds: How long a run may emit no heartbeat (several of its
+            `PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, and longer than a Prefect server outage).
     """
     automation = Automation(
         name=ZOMBIE_AUTOMATION_NAME,
-        description=f"Crash a flow run that missed {HEARTBEATS_MISSED} heartbeats: its process died (its job runs on)",
+        description=f"Crash a flow run silent for {silent_seconds} s: its process died (its job runs on)",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{state}" for state in RUN_ANSWERS)},
@@ -110,12 +113,12 @@ def crash_zombie_flow_runs(heartbeat_seconds: int) -> Automation:
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=HEARTBEATS_MISSED * heartbeat_seconds),
+            within=timedelta(seconds=silent_seconds),
         ),
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"No heartbeat for {HEARTBEATS_MISSED * heartbeat_seconds} s: the run's process died",
+                message=f"No heartbeat for {silent_seconds} s: the run's process died",
             )
         ],
     )
@@ -139,8 +142,8 @@ def main() -> None:
     parser.add_argument(
         "--crash-zombie-runs",
         type=int,
-        metavar="HEARTBEAT_SECONDS",
-        help=f"create {ZOMBIE_AUTOMATION_NAME!r} for flow runs that emit a heartbeat this often",
+        metavar="SILENT_SECONDS",
+        help=f"create {ZOMBIE_AUTOMATION_NAME!r}: crash flow runs that emit no heartbeat this long",
     )
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--webhook-url", help=f"post notifications here (saved as the block {WEBHOOK_BLOCK_NAME!r})")

@@ -13,7 +13,8 @@
 #
 # Settings: TACC_STACK_PORT (4200), TACC_ORCH_HOME (~/.tacc-orchestrator; logs and pids in its
 # stack/), PREFECT_HOME (~/.prefect), TACC_ORCH_FAILURE_WEBHOOK_URL (when set, the example
-# automation posts there when a job fails). To run the server on PostgreSQL, export
+# automation posts there when a job fails), TACC_STACK_ZOMBIE_AFTER_SECONDS (600: a flow run silent
+# that long is crashed, deployments/automations.py). To run the server on PostgreSQL, export
 # PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://USER@HOST:5432/DB before `up`.
 set -euo pipefail
 trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
@@ -25,7 +26,7 @@ POOL=tacc-local
 export PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$PORT
 export PREFECT_API_URL=http://127.0.0.1:$PORT/api PREFECT_UI_URL=http://127.0.0.1:$PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-export PREFECT_FLOWS_HEARTBEAT_FREQUENCY=${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}  # the worker's runs: zombies seen in 90 s
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY=${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}  # the worker's runs (zombie detection)
 PREFECT=.venv/bin/prefect
 AUTH_FILE=$STATE/api-auth
 
@@ -72,7 +73,7 @@ up() {
   log "deploying every flow of prefect.yaml"
   "$PREFECT" --no-prompt deploy --all >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log" >&2; exit 1; }
   # flow runs whose process died (killed with the host) stop their heartbeats: crash them (deployments/automations.py)
-  .venv/bin/python -m deployments.automations --crash-zombie-runs "$PREFECT_FLOWS_HEARTBEAT_FREQUENCY" >/dev/null
+  .venv/bin/python -m deployments.automations --crash-zombie-runs "${TACC_STACK_ZOMBIE_AFTER_SECONDS:-600}" >/dev/null
   if [[ -n ${TACC_ORCH_FAILURE_WEBHOOK_URL:-} ]]; then  # the example automation: notify on FAILED jobs
     .venv/bin/python -m deployments.automations --webhook-url "$TACC_ORCH_FAILURE_WEBHOOK_URL" >&2
   fi

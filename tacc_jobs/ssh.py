@@ -42,7 +42,8 @@ DIR_PREFIX, OWNER, AGENT_PID, AGENT_SOCKET = "tacc-ssh-", "owner.pid", "agent.pi
 _REFUSED_LOGIN = re.compile(
     r"Host key verification failed|Permission denied|REMOTE HOST IDENTIFICATION HAS CHANGED|No such file or directory"
 )
-_INTERACTIVE_LOGIN = re.compile(r"Permission denied \([^)]*keyboard-interactive")  # the server asks a person (MFA)
+# the key was accepted and only the interactive step (MFA) is left; "(publickey,keyboard-interactive)" is a refused key
+_INTERACTIVE_LOGIN = re.compile(r"Permission denied \(keyboard-interactive\)")
 
 
 def ssh_failure(target: str, stderr: str) -> SchedulerError:
@@ -52,7 +53,7 @@ def ssh_failure(target: str, stderr: str) -> SchedulerError:
     Example:
         >>> type(ssh_failure("jdoe@ls6", "jdoe@ls6: Permission denied (keyboard-interactive).")).__name__
         'LoginRequired'
-        >>> type(ssh_failure("jdoe@ls6", "jdoe@ls6: Permission denied (publickey).")).__name__
+        >>> type(ssh_failure("jdoe@ls6", "jdoe@ls6: Permission denied (publickey,keyboard-interactive).")).__name__
         'PermanentSchedulerError'
     """
     message = f"ssh {target}: {stderr.strip() or 'connection failed'}"

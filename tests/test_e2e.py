@@ -35,8 +35,9 @@ pytestmark = [pytest.mark.e2e]
 
 
 @contextmanager
-def running_stack(tmp_path_factory: pytest.TempPathFactory, port: int) -> Iterator[dict[str, str]]:
-    """`scripts/stack.sh up` on `port`, with homes and database of its own; `down` afterwards."""
+def running_stack(tmp_path_factory: pytest.TempPathFactory, port: int, **settings: str) -> Iterator[dict[str, str]]:
+    """`scripts/stack.sh up` on `port`, with homes and database of its own, and `settings`
+    (environment variables); `down` afterwards."""
     home = tmp_path_factory.mktemp("stack")
     env = {
         **os.environ,
@@ -45,6 +46,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, port: int) -> Iterat
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "TACC_ORCH_POLL_MIN_SECONDS": "0.5",
+        **settings,
     }
     up = subprocess.run(
         [str(REPO / "scripts" / "stack.sh"), "up"], env=env, capture_output=True, text=True, timeout=600
